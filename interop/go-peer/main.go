@@ -1,0 +1,647 @@
+// go-peer: a small go-libp2p peer (QUIC transport only) used as an interop
+// partner for libp2p-quinn's tests.
+//
+// The same source builds against two go-libp2p versions:
+//   - interop/go-peer     : go-libp2p v0.48.0 (quic-go v0.59.0)
+//   - interop/go-peer-old : go-libp2p v0.38.2 (quic-go v0.48.2, before the
+//     fix of quic-go issue 4803); its main.go is a symlink to this file.
+//
+// Every report goes to stdout as one JSON object per line. See ../README.md.
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-libp2p/p2p/protocol/ping"
+	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
+	ma "github.com/multiformats/go-multiaddr"
+)
+
+const (
+	echoProtocol  = protocol.ID("/libp2p-quinn/echo/1.0.0")
+	stormProtocol = protocol.ID("/libp2p-quinn/storm/1.0.0")
+	stormMsgLen   = 8
+	progressEvery = 256
+)
+
+// ---------------------------------------------------------------------------
+// JSON lines on stdout
+
+var outMu sync.Mutex
+
+// kv is one field of an output line; fields keep their order, "event" first.
+type kv struct {
+	k string
+	v any
+}
+
+// emit writes {"event":event, k1:v1, ...} as one line. os.Stdout is not
+// buffered, so each line is flushed when emit returns.
+func emit(event string, fields ...kv) {
+	var b bytes.Buffer
+	b.WriteString(`{"event":`)
+	ev, _ := json.Marshal(event)
+	b.Write(ev)
+	for _, f := range fields {
+		b.WriteByte(',')
+		k, _ := json.Marshal(f.k)
+		b.Write(k)
+		b.WriteByte(':')
+		v, err := json.Marshal(f.v)
+		if err != nil {
+			v, _ = json.Marshal(fmt.Sprint(f.v))
+		}
+		b.Write(v)
+	}
+	b.WriteString("}\n")
+	outMu.Lock()
+	os.Stdout.Write(b.Bytes())
+	outMu.Unlock()
+}
+
+func emitError(what string, err error) {
+	if err != nil {
+		what = what + ": " + err.Error()
+	}
+	emit("error", kv{"what", what})
+}
+
+// ms converts a duration to milliseconds, rounded to microseconds.
+func ms(d time.Duration) float64 {
+	return float64(d.Microseconds()) / 1000.0
+}
+
+// ---------------------------------------------------------------------------
+// process exit
+
+var (
+	exitOnce sync.Once
+	theHost  host.Host
+)
+
+// exit closes the host (bounded) and ends the process with code.
+func exit(code int) {
+	exitOnce.Do(func() {
+		if n := stormServed.Load(); n%progressEvery != 0 {
+			emit("storm_served", kv{"count", n}, kv{"failed", stormServedFailed.Load()}, kv{"final", true})
+		}
+		if theHost != nil {
+			done := make(chan struct{})
+			go func() {
+				theHost.Close()
+				close(done)
+			}()
+			select {
+			case <-done:
+			case <-time.After(2 * time.Second):
+			}
+		}
+		os.Exit(code)
+	})
+	select {} // another goroutine is already exiting
+}
+
+func fatal(what string, err error) {
+	emitError(what, err)
+	exit(1)
+}
+
+// ---------------------------------------------------------------------------
+// options
+
+type options struct {
+	listen        string
+	dial          string
+	mode          string
+	count         int
+	concurrency   int
+	size          int
+	closeHow      string
+	openTimeout   time.Duration
+	exitAfterMode bool
+	seed          int64
+	seedSet       bool
+	ignoreStdin   bool
+}
+
+func parseFlags() options {
+	var o options
+	flag.StringVar(&o.listen, "listen", "", "multiaddr to listen on, e.g. /ip4/127.0.0.1/udp/0/quic-v1 (default: listen on nothing)")
+	flag.StringVar(&o.dial, "dial", "", "multiaddr with /p2p/<ID> of the peer to connect to")
+	flag.StringVar(&o.mode, "mode", "serve", "what to do after connecting (to the --dial peer, else to the first peer that connects): ping|echo|storm|serve")
+	flag.IntVar(&o.count, "count", 0, "ping count (default 5) / storm streams (default 2560)")
+	flag.IntVar(&o.concurrency, "concurrency", 1, "storm: streams opened in parallel")
+	flag.IntVar(&o.size, "size", 1<<20, "echo: payload bytes")
+	flag.StringVar(&o.closeHow, "close", "close", "storm: how each stream ends: close|closewrite|reset")
+	flag.DurationVar(&o.openTimeout, "open-timeout", 10*time.Second, "storm: timeout of each NewStream+write (also of ping replies and the closewrite reply)")
+	flag.BoolVar(&o.exitAfterMode, "exit-after-mode", false, "exit 0 once the mode finished (default: keep serving until stdin closes or SIGTERM)")
+	flag.Int64Var(&o.seed, "seed", 0, "derive the ed25519 identity deterministically from this number (default: fresh random identity)")
+	flag.BoolVar(&o.ignoreStdin, "ignore-stdin", false, "do not exit when stdin reaches EOF (for running by hand in the background)")
+	flag.Parse()
+	flag.Visit(func(f *flag.Flag) {
+		if f.Name == "seed" {
+			o.seedSet = true
+		}
+	})
+	if flag.NArg() != 0 {
+		fatal("unexpected arguments: "+fmt.Sprint(flag.Args()), nil)
+	}
+	switch o.mode {
+	case "ping", "echo", "storm", "serve":
+	default:
+		fatal("unknown --mode "+o.mode, nil)
+	}
+	switch o.closeHow {
+	case "close", "closewrite", "reset":
+	default:
+		fatal("unknown --close "+o.closeHow, nil)
+	}
+	if o.count <= 0 {
+		if o.mode == "storm" {
+			o.count = 2560
+		} else {
+			o.count = 5
+		}
+	}
+	if o.concurrency < 1 {
+		o.concurrency = 1
+	}
+	if o.size < 0 {
+		fatal("--size must be >= 0", nil)
+	}
+	if o.openTimeout <= 0 {
+		fatal("--open-timeout must be > 0", nil)
+	}
+	if o.mode != "serve" && o.dial == "" && o.listen == "" {
+		fatal("--mode "+o.mode+" needs --dial or --listen", nil)
+	}
+	return o
+}
+
+func identity(o options) crypto.PrivKey {
+	var seed [ed25519.SeedSize]byte
+	if o.seedSet {
+		seed = sha256.Sum256([]byte(fmt.Sprintf("libp2p-quinn interop go-peer seed %d", o.seed)))
+		priv, err := crypto.UnmarshalEd25519PrivateKey(ed25519.NewKeyFromSeed(seed[:]))
+		if err != nil {
+			fatal("identity", err)
+		}
+		return priv
+	}
+	priv, _, err := crypto.GenerateEd25519Key(nil) // nil: crypto/rand
+	if err != nil {
+		fatal("identity", err)
+	}
+	return priv
+}
+
+// ---------------------------------------------------------------------------
+// serving side
+
+var (
+	stormServed       atomic.Int64
+	stormServedFailed atomic.Int64
+)
+
+func echoHandler(s network.Stream) {
+	data, err := io.ReadAll(s)
+	if err != nil {
+		emitError("echo handler: read", err)
+		s.Reset()
+		return
+	}
+	if _, err := s.Write(data); err != nil {
+		emitError("echo handler: write", err)
+		s.Reset()
+		return
+	}
+	s.Close()
+}
+
+func stormHandler(s network.Stream) {
+	var buf [stormMsgLen]byte
+	_, err := io.ReadFull(s, buf[:])
+	if err == nil {
+		_, err = s.Write(buf[:])
+	}
+	if err != nil {
+		// Expected for --close reset on the opener's side.
+		stormServedFailed.Add(1)
+		s.Reset()
+	} else {
+		s.Close() // CancelRead + Close, go-libp2p's usual way
+	}
+	if n := stormServed.Add(1); n%progressEvery == 0 {
+		emit("storm_served", kv{"count", n}, kv{"failed", stormServedFailed.Load()})
+	}
+}
+
+// ---------------------------------------------------------------------------
+// modes
+
+func runPing(h host.Host, p peer.ID, o options) {
+	ok, failed := 0, 0
+	var ch <-chan ping.Result
+	var cancel context.CancelFunc = func() {}
+	for i := 0; i < o.count; i++ {
+		if ch == nil {
+			var ctx context.Context
+			ctx, cancel = context.WithCancel(context.Background())
+			ch = ping.Ping(ctx, h, p)
+		}
+		var res ping.Result
+		var got bool
+		select {
+		case res, got = <-ch:
+			if !got {
+				res.Error = errors.New("ping stream ended")
+			}
+		case <-time.After(o.openTimeout):
+			res.Error = errors.New("ping timed out")
+		}
+		if res.Error != nil {
+			failed++
+			emitError("ping", res.Error)
+			cancel()
+			ch = nil // start over on a new stream
+			continue
+		}
+		ok++
+		emit("ping", kv{"peer_id", p.String()}, kv{"rtt_us", res.RTT.Microseconds()})
+	}
+	cancel()
+	emit("ping_done", kv{"ok", ok}, kv{"failed", failed})
+}
+
+func echoPayload(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte((i * 31) % 251)
+	}
+	return b
+}
+
+func runEcho(h host.Host, p peer.ID, o options) {
+	payload := echoPayload(o.size)
+	start := time.Now()
+	report := func(n int, ok bool) {
+		emit("echo", kv{"bytes", n}, kv{"ok", ok}, kv{"elapsed_ms", ms(time.Since(start))})
+	}
+	s, err := h.NewStream(context.Background(), p, echoProtocol)
+	if err != nil {
+		emitError("echo: open stream", err)
+		report(0, false)
+		return
+	}
+	// Write in the background while reading, so a peer that echoes as it
+	// reads cannot deadlock us on flow control.
+	werr := make(chan error, 1)
+	go func() {
+		_, err := s.Write(payload)
+		if err == nil {
+			err = s.CloseWrite()
+		}
+		werr <- err
+	}()
+	got, rerr := io.ReadAll(s)
+	if err := <-werr; err != nil {
+		emitError("echo: write", err)
+		s.Reset()
+		report(len(got), false)
+		return
+	}
+	if rerr != nil {
+		emitError("echo: read", rerr)
+		s.Reset()
+		report(len(got), false)
+		return
+	}
+	s.Close()
+	ok := bytes.Equal(got, payload)
+	if !ok {
+		emitError(fmt.Sprintf("echo: reply differs (sent %d bytes, got %d)", len(payload), len(got)), nil)
+	}
+	report(len(got), ok)
+}
+
+func isTimeout(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// stormResult is the outcome of one storm stream.
+type stormResult struct {
+	open     time.Duration // NewStream + write of the request
+	end      time.Duration // the ending step (--close), incl. reading the reply for closewrite
+	ok       bool          // opened, request written, (closewrite:) correct reply read
+	blocked  bool          // the open hit --open-timeout
+	err      error         // why !ok
+	closeErr error         // error of Close/CloseWrite/Reset, not counted as a failure
+}
+
+// stormOne opens one stream, writes the request and ends the stream as --close
+// says.
+//
+// Close/CloseWrite/Reset errors do not make a stream fail: go-libp2p's Close
+// first waits for the peer's multistream-select answer (lazy negotiation), and
+// by then the peer's handler has usually stopped our send half (STOP_SENDING),
+// so quic-go's Close returns "close called for canceled stream". They are
+// counted as close_errors instead.
+func stormOne(h host.Host, p peer.ID, o options, idx uint64) (r stormResult) {
+	var req [stormMsgLen]byte
+	binary.BigEndian.PutUint64(req[:], idx)
+
+	start := time.Now()
+	deadline := start.Add(o.openTimeout)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	s, err := h.NewStream(ctx, p, stormProtocol)
+	if err != nil {
+		r.open = time.Since(start)
+		r.blocked = isTimeout(err) || ctx.Err() != nil
+		r.err = fmt.Errorf("open: %w", err)
+		return r
+	}
+	s.SetWriteDeadline(deadline)
+	if _, err := s.Write(req[:]); err != nil {
+		r.open = time.Since(start)
+		r.blocked = isTimeout(err)
+		r.err = fmt.Errorf("write: %w", err)
+		s.Reset()
+		return r
+	}
+	r.open = time.Since(start)
+	s.SetWriteDeadline(time.Time{})
+
+	endStart := time.Now()
+	// Bounds go-libp2p's Close, which waits for the multistream answer
+	// (v0.38.2 has no deadline of its own there), and the closewrite reply.
+	s.SetReadDeadline(endStart.Add(o.openTimeout))
+	switch o.closeHow {
+	case "close":
+		r.closeErr = s.Close()
+		r.ok = true
+	case "closewrite":
+		r.closeErr = s.CloseWrite()
+		var reply [stormMsgLen]byte
+		if _, err := io.ReadFull(s, reply[:]); err != nil {
+			r.err = fmt.Errorf("read reply: %w", err)
+			s.Reset()
+		} else if reply != req {
+			r.err = errors.New("reply differs from request")
+			s.Reset()
+		} else {
+			r.ok = true
+			if err := s.Close(); err != nil && r.closeErr == nil {
+				r.closeErr = err
+			}
+		}
+	case "reset":
+		r.closeErr = s.Reset()
+		r.ok = true
+	}
+	r.end = time.Since(endStart)
+	return r
+}
+
+func runStorm(h host.Host, p peer.ID, o options) {
+	var (
+		next                                 atomic.Int64
+		mu                                   sync.Mutex
+		ok, failed, blocked, closeErrs, done int
+		slowestOpen, slowestEnd              time.Duration
+		errorsShown, closeErrorsShown        int
+		wg                                   sync.WaitGroup
+	)
+	const maxErrorsShown = 10
+	start := time.Now()
+	for w := 0; w < o.concurrency; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(o.count) {
+					return
+				}
+				r := stormOne(h, p, o, uint64(i))
+				mu.Lock()
+				if r.open > slowestOpen {
+					slowestOpen = r.open
+				}
+				if r.end > slowestEnd {
+					slowestEnd = r.end
+				}
+				if r.ok {
+					ok++
+				} else {
+					failed++
+					if r.blocked {
+						blocked++
+					}
+					if errorsShown < maxErrorsShown {
+						errorsShown++
+						emitError(fmt.Sprintf("storm stream %d (blocked=%v)", i, r.blocked), r.err)
+					}
+				}
+				if r.closeErr != nil {
+					closeErrs++
+					if closeErrorsShown < 1 {
+						closeErrorsShown++
+						emitError(fmt.Sprintf("storm stream %d: %s (not counted as failure; further ones only counted)", i, o.closeHow), r.closeErr)
+					}
+				}
+				done++
+				if done%progressEvery == 0 {
+					emit("storm_progress", kv{"done", done})
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	emit("storm",
+		kv{"count", o.count}, kv{"ok", ok}, kv{"failed", failed}, kv{"blocked", blocked},
+		kv{"slowest_open_ms", ms(slowestOpen)}, kv{"elapsed_ms", ms(time.Since(start))},
+		kv{"close", o.closeHow}, kv{"concurrency", o.concurrency},
+		kv{"close_errors", closeErrs}, kv{"slowest_close_ms", ms(slowestEnd)})
+}
+
+// ---------------------------------------------------------------------------
+// versions
+
+// depVersion returns the version of module path linked into this binary.
+func depVersion(path string) string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	for _, d := range bi.Deps {
+		if d.Path == path {
+			if d.Replace != nil {
+				return d.Replace.Version + " (replaced)"
+			}
+			return d.Version
+		}
+	}
+	return "unknown"
+}
+
+// minorOf returns the minor number of "v0.48.2" / "go1.26.8" (-1 if unparsable).
+func minorOf(v string) int {
+	parts := strings.Split(v, ".")
+	if len(parts) < 2 {
+		return -1
+	}
+	n, err := strconv.Atoi(strings.TrimFunc(parts[1], func(r rune) bool { return r < '0' || r > '9' }))
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+func emitVersions(o options) {
+	qv := depVersion("github.com/quic-go/quic-go")
+	emit("version", kv{"go", runtime.Version()}, kv{"go_libp2p", depVersion("github.com/libp2p/go-libp2p")}, kv{"quic_go", qv})
+	// quic-go before v0.57.1 panics ("crypto/tls bug: where's my session
+	// ticket?") on every inbound handshake when built with Go >= 1.26, since
+	// crypto/tls no longer returns an error from SendSessionTicket when
+	// session tickets are disabled (libp2p disables them).
+	if o.listen != "" && strings.HasPrefix(qv, "v0.") && minorOf(qv) >= 0 && minorOf(qv) < 57 &&
+		strings.HasPrefix(runtime.Version(), "go1.") && minorOf(runtime.Version()) >= 26 {
+		emit("warning", kv{"what", "quic-go " + qv + " built with " + runtime.Version() +
+			" panics on the first inbound QUIC handshake; use this peer as a dialer only"})
+	}
+}
+
+// ---------------------------------------------------------------------------
+
+func main() {
+	o := parseFlags()
+	emitVersions(o)
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		<-sigs
+		exit(0)
+	}()
+	if !o.ignoreStdin {
+		go func() {
+			io.Copy(io.Discard, os.Stdin)
+			exit(0)
+		}()
+	}
+
+	opts := []libp2p.Option{
+		libp2p.Identity(identity(o)),
+		libp2p.NoTransports,
+		libp2p.Transport(libp2pquic.NewTransport),
+		libp2p.ResourceManager(&network.NullResourceManager{}),
+		libp2p.DisableRelay(),
+	}
+	if o.listen != "" {
+		opts = append(opts, libp2p.ListenAddrStrings(o.listen))
+	} else {
+		opts = append(opts, libp2p.NoListenAddrs)
+	}
+	h, err := libp2p.New(opts...)
+	if err != nil {
+		fatal("start host", err)
+	}
+	theHost = h
+
+	// The mode runs once, against the dialed peer, or, without --dial,
+	// against the first peer that connects to us.
+	var modeOnce sync.Once
+	startMode := func(p peer.ID) {
+		modeOnce.Do(func() {
+			go func() {
+				switch o.mode {
+				case "ping":
+					runPing(h, p, o)
+				case "echo":
+					runEcho(h, p, o)
+				case "storm":
+					runStorm(h, p, o)
+				}
+				if o.exitAfterMode {
+					exit(0)
+				}
+			}()
+		})
+	}
+
+	h.Network().Notify(&network.NotifyBundle{
+		ConnectedF: func(_ network.Network, c network.Conn) {
+			emit("connected", kv{"peer_id", c.RemotePeer().String()}, kv{"remote_addr", c.RemoteMultiaddr().String()})
+			if o.dial == "" && o.mode != "serve" {
+				startMode(c.RemotePeer())
+			}
+		},
+		DisconnectedF: func(_ network.Network, c network.Conn) {
+			emit("disconnected", kv{"peer_id", c.RemotePeer().String()})
+		},
+	})
+	ping.NewPingService(h)
+	h.SetStreamHandler(echoProtocol, echoHandler)
+	h.SetStreamHandler(stormProtocol, stormHandler)
+
+	addrs, err := h.Network().InterfaceListenAddresses()
+	if err != nil {
+		fatal("listen addresses", err)
+	}
+	for _, a := range addrs {
+		full := a.String() + "/p2p/" + h.ID().String()
+		emit("listening", kv{"addr", full}, kv{"peer_id", h.ID().String()})
+	}
+
+	if o.dial != "" {
+		addr, err := ma.NewMultiaddr(o.dial)
+		if err != nil {
+			fatal("parse --dial", err)
+		}
+		info, err := peer.AddrInfoFromP2pAddr(addr)
+		if err != nil {
+			fatal("parse --dial (needs /p2p/<ID>)", err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err = h.Connect(ctx, *info)
+		cancel()
+		if err != nil {
+			fatal("dial", err)
+		}
+		startMode(info.ID)
+	}
+
+	select {}
+}

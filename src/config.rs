@@ -1,0 +1,179 @@
+//! [`Config`]: the knobs of the transport, and their translation into quinn's configs.
+
+use std::{sync::Arc, time::Duration};
+
+use quinn::{
+    crypto::rustls::{QuicClientConfig, QuicServerConfig},
+    MtuDiscoveryConfig, VarInt,
+};
+
+/// Configuration of the transport.
+///
+/// The defaults equal those of rust-libp2p's `libp2p-quic`, so that both interoperate unchanged
+/// and swapping one for the other changes nothing on the wire.
+///
+/// ```
+/// let keypair = libp2p_identity::Keypair::generate_ed25519();
+/// let mut config = libp2p_quinn::Config::new(&keypair);
+/// config.max_concurrent_stream_limit = 64;
+/// config.reset_on_drop = true;
+/// ```
+#[derive(Clone)]
+pub struct Config {
+    /// How long the TLS handshake of a new connection may take, dialing or accepting.
+    /// The effective limit is the smaller of this and [`Config::max_idle_timeout`].
+    /// Default: 5 s.
+    pub handshake_timeout: Duration,
+    /// A connection that has heard nothing from its peer for this long, in milliseconds, is
+    /// closed. Default: 10 000 ms.
+    pub max_idle_timeout: u32,
+    /// When nothing was sent for this long, send a keep-alive packet. Must be below both peers'
+    /// idle timeouts to be of use. Default: 5 s.
+    pub keep_alive_interval: Duration,
+    /// How many bidirectional streams the peer may have open to us at once: QUIC's
+    /// `initial_max_streams_bidi`. A slot is given back only when both halves of a stream are
+    /// done on our side (see `docs/stream-lifecycle.md`). Default: 256.
+    pub max_concurrent_stream_limit: u32,
+    /// Receive window of one stream, in bytes: how much the peer may send on a stream before we
+    /// read it. Default: 10 000 000.
+    pub max_stream_data: u32,
+    /// Receive window of the whole connection, in bytes. Default: 15 000 000.
+    pub max_connection_data: u32,
+    /// Whether to discover the path MTU above QUIC's 1200-byte minimum. Default: on.
+    pub mtu_discovery: bool,
+    /// What dropping a [`Stream`](crate::Stream) whose send half was not closed does.
+    ///
+    /// `false` (default, as quinn, yamux and `libp2p-quic`): the send half is finished, so the
+    /// peer reads a clean end of stream — unless the drop happens while the thread is
+    /// panicking, which always resets. `true`: the send half is always reset, so a peer never
+    /// takes a message cut short by a dropped writer for a complete one.
+    pub reset_on_drop: bool,
+    /// Keep the per-stream [ledger](crate::ledger) (states, ages, bytes, leak warnings).
+    /// Switching it off leaves only the live-stream counters. Default: on.
+    pub stream_ledger: bool,
+    /// When opening an outbound stream has waited this long for stream credit from the peer,
+    /// log a warning that names the peer and says who holds the streams. The open keeps
+    /// waiting. Default: 5 s.
+    pub credit_wait_warning: Duration,
+    /// A stream whose handle was dropped yet which QUIC still holds on our side after this
+    /// long, or a live stream that carried nothing either way for this long, is reported once
+    /// as a possible leak. Default: 60 s.
+    pub stream_leak_warning: Duration,
+
+    keypair: libp2p_identity::Keypair,
+    client_tls: Arc<QuicClientConfig>,
+    server_tls: Arc<QuicServerConfig>,
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: Option<crate::metrics::Metrics>,
+}
+
+impl Config {
+    /// The default configuration for the node with this identity.
+    pub fn new(keypair: &libp2p_identity::Keypair) -> Self {
+        // Both only fail for an identity whose certificate cannot be made or a TLS provider
+        // without the libp2p cipher suites; neither can happen with the ring provider.
+        let client_tls = libp2p_tls::make_client_config(keypair, None)
+            .ok()
+            .and_then(|c| QuicClientConfig::try_from(c).ok())
+            .expect("libp2p TLS client config is valid for QUIC");
+        let server_tls = libp2p_tls::make_server_config(keypair)
+            .ok()
+            .and_then(|c| QuicServerConfig::try_from(c).ok())
+            .expect("libp2p TLS server config is valid for QUIC");
+        Self {
+            handshake_timeout: Duration::from_secs(5),
+            max_idle_timeout: 10_000,
+            keep_alive_interval: Duration::from_secs(5),
+            max_concurrent_stream_limit: 256,
+            max_stream_data: 10_000_000,
+            max_connection_data: 15_000_000,
+            mtu_discovery: true,
+            reset_on_drop: false,
+            stream_ledger: true,
+            credit_wait_warning: Duration::from_secs(5),
+            stream_leak_warning: Duration::from_secs(60),
+            keypair: keypair.clone(),
+            client_tls: Arc::new(client_tls),
+            server_tls: Arc::new(server_tls),
+            #[cfg(feature = "metrics")]
+            metrics: None,
+        }
+    }
+
+    /// Report stream counts, credit waits and leak warnings into these metrics.
+    #[cfg(feature = "metrics")]
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The peer id of the identity this config presents.
+    pub fn local_peer_id(&self) -> libp2p_identity::PeerId {
+        self.keypair.public().to_peer_id()
+    }
+
+    /// quinn's transport parameters: the same for both roles.
+    pub(crate) fn transport_config(&self) -> quinn::TransportConfig {
+        let mut transport = quinn::TransportConfig::default();
+        // libp2p has no use for unidirectional streams or datagrams; offering none means a
+        // peer cannot make us hold any.
+        transport.max_concurrent_uni_streams(VarInt::from_u32(0));
+        transport.max_concurrent_bidi_streams(VarInt::from_u32(self.max_concurrent_stream_limit));
+        transport.datagram_receive_buffer_size(None);
+        transport.keep_alive_interval(Some(self.keep_alive_interval));
+        transport.max_idle_timeout(Some(VarInt::from_u32(self.max_idle_timeout).into()));
+        transport.allow_spin(false);
+        transport.stream_receive_window(VarInt::from_u32(self.max_stream_data));
+        transport.receive_window(VarInt::from_u32(self.max_connection_data));
+        transport.mtu_discovery_config(self.mtu_discovery.then(MtuDiscoveryConfig::default));
+        transport
+    }
+
+    pub(crate) fn client_config(&self, transport: Arc<quinn::TransportConfig>) -> quinn::ClientConfig {
+        let mut client = quinn::ClientConfig::new(self.client_tls.clone());
+        client.transport_config(transport);
+        client
+    }
+
+    pub(crate) fn server_config(&self, transport: Arc<quinn::TransportConfig>) -> quinn::ServerConfig {
+        let mut server = quinn::ServerConfig::with_crypto(self.server_tls.clone());
+        server.transport = transport;
+        // A libp2p connection is bound to the addresses it was made on.
+        server.migration(false);
+        server
+    }
+
+    /// Endpoint settings: QUIC v1 only, and a stateless-reset key derived from our identity so
+    /// that a restarted node can still reset its old connections (as `libp2p-quic` does).
+    pub(crate) fn endpoint_config(&self) -> quinn::EndpointConfig {
+        let mut endpoint = self
+            .keypair
+            .derive_secret(b"libp2p quic stateless reset key")
+            .map(|secret| {
+                let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
+                quinn::EndpointConfig::new(Arc::new(key))
+            })
+            .unwrap_or_default();
+        endpoint.supported_versions(vec![1]);
+        endpoint
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("local_peer_id", &self.keypair.public().to_peer_id())
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("max_idle_timeout", &self.max_idle_timeout)
+            .field("keep_alive_interval", &self.keep_alive_interval)
+            .field("max_concurrent_stream_limit", &self.max_concurrent_stream_limit)
+            .field("max_stream_data", &self.max_stream_data)
+            .field("max_connection_data", &self.max_connection_data)
+            .field("mtu_discovery", &self.mtu_discovery)
+            .field("reset_on_drop", &self.reset_on_drop)
+            .field("stream_ledger", &self.stream_ledger)
+            .field("credit_wait_warning", &self.credit_wait_warning)
+            .field("stream_leak_warning", &self.stream_leak_warning)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,487 @@
+//! [`Connection`]: a quinn connection as a libp2p [`StreamMuxer`], the handshake that yields it,
+//! and the per-connection state its streams share.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::{pin, Pin},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard, Weak,
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use futures::{channel::mpsc, future::BoxFuture, FutureExt};
+use libp2p_core::muxing::{StreamMuxer, StreamMuxerEvent};
+use libp2p_identity::PeerId;
+
+use crate::{
+    ledger::{ByDirection, Direction, HalfState, Ledger, StreamInfo, Totals},
+    stream::{Cell, Stream},
+    watcher::{self, Watch},
+    Config, Error,
+};
+
+type OpenFuture = BoxFuture<'static, Result<(quinn::SendStream, quinn::RecvStream), Error>>;
+
+/// An established QUIC connection to a peer, multiplexing [`Stream`]s.
+///
+/// # Drop
+///
+/// Dropping the `Connection` closes the QUIC connection (code 0) at once; streams still held
+/// fail with a connection-lost error.
+pub struct Connection {
+    connection: quinn::Connection,
+    shared: Arc<Shared>,
+    inbound: Option<OpenFuture>,
+    outbound: Option<OpenFuture>,
+    closing: Option<BoxFuture<'static, quinn::ConnectionError>>,
+}
+
+/// What a connection's streams, its watcher task and snapshots share.
+pub(crate) struct Shared {
+    pub(crate) peer: PeerId,
+    pub(crate) span: tracing::Span,
+    pub(crate) reset_on_drop: bool,
+    remote_address: SocketAddr,
+    connection_id: usize,
+    stream_limit: u32,
+    credit_wait_warning: Duration,
+    live: [AtomicU64; 2],
+    ledger: Option<Mutex<Ledger>>,
+    watcher: Option<mpsc::UnboundedSender<Watch>>,
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: Option<crate::metrics::Metrics>,
+}
+
+impl Shared {
+    pub(crate) fn ledger(&self) -> Option<MutexGuard<'_, Ledger>> {
+        self.ledger
+            .as_ref()
+            .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub(crate) fn stream_opened(
+        &self,
+        id: u64,
+        direction: Direction,
+        cell: &Arc<Cell>,
+    ) -> Option<Arc<crate::ledger::Activity>> {
+        self.live[direction.index()].fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        if let Some(m) = &self.metrics {
+            m.stream_opened(direction);
+        }
+        let activity = self.ledger()?.open(id, direction, Instant::now());
+        if let Some(watcher) = &self.watcher {
+            let stopped = cell.lock().stopped_future();
+            let _ = watcher.unbounded_send(Watch::new(id, stopped, cell.clone()));
+        }
+        Some(activity)
+    }
+
+    pub(crate) fn set_send(&self, id: u64, state: HalfState) {
+        #[cfg(feature = "metrics")]
+        if let (Some(m), HalfState::Finished | HalfState::Reset) = (&self.metrics, state) {
+            m.half_ended("send", state);
+        }
+        if let Some(mut ledger) = self.ledger() {
+            ledger.set_send(id, state);
+        }
+    }
+
+    pub(crate) fn set_recv(&self, id: u64, state: HalfState) {
+        #[cfg(feature = "metrics")]
+        if let Some(m) = &self.metrics {
+            m.half_ended("recv", state);
+        }
+        if let Some(mut ledger) = self.ledger() {
+            ledger.set_recv(id, state);
+        }
+    }
+
+    pub(crate) fn stream_dropped(&self, id: u64, direction: Direction, now: Instant) {
+        self.live[direction.index()].fetch_sub(1, Ordering::Relaxed);
+        if let Some(mut ledger) = self.ledger() {
+            ledger.handle_dropped(id, now);
+        }
+        #[cfg(feature = "metrics")]
+        if let Some(m) = &self.metrics {
+            m.stream_dropped(direction);
+        }
+    }
+
+    fn live_handles(&self) -> ByDirection {
+        [
+            self.live[0].load(Ordering::Relaxed),
+            self.live[1].load(Ordering::Relaxed),
+        ]
+    }
+
+    pub(crate) fn snapshot(&self) -> ConnectionSnapshot {
+        let now = Instant::now();
+        let (totals, streams) = match self.ledger() {
+            Some(ledger) => (ledger.totals().clone(), ledger.streams(now)),
+            None => (Totals::default(), Vec::new()),
+        };
+        ConnectionSnapshot {
+            peer: self.peer,
+            connection_id: self.connection_id,
+            remote_address: self.remote_address,
+            stream_limit: self.stream_limit,
+            live_handles: self.live_handles(),
+            totals,
+            streams,
+        }
+    }
+
+    /// Say, once per waiting open, why a new outbound stream does not open.
+    fn warn_credit_wait(&self, waited: Duration) {
+        let open_here = self
+            .ledger()
+            .map(|l| l.outbound_open_here())
+            .unwrap_or_else(|| self.live_handles()[Direction::Outbound.index()]);
+        // The peer's limit is not visible through quinn; libp2p peers share the default, so we
+        // take our own as the estimate.
+        let limit = u64::from(self.stream_limit);
+        let closed_not_credited = limit.saturating_sub(open_here);
+        let verdict = if closed_not_credited > open_here {
+            "the peer holds streams we have closed: a leak on the peer's side"
+        } else {
+            "our application holds its outbound streams open: a leak on our side"
+        };
+        tracing::warn!(
+            parent: &self.span,
+            peer = %self.peer,
+            waited = ?waited,
+            stream_limit = limit,
+            outbound_open_here = open_here,
+            outbound_closed_not_credited = closed_not_credited,
+            "opening a stream to {} has waited {:?} for stream credit; {} of our streams are \
+             still open here and about {} we closed are not credited back: {}",
+            self.peer,
+            waited,
+            open_here,
+            closed_not_credited,
+            verdict,
+        );
+        #[cfg(feature = "metrics")]
+        if let Some(m) = &self.metrics {
+            m.credit_wait_warning();
+        }
+    }
+}
+
+/// A point-in-time view of one connection's streams.
+#[derive(Debug, Clone)]
+pub struct ConnectionSnapshot {
+    /// The remote peer.
+    pub peer: PeerId,
+    /// quinn's stable id of the connection, unique in this process.
+    pub connection_id: usize,
+    /// The peer's address.
+    pub remote_address: SocketAddr,
+    /// Our `max_concurrent_stream_limit` (also our estimate of the peer's).
+    pub stream_limit: u32,
+    /// `Stream` handles alive, by direction; counted even with the ledger off.
+    pub live_handles: ByDirection,
+    /// The ledger's totals (all zero when the ledger is off).
+    pub totals: Totals,
+    /// Every tracked stream, oldest first (empty when the ledger is off).
+    pub streams: Vec<StreamInfo>,
+}
+
+impl ConnectionSnapshot {
+    /// Whether nothing is left: no handle alive and nothing held by QUIC on our side.
+    pub fn is_idle(&self) -> bool {
+        self.live_handles == [0, 0] && self.totals.tracked_total() == 0
+    }
+}
+
+/// A handle to the ledgers of every connection a transport made, for users who hand the
+/// transport to a `Swarm` and still want to see its streams. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Ledgers {
+    connections: Arc<Mutex<Vec<Weak<Shared>>>>,
+}
+
+impl Ledgers {
+    fn register(&self, shared: &Arc<Shared>) {
+        let mut list = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        list.retain(|w| w.strong_count() > 0);
+        list.push(Arc::downgrade(shared));
+    }
+
+    /// Snapshots of every connection still alive.
+    pub fn snapshot(&self) -> Vec<ConnectionSnapshot> {
+        let list = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        list.iter()
+            .filter_map(Weak::upgrade)
+            .map(|s| s.snapshot())
+            .collect()
+    }
+
+    /// Snapshots of the connections to `peer`.
+    pub fn for_peer(&self, peer: &PeerId) -> Vec<ConnectionSnapshot> {
+        self.snapshot()
+            .into_iter()
+            .filter(|s| &s.peer == peer)
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for Ledgers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledgers").finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    fn new(connection: quinn::Connection, peer: PeerId, config: &Config, ledgers: &Ledgers) -> Self {
+        let span = tracing::debug_span!(
+            "connection",
+            %peer,
+            id = connection.stable_id(),
+            remote = %connection.remote_address(),
+        );
+        let (watcher_tx, watcher_rx) = if config.stream_ledger {
+            let (tx, rx) = mpsc::unbounded();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let shared = Arc::new(Shared {
+            peer,
+            span,
+            reset_on_drop: config.reset_on_drop,
+            remote_address: connection.remote_address(),
+            connection_id: connection.stable_id(),
+            stream_limit: config.max_concurrent_stream_limit,
+            credit_wait_warning: config.credit_wait_warning,
+            live: Default::default(),
+            ledger: config.stream_ledger.then(|| Mutex::new(Ledger::new())),
+            watcher: watcher_tx,
+            #[cfg(feature = "metrics")]
+            metrics: config.metrics.clone(),
+        });
+        if let Some(rx) = watcher_rx {
+            tokio::spawn(watcher::run(
+                connection.clone(),
+                Arc::downgrade(&shared),
+                rx,
+                config.stream_leak_warning,
+            ));
+        }
+        ledgers.register(&shared);
+        tracing::debug!(parent: &shared.span, "connection established");
+        Self {
+            connection,
+            shared,
+            inbound: None,
+            outbound: None,
+            closing: None,
+        }
+    }
+
+    /// The remote peer.
+    pub fn peer_id(&self) -> PeerId {
+        self.shared.peer
+    }
+
+    /// The peer's address.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.connection.remote_address()
+    }
+
+    /// What this connection's streams look like now: counts by direction and state, and every
+    /// stream our layer still tracks.
+    pub fn snapshot(&self) -> ConnectionSnapshot {
+        self.shared.snapshot()
+    }
+
+    /// The underlying quinn connection, for statistics such as RTT.
+    pub fn quinn(&self) -> &quinn::Connection {
+        &self.connection
+    }
+}
+
+impl StreamMuxer for Connection {
+    type Substream = Stream;
+    type Error = Error;
+
+    fn poll_inbound(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Self::Substream, Self::Error>> {
+        let this = self.get_mut();
+        let accept = this.inbound.get_or_insert_with(|| {
+            let connection = this.connection.clone();
+            async move { Ok(connection.accept_bi().await?) }.boxed()
+        });
+        let result = futures::ready!(accept.poll_unpin(cx));
+        this.inbound = None;
+        let (send, recv) = result?;
+        Poll::Ready(Ok(Stream::new(
+            send,
+            recv,
+            Direction::Inbound,
+            this.shared.clone(),
+        )))
+    }
+
+    fn poll_outbound(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Self::Substream, Self::Error>> {
+        let this = self.get_mut();
+        let open = this.outbound.get_or_insert_with(|| {
+            open_with_warning(this.connection.clone(), this.shared.clone()).boxed()
+        });
+        let result = futures::ready!(open.poll_unpin(cx));
+        this.outbound = None;
+        let (send, recv) = result?;
+        Poll::Ready(Ok(Stream::new(
+            send,
+            recv,
+            Direction::Outbound,
+            this.shared.clone(),
+        )))
+    }
+
+    fn poll(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Result<StreamMuxerEvent, Self::Error>> {
+        // Connection migration is off, so the address never changes; the watcher task does the
+        // background work.
+        Poll::Pending
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let this = self.get_mut();
+        let closing = this.closing.get_or_insert_with(|| {
+            this.connection.close(0u32.into(), &[]);
+            let connection = this.connection.clone();
+            async move { connection.closed().await }.boxed()
+        });
+        match futures::ready!(closing.poll_unpin(cx)) {
+            quinn::ConnectionError::LocallyClosed => Poll::Ready(Ok(())),
+            error => Poll::Ready(Err(Error::Connection(error))),
+        }
+    }
+}
+
+/// Open a stream; if credit does not come within the configured time, say why and keep
+/// waiting (a muxer error would tear down the whole libp2p connection).
+async fn open_with_warning(
+    connection: quinn::Connection,
+    shared: Arc<Shared>,
+) -> Result<(quinn::SendStream, quinn::RecvStream), Error> {
+    let mut open = pin!(connection.open_bi());
+    if let Some(result) = (&mut open).now_or_never() {
+        return Ok(result?);
+    }
+    let started = Instant::now();
+    let result = match tokio::time::timeout(shared.credit_wait_warning, &mut open).await {
+        Ok(result) => result,
+        Err(_) => {
+            shared.warn_credit_wait(started.elapsed());
+            open.await
+        }
+    };
+    #[cfg(feature = "metrics")]
+    if let Some(m) = &shared.metrics {
+        m.credit_waited(started.elapsed());
+    }
+    Ok(result?)
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // The watcher and stream futures hold quinn handles too: close explicitly rather than
+        // wait for the last of them.
+        self.connection.close(0u32.into(), &[]);
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("peer", &self.shared.peer)
+            .field("id", &self.shared.connection_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connection whose TLS handshake is under way. Resolves to the peer's id and the
+/// [`Connection`], or fails with a typed [`Error`] (timeout, wrong peer, bad certificate).
+#[must_use = "futures do nothing unless polled"]
+pub struct Connecting {
+    inner: BoxFuture<'static, Result<(PeerId, Connection), Error>>,
+}
+
+impl Connecting {
+    pub(crate) fn new(
+        connecting: quinn::Connecting,
+        expected_peer: Option<PeerId>,
+        config: Arc<Config>,
+        ledgers: Ledgers,
+    ) -> Self {
+        let inner = async move {
+            let addr = connecting.remote_address();
+            let connection = tokio::time::timeout(config.handshake_timeout, connecting)
+                .await
+                .map_err(|_| Error::HandshakeTimedOut { addr })??;
+            let peer = match peer_id_of(&connection) {
+                Ok(peer) => peer,
+                Err(e) => {
+                    connection.close(0u32.into(), b"invalid certificate");
+                    return Err(e);
+                }
+            };
+            if let Some(expected) = expected_peer.filter(|expected| *expected != peer) {
+                connection.close(0u32.into(), b"wrong peer id");
+                return Err(Error::PeerIdMismatch {
+                    expected,
+                    actual: peer,
+                });
+            }
+            Ok((peer, Connection::new(connection, peer, &config, &ledgers)))
+        };
+        Self {
+            inner: inner.boxed(),
+        }
+    }
+}
+
+impl Future for Connecting {
+    type Output = Result<(PeerId, Connection), Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.poll_unpin(cx)
+    }
+}
+
+impl std::fmt::Debug for Connecting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connecting").finish_non_exhaustive()
+    }
+}
+
+/// The peer id in the certificate the peer presented (libp2p-tls has already verified it).
+fn peer_id_of(connection: &quinn::Connection) -> Result<PeerId, Error> {
+    let identity = connection
+        .peer_identity()
+        .ok_or_else(|| Error::InvalidCertificate("no certificate presented".into()))?;
+    let chain = identity
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .map_err(|_| Error::InvalidCertificate("unexpected identity type".into()))?;
+    let end_entity = chain
+        .first()
+        .ok_or_else(|| Error::InvalidCertificate("empty certificate chain".into()))?;
+    let certificate = libp2p_tls::certificate::parse(end_entity)
+        .map_err(|e| Error::InvalidCertificate(e.to_string()))?;
+    Ok(certificate.peer_id())
+}

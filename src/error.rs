@@ -1,0 +1,115 @@
+//! [`Error`], one variant per way the transport or a connection fails, and the mapping of
+//! stream errors onto [`std::io::Error`] at the `AsyncRead`/`AsyncWrite` boundary.
+
+use std::{io, net::SocketAddr};
+
+use libp2p_identity::PeerId;
+
+/// Errors of the [`Transport`](crate::tokio::Transport) and of a [`Connection`](crate::Connection).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A socket could not be bound or used.
+    #[error("socket error: {0}")]
+    Io(#[from] io::Error),
+    /// quinn refused to start a connection to this address.
+    #[error("cannot dial {addr}: {source}")]
+    Connect {
+        /// The address dialed.
+        addr: SocketAddr,
+        /// quinn's reason.
+        #[source]
+        source: quinn::ConnectError,
+    },
+    /// The connection failed or was closed.
+    #[error("connection failed: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// The TLS handshake did not complete within [`Config::handshake_timeout`](crate::Config).
+    #[error("handshake with {addr} timed out")]
+    HandshakeTimedOut {
+        /// The peer's address.
+        addr: SocketAddr,
+    },
+    /// The dial address named one peer (`/p2p/…`) and another answered.
+    #[error("dialed peer {expected} but {actual} answered")]
+    PeerIdMismatch {
+        /// The peer named in the dial address.
+        expected: PeerId,
+        /// The peer whose certificate was presented.
+        actual: PeerId,
+    },
+    /// The peer's certificate is not a valid libp2p certificate.
+    #[error("invalid peer certificate: {0}")]
+    InvalidCertificate(String),
+    /// A dial as listener (hole punching) needs a listener of the same address family.
+    #[error("no active listener to dial from")]
+    NoActiveListenerForDialAsListener,
+}
+
+/// What ended a stream operation; carried inside the `io::Error` that `AsyncRead` and
+/// `AsyncWrite` return (`io::Error::get_ref` and downcast to see it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StreamError {
+    /// The peer abandoned its send half with RESET_STREAM.
+    #[error("stream reset by peer (code {0})")]
+    ResetByPeer(u64),
+    /// The peer no longer reads our send half (STOP_SENDING).
+    #[error("stream stopped by peer (code {0})")]
+    StoppedByPeer(u64),
+    /// The connection is gone.
+    #[error("connection lost: {0}")]
+    ConnectionLost(quinn::ConnectionError),
+    /// This half was already finished, reset or stopped by us.
+    #[error("stream half already closed")]
+    Closed,
+}
+
+impl StreamError {
+    /// The `io::ErrorKind` that rust-libp2p code matches on for this failure (the same kinds
+    /// quinn and `libp2p-quic` use).
+    pub fn kind(&self) -> io::ErrorKind {
+        match self {
+            StreamError::ResetByPeer(_) | StreamError::StoppedByPeer(_) => {
+                io::ErrorKind::ConnectionReset
+            }
+            StreamError::ConnectionLost(_) | StreamError::Closed => io::ErrorKind::NotConnected,
+        }
+    }
+}
+
+impl From<StreamError> for io::Error {
+    fn from(e: StreamError) -> Self {
+        io::Error::new(e.kind(), e)
+    }
+}
+
+impl From<quinn::ReadError> for StreamError {
+    fn from(e: quinn::ReadError) -> Self {
+        match e {
+            quinn::ReadError::Reset(code) => StreamError::ResetByPeer(code.into_inner()),
+            quinn::ReadError::ConnectionLost(e) => StreamError::ConnectionLost(e),
+            quinn::ReadError::ClosedStream
+            | quinn::ReadError::IllegalOrderedRead
+            | quinn::ReadError::ZeroRttRejected => StreamError::Closed,
+        }
+    }
+}
+
+impl From<quinn::WriteError> for StreamError {
+    fn from(e: quinn::WriteError) -> Self {
+        match e {
+            quinn::WriteError::Stopped(code) => StreamError::StoppedByPeer(code.into_inner()),
+            quinn::WriteError::ConnectionLost(e) => StreamError::ConnectionLost(e),
+            quinn::WriteError::ClosedStream | quinn::WriteError::ZeroRttRejected => {
+                StreamError::Closed
+            }
+        }
+    }
+}
+
+impl From<Error> for libp2p_core::transport::TransportError<Error> {
+    fn from(e: Error) -> Self {
+        libp2p_core::transport::TransportError::Other(e)
+    }
+}

@@ -1,0 +1,153 @@
+//! The per-connection watcher task: it sees what QUIC frees after the application has let go,
+//! answers a peer's STOP_SENDING on streams that are otherwise done, and raises leak warnings.
+//!
+//! It exists because the interesting moments of a stream's life happen when nobody polls it:
+//! the peer acknowledges our FIN after the handle was dropped, or stops our send half while
+//! our application holds a stream it has finished reading.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Weak},
+    time::{Duration, Instant},
+};
+
+use futures::{channel::mpsc, stream::FuturesUnordered, StreamExt};
+use quinn::{StoppedError, VarInt};
+
+use crate::{connection::Shared, ledger::HalfState, stream::Cell};
+
+/// quinn's `SendStream::stopped()` future.
+pub(crate) type Stopped =
+    Pin<Box<dyn Future<Output = Result<Option<VarInt>, StoppedError>> + Send + Sync>>;
+
+/// A stream to watch until QUIC frees its send half.
+pub(crate) struct Watch {
+    id: u64,
+    stopped: Stopped,
+    cell: Arc<Cell>,
+}
+
+impl Watch {
+    pub(crate) fn new(id: u64, stopped: Stopped, cell: Arc<Cell>) -> Self {
+        Self { id, stopped, cell }
+    }
+}
+
+impl Future for Watch {
+    type Output = (u64, Arc<Cell>, Result<Option<VarInt>, StoppedError>);
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let result = futures::ready!(self.stopped.as_mut().poll(cx));
+        std::task::Poll::Ready((self.id, self.cell.clone(), result))
+    }
+}
+
+/// Run until the connection closes.
+pub(crate) async fn run(
+    connection: quinn::Connection,
+    shared: Weak<Shared>,
+    mut new_streams: mpsc::UnboundedReceiver<Watch>,
+    leak_threshold: Duration,
+) {
+    let mut watched = FuturesUnordered::new();
+    let scan_every = (leak_threshold / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
+    let mut scan = tokio::time::interval(scan_every);
+    scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let closed = connection.closed();
+    tokio::pin!(closed);
+    loop {
+        tokio::select! {
+            reason = &mut closed => {
+                if let Some(shared) = shared.upgrade() {
+                    tracing::debug!(parent: &shared.span, %reason, "connection closed");
+                    if let Some(mut ledger) = shared.ledger() {
+                        ledger.connection_closed();
+                    }
+                }
+                return;
+            }
+            Some(watch) = new_streams.next() => watched.push(watch),
+            Some((id, cell, result)) = watched.next(), if !watched.is_empty() => {
+                let Some(shared) = shared.upgrade() else { return };
+                settle(&shared, id, &cell, result);
+            }
+            _ = scan.tick() => {
+                let Some(shared) = shared.upgrade() else { return };
+                report_leaks(&shared, leak_threshold);
+            }
+        }
+    }
+}
+
+fn settle(
+    shared: &Shared,
+    id: u64,
+    cell: &Cell,
+    result: Result<Option<VarInt>, StoppedError>,
+) {
+    match result {
+        Ok(None) => shared.set_send(id, HalfState::Done),
+        Ok(Some(code)) => {
+            let mut half = cell.lock();
+            if half.stopped_by_peer(code.into_inner()) {
+                shared.set_send(id, HalfState::Stopped);
+            }
+            // A stream whose receive half is done (or whose handle is gone) carries nothing
+            // more: answer the STOP_SENDING with a reset now, so the peer's slot is freed.
+            if cell.recv_done() {
+                if let Some(state) = half.reset(code.into_inner()) {
+                    drop(half);
+                    tracing::debug!(parent: &shared.span, id, "peer stopped a finished stream: reset");
+                    shared.set_send(id, state);
+                }
+            }
+        }
+        // The connection is going away; the close branch empties the books.
+        Err(_) => {}
+    }
+}
+
+fn report_leaks(shared: &Shared, threshold: Duration) {
+    let suspects = match shared.ledger() {
+        Some(mut ledger) => ledger.suspects(Instant::now(), threshold),
+        None => return,
+    };
+    for suspect in suspects {
+        let s = &suspect.info;
+        let open_halves = match (s.send, s.recv) {
+            (HalfState::Open, HalfState::Open) => "both halves",
+            (HalfState::Open, _) => "the send half",
+            (_, HalfState::Open) => "the receive half",
+            _ => "no half (waiting for the peer's acknowledgement)",
+        };
+        let what = match suspect.kind {
+            crate::ledger::LeakKind::HeldAfterDrop => "dropped but still held by QUIC",
+            crate::ledger::LeakKind::IdleHandle => "held by the application and idle",
+        };
+        tracing::warn!(
+            parent: &shared.span,
+            peer = %shared.peer,
+            stream = s.id,
+            direction = %s.direction,
+            age = ?s.age,
+            send = %s.send,
+            recv = %s.recv,
+            kind = suspect.kind.as_str(),
+            "possible stream leak: {} stream {} to {} is {} after {:?}; open: {}",
+            s.direction,
+            s.id,
+            shared.peer,
+            what,
+            s.age,
+            open_halves,
+        );
+        #[cfg(feature = "metrics")]
+        if let Some(m) = &shared.metrics {
+            m.leak_warning(suspect.kind);
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! Shared test harness: two transports on loopback, a task per connection that drives the
+//! muxer, and bounded waits.
+#![allow(dead_code)]
+
+use std::{future::Future, net::SocketAddr, pin::Pin, time::Duration};
+
+use futures::{channel::mpsc, channel::oneshot, future::poll_fn, AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p_core::{
+    muxing::StreamMuxer,
+    transport::{DialOpts, ListenerId, PortUse, TransportEvent},
+    Endpoint, Multiaddr, Transport as _,
+};
+use libp2p_identity::{Keypair, PeerId};
+use libp2p_quinn::{tokio::Transport, Config, Connection, ConnectionSnapshot, Ledgers, Stream};
+
+/// Every network step of a test is bounded by this.
+pub const STEP: Duration = Duration::from_secs(20);
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// A config with a low stream limit, as the leak tests want.
+pub fn config(keypair: &Keypair, limit: u32) -> Config {
+    let mut config = Config::new(keypair);
+    config.max_concurrent_stream_limit = limit;
+    config
+}
+
+/// Await `fut` or fail the test with `what`.
+pub async fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(STEP, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {STEP:?}: {what}"),
+    }
+}
+
+/// One side of a connection, with its muxer driven by a task.
+pub struct Peer {
+    pub peer_id: PeerId,
+    pub remote: PeerId,
+    open: mpsc::UnboundedSender<oneshot::Sender<Result<Stream, libp2p_quinn::Error>>>,
+    pub inbound: mpsc::UnboundedReceiver<Stream>,
+    ledgers: Ledgers,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Peer {
+    pub fn new(peer_id: PeerId, remote: PeerId, connection: Connection, ledgers: Ledgers) -> Self {
+        let (open, open_rx) = mpsc::unbounded();
+        let (inbound_tx, inbound) = mpsc::unbounded();
+        let driver = tokio::spawn(drive(connection, open_rx, inbound_tx));
+        Self {
+            peer_id,
+            remote,
+            open,
+            inbound,
+            ledgers,
+            driver,
+        }
+    }
+
+    /// Open an outbound stream (bounded).
+    pub async fn open(&self) -> Stream {
+        let (tx, rx) = oneshot::channel();
+        self.open.unbounded_send(tx).expect("driver alive");
+        bounded("open a stream", rx)
+            .await
+            .expect("driver alive")
+            .expect("open succeeds")
+    }
+
+    /// Ask for a stream without waiting for it.
+    pub fn open_later(&self) -> oneshot::Receiver<Result<Stream, libp2p_quinn::Error>> {
+        let (tx, rx) = oneshot::channel();
+        self.open.unbounded_send(tx).expect("driver alive");
+        rx
+    }
+
+    /// Accept the next inbound stream (bounded).
+    pub async fn accept(&mut self) -> Stream {
+        bounded("accept a stream", self.inbound.next())
+            .await
+            .expect("connection alive")
+    }
+
+    pub fn snapshot(&self) -> ConnectionSnapshot {
+        let mut all = self.ledgers.for_peer(&self.remote);
+        assert_eq!(all.len(), 1, "one connection to the peer");
+        all.remove(0)
+    }
+
+    /// Wait until no stream handle is alive and QUIC holds nothing on our side.
+    pub async fn settled(&self) -> ConnectionSnapshot {
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            let snapshot = self.snapshot();
+            if snapshot.is_idle() {
+                return snapshot;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("ledger did not return to zero: {snapshot:#?}");
+            }
+            // Polling a counter that the watcher task updates: a bounded wait, not a sleep used
+            // to order events.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+async fn drive(
+    mut connection: Connection,
+    mut open_rx: mpsc::UnboundedReceiver<oneshot::Sender<Result<Stream, libp2p_quinn::Error>>>,
+    inbound: mpsc::UnboundedSender<Stream>,
+) {
+    let mut pending_open: Option<oneshot::Sender<_>> = None;
+    poll_fn(|cx| {
+        loop {
+            let mut progress = false;
+            if let std::task::Poll::Ready(result) = Pin::new(&mut connection).poll_inbound(cx) {
+                match result {
+                    Ok(stream) => {
+                        let _ = inbound.unbounded_send(stream);
+                        progress = true;
+                    }
+                    Err(_) => return std::task::Poll::Ready(()),
+                }
+            }
+            if pending_open.is_none() {
+                if let std::task::Poll::Ready(Some(tx)) = open_rx.poll_next_unpin(cx) {
+                    pending_open = Some(tx);
+                }
+            }
+            if pending_open.is_some() {
+                if let std::task::Poll::Ready(result) = Pin::new(&mut connection).poll_outbound(cx) {
+                    let _ = pending_open.take().unwrap().send(result);
+                    progress = true;
+                }
+            }
+            let _ = Pin::new(&mut connection).poll(cx);
+            if !progress {
+                return std::task::Poll::Pending;
+            }
+        }
+    })
+    .await;
+}
+
+/// Two connected peers: `dialer` dialed `listener`.
+pub struct Pair {
+    pub dialer: Peer,
+    pub listener: Peer,
+    pub listen_addr: Multiaddr,
+    // Kept so that the endpoints live as long as the pair.
+    pub _transports: (Transport, Transport),
+}
+
+pub async fn listen(transport: &mut Transport, addr: &str) -> Multiaddr {
+    transport
+        .listen_on(ListenerId::next(), addr.parse().unwrap())
+        .expect("listen");
+    loop {
+        match bounded("listen address", poll_fn(|cx| Pin::new(&mut *transport).poll(cx))).await {
+            TransportEvent::NewAddress { listen_addr, .. } => return listen_addr,
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+}
+
+pub fn dial_opts() -> DialOpts {
+    DialOpts {
+        role: Endpoint::Dialer,
+        port_use: PortUse::New,
+    }
+}
+
+/// Accept one incoming connection on `transport`.
+pub async fn accept(transport: &mut Transport) -> (PeerId, Connection) {
+    loop {
+        match bounded("incoming connection", poll_fn(|cx| Pin::new(&mut *transport).poll(cx))).await
+        {
+            TransportEvent::Incoming { upgrade, .. } => {
+                return bounded("handshake", upgrade).await.expect("handshake");
+            }
+            TransportEvent::NewAddress { .. } => continue,
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+}
+
+pub async fn pair_with(dialer_config: Config, listener_config: Config) -> Pair {
+    pair_via(dialer_config, listener_config, |addr| addr).await
+}
+
+/// Connect two peers, dialing the address `route` makes of the listen address (e.g. a proxy).
+pub async fn pair_via(
+    dialer_config: Config,
+    listener_config: Config,
+    route: impl FnOnce(SocketAddr) -> SocketAddr,
+) -> Pair {
+    let dialer_id = dialer_config.local_peer_id();
+    let listener_id = listener_config.local_peer_id();
+    let mut dialer_t = Transport::new(dialer_config);
+    let mut listener_t = Transport::new(listener_config);
+    let listen_addr = listen(&mut listener_t, "/ip4/127.0.0.1/udp/0/quic-v1").await;
+    let (socket, _) = libp2p_quinn::parse_multiaddr(&listen_addr).unwrap();
+    let target = libp2p_quinn::to_multiaddr(route(socket));
+    let dial = dialer_t.dial(target, dial_opts()).expect("dial");
+    let (dialed, accepted) = futures::join!(bounded("dial", dial), accept(&mut listener_t));
+    let (remote_of_dialer, dialer_conn) = dialed.expect("dial succeeds");
+    let (remote_of_listener, listener_conn) = accepted;
+    assert_eq!(remote_of_dialer, listener_id);
+    assert_eq!(remote_of_listener, dialer_id);
+    Pair {
+        dialer: Peer::new(dialer_id, listener_id, dialer_conn, dialer_t.ledgers()),
+        listener: Peer::new(listener_id, dialer_id, listener_conn, listener_t.ledgers()),
+        listen_addr,
+        _transports: (dialer_t, listener_t),
+    }
+}
+
+/// A request/response exchange on a fresh stream from `opener` to `acceptor`.
+pub async fn exchange(opener: &Peer, acceptor: &mut Peer) {
+    let mut out = opener.open().await;
+    out.write_all(b"ping1234").await.unwrap();
+    out.close().await.unwrap();
+    let mut inbound = acceptor.accept().await;
+    let mut request = Vec::new();
+    bounded("read request", inbound.read_to_end(&mut request)).await.unwrap();
+    assert_eq!(request, b"ping1234");
+    inbound.write_all(b"pong5678").await.unwrap();
+    inbound.close().await.unwrap();
+    let mut reply = Vec::new();
+    bounded("read reply", out.read_to_end(&mut reply)).await.unwrap();
+    assert_eq!(reply, b"pong5678");
+}

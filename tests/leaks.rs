@@ -1,0 +1,231 @@
+//! Stream-lifecycle tests: every way a stream can end, ten times past the stream limit, in both
+//! directions. A leak shows as an open that never completes (the bounded wait fails the test)
+//! or as a ledger that does not return to zero.
+
+mod common;
+
+use std::time::Instant;
+
+use common::*;
+use futures::{AsyncReadExt, AsyncWriteExt};
+use libp2p_identity::Keypair;
+use libp2p_quinn::{Stream, StreamError};
+
+pub const LIMIT: u32 = 16;
+pub const STREAMS: usize = 10 * LIMIT as usize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Case {
+    /// Write, close, read the reply, drop.
+    RequestResponse,
+    /// Write, close, drop without reading the answer.
+    FireAndForget,
+    /// The acceptor drops the stream without reading it.
+    AcceptorDropsUnread,
+    /// The opener drops the stream without writing.
+    OpenerDropsUnwritten,
+    /// The writing task is aborted mid-write.
+    AbortedWriter,
+    /// The writing handler panics mid-write.
+    PanickingWriter,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opener {
+    Dialer,
+    Listener,
+}
+
+/// What the acceptor saw at the end of one stream's data.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    CleanEnd,
+    Error,
+    NotRead,
+}
+
+async fn opener_side(case: Case, mut s: Stream) {
+    match case {
+        Case::RequestResponse => {
+            s.write_all(b"request!").await.unwrap();
+            s.close().await.unwrap();
+            let mut reply = Vec::new();
+            s.read_to_end(&mut reply).await.unwrap();
+            assert_eq!(reply, b"response");
+        }
+        Case::FireAndForget => {
+            s.write_all(b"request!").await.unwrap();
+            s.close().await.unwrap();
+        }
+        Case::AcceptorDropsUnread => {
+            s.write_all(b"request!").await.unwrap();
+            s.close().await.unwrap();
+            let mut reply = Vec::new();
+            // The acceptor finished its half on drop: a clean, empty end.
+            s.read_to_end(&mut reply).await.unwrap();
+            assert!(reply.is_empty());
+        }
+        Case::OpenerDropsUnwritten => drop(s),
+        Case::AbortedWriter | Case::PanickingWriter => {
+            let (wrote, wrote_rx) = futures::channel::oneshot::channel();
+            let task = tokio::spawn(async move {
+                s.write_all(&[7u8; 1024]).await.unwrap();
+                let _ = wrote.send(());
+                if case == Case::PanickingWriter {
+                    panic!("deliberate panic mid-write");
+                }
+                // Mid-message: wait for the rest of it, which never comes before the abort.
+                std::future::pending::<()>().await;
+                drop(s);
+            });
+            let _ = wrote_rx.await;
+            if case == Case::AbortedWriter {
+                task.abort();
+            }
+            let _ = task.await;
+        }
+    }
+}
+
+async fn acceptor_side(case: Case, mut s: Stream) -> Seen {
+    match case {
+        Case::RequestResponse | Case::FireAndForget => {
+            let mut request = Vec::new();
+            s.read_to_end(&mut request).await.unwrap();
+            assert_eq!(request, b"request!");
+            // The fire-and-forget opener may have stopped reading already.
+            let _ = s.write_all(b"response").await;
+            let _ = s.close().await;
+            Seen::CleanEnd
+        }
+        Case::AcceptorDropsUnread => Seen::NotRead,
+        Case::OpenerDropsUnwritten | Case::AbortedWriter | Case::PanickingWriter => {
+            let mut data = Vec::new();
+            match s.read_to_end(&mut data).await {
+                Ok(_) => Seen::CleanEnd,
+                Err(e) => {
+                    let inner = e.get_ref().and_then(|e| e.downcast_ref::<StreamError>());
+                    assert!(
+                        matches!(inner, Some(StreamError::ResetByPeer(_))),
+                        "expected a reset, got {e:?}"
+                    );
+                    Seen::Error
+                }
+            }
+        }
+    }
+}
+
+/// Silence the deliberate panics of the panicking-writer case, and only those.
+fn quiet_deliberate_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let deliberate = info
+                .payload()
+                .downcast_ref::<&str>()
+                .is_some_and(|m| m.contains("deliberate panic"));
+            if !deliberate {
+                default(info);
+            }
+        }));
+    });
+}
+
+async fn run(case: Case, opener: Opener, reset_on_drop: bool) {
+    init_tracing();
+    quiet_deliberate_panics();
+    let started = Instant::now();
+    let mut dialer_config = config(&Keypair::generate_ed25519(), LIMIT);
+    let mut listener_config = config(&Keypair::generate_ed25519(), LIMIT);
+    dialer_config.reset_on_drop = reset_on_drop;
+    listener_config.reset_on_drop = reset_on_drop;
+    let Pair {
+        mut dialer,
+        mut listener,
+        _transports,
+        ..
+    } = pair_with(dialer_config, listener_config).await;
+    let (opening, accepting) = match opener {
+        Opener::Dialer => (&mut dialer, &mut listener),
+        Opener::Listener => (&mut listener, &mut dialer),
+    };
+
+    let open_all = async {
+        let mut tasks = Vec::new();
+        for i in 0..STREAMS {
+            let s = tokio::time::timeout(STEP, opening.open())
+                .await
+                .unwrap_or_else(|_| panic!("open {i} of {STREAMS} blocked: stream credit leaked"));
+            tasks.push(tokio::spawn(opener_side(case, s)));
+        }
+        for t in tasks {
+            let _ = bounded("opener task", t).await;
+        }
+    };
+    let accept_all = async {
+        let mut tasks = Vec::new();
+        for _ in 0..STREAMS {
+            let s = accepting.accept().await;
+            tasks.push(tokio::spawn(acceptor_side(case, s)));
+        }
+        let mut seen = Vec::new();
+        for t in tasks {
+            seen.push(bounded("acceptor task", t).await.expect("acceptor task"));
+        }
+        seen
+    };
+    let ((), seen) = bounded("all streams", async { futures::join!(open_all, accept_all) }).await;
+
+    // A panicking writer's peer never takes the cut-short message for a complete one; nor does
+    // an aborted writer's peer under reset-on-drop.
+    if case == Case::PanickingWriter || (case == Case::AbortedWriter && reset_on_drop) {
+        assert!(seen.iter().all(|s| *s == Seen::Error), "{seen:?}");
+    }
+
+    // New streams still open and are accepted, in both directions.
+    exchange(&dialer, &mut listener).await;
+    exchange(&listener, &mut dialer).await;
+
+    let dialer_books = dialer.settled().await;
+    let listener_books = listener.settled().await;
+    for books in [&dialer_books, &listener_books] {
+        assert_eq!(
+            books.totals.opened.iter().sum::<u64>(),
+            STREAMS as u64 + 2,
+            "every stream went through the ledger"
+        );
+    }
+    println!(
+        "{case:?} opened by {opener:?}{}: {STREAMS} streams (limit {LIMIT}) in {:?}",
+        if reset_on_drop { " (reset on drop)" } else { "" },
+        started.elapsed()
+    );
+}
+
+macro_rules! leak_tests {
+    ($($name:ident: $case:expr, $opener:expr, $reset:expr;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            run($case, $opener, $reset).await;
+        }
+    )*};
+}
+
+leak_tests! {
+    request_response_dialer_opens: Case::RequestResponse, Opener::Dialer, false;
+    request_response_listener_opens: Case::RequestResponse, Opener::Listener, false;
+    fire_and_forget_dialer_opens: Case::FireAndForget, Opener::Dialer, false;
+    fire_and_forget_listener_opens: Case::FireAndForget, Opener::Listener, false;
+    acceptor_drops_unread_dialer_opens: Case::AcceptorDropsUnread, Opener::Dialer, false;
+    acceptor_drops_unread_listener_opens: Case::AcceptorDropsUnread, Opener::Listener, false;
+    opener_drops_unwritten_dialer_opens: Case::OpenerDropsUnwritten, Opener::Dialer, false;
+    opener_drops_unwritten_listener_opens: Case::OpenerDropsUnwritten, Opener::Listener, false;
+    aborted_writer_dialer_opens: Case::AbortedWriter, Opener::Dialer, false;
+    aborted_writer_listener_opens: Case::AbortedWriter, Opener::Listener, false;
+    aborted_writer_resets_under_reset_on_drop_dialer_opens: Case::AbortedWriter, Opener::Dialer, true;
+    aborted_writer_resets_under_reset_on_drop_listener_opens: Case::AbortedWriter, Opener::Listener, true;
+    panicking_writer_dialer_opens: Case::PanickingWriter, Opener::Dialer, false;
+    panicking_writer_listener_opens: Case::PanickingWriter, Opener::Listener, false;
+}
