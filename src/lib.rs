@@ -36,6 +36,8 @@ pub mod ledger;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod stream;
+#[cfg(feature = "test-util")]
+pub mod test_util;
 mod transport;
 mod watcher;
 
