@@ -2,6 +2,8 @@
 //! directions. A leak shows as an open that never completes (the bounded wait fails the test)
 //! or as a ledger that does not return to zero.
 
+#![cfg(feature = "test-util")]
+
 mod common;
 
 use std::time::Instant;
@@ -133,7 +135,7 @@ fn quiet_deliberate_panics() {
     });
 }
 
-async fn run(case: Case, opener: Opener, reset_on_drop: bool) {
+async fn run(case: Case, opener: Opener, reset_on_drop: bool, loss: f64) {
     init_tracing();
     quiet_deliberate_panics();
     let started = Instant::now();
@@ -141,12 +143,16 @@ async fn run(case: Case, opener: Opener, reset_on_drop: bool) {
     let mut listener_config = config(&Keypair::generate_ed25519(), LIMIT);
     dialer_config.reset_on_drop = reset_on_drop;
     listener_config.reset_on_drop = reset_on_drop;
+    let pair = if loss > 0.0 {
+        pair_lossy(dialer_config, listener_config, loss, 0x5eed).await
+    } else {
+        pair_with(dialer_config, listener_config).await
+    };
     let Pair {
         mut dialer,
         mut listener,
-        _transports,
         ..
-    } = pair_with(dialer_config, listener_config).await;
+    } = pair;
     let (opening, accepting) = match opener {
         Opener::Dialer => (&mut dialer, &mut listener),
         Opener::Listener => (&mut listener, &mut dialer),
@@ -188,8 +194,8 @@ async fn run(case: Case, opener: Opener, reset_on_drop: bool) {
     exchange(&dialer, &mut listener).await;
     exchange(&listener, &mut dialer).await;
 
-    let dialer_books = dialer.settled().await;
-    let listener_books = listener.settled().await;
+    let dialer_books = dialer.settled().await.expect("connection alive");
+    let listener_books = listener.settled().await.expect("connection alive");
     for books in [&dialer_books, &listener_books] {
         assert_eq!(
             books.totals.opened.iter().sum::<u64>(),
@@ -198,19 +204,33 @@ async fn run(case: Case, opener: Opener, reset_on_drop: bool) {
         );
     }
     println!(
-        "{case:?} opened by {opener:?}{}: {STREAMS} streams (limit {LIMIT}) in {:?}",
+        "{case:?} opened by {opener:?}{}{}: {STREAMS} streams (limit {LIMIT}) in {:?}",
         if reset_on_drop { " (reset on drop)" } else { "" },
+        if loss > 0.0 { format!(" through {:.0}% loss", loss * 100.0) } else { String::new() },
         started.elapsed()
     );
 }
 
+/// Each case twice: on a clean path, and through 5% loss each way (the incident needed a lost
+/// RESET_STREAM to show).
 macro_rules! leak_tests {
-    ($($name:ident: $case:expr, $opener:expr, $reset:expr;)*) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            run($case, $opener, $reset).await;
+    ($($name:ident: $case:expr, $opener:expr, $reset:expr;)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                run($case, $opener, $reset, 0.0).await;
+            }
+        )*
+        mod lossy {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    run($case, $opener, $reset, 0.05).await;
+                }
+            )*
         }
-    )*};
+    };
 }
 
 leak_tests! {

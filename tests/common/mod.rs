@@ -2,7 +2,7 @@
 //! muxer, and bounded waits.
 #![allow(dead_code)]
 
-use std::{future::Future, net::SocketAddr, pin::Pin, time::Duration};
+use std::{future::Future, pin::Pin, time::Duration};
 
 use futures::{channel::mpsc, channel::oneshot, future::poll_fn, AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p_core::{
@@ -93,13 +93,15 @@ impl Peer {
         all.remove(0)
     }
 
-    /// Wait until no stream handle is alive and QUIC holds nothing on our side.
-    pub async fn settled(&self) -> ConnectionSnapshot {
+    /// Wait until no stream handle is alive and QUIC holds nothing on our side (or the
+    /// connection is gone altogether).
+    pub async fn settled(&self) -> Option<ConnectionSnapshot> {
         let deadline = tokio::time::Instant::now() + STEP;
         loop {
-            let snapshot = self.snapshot();
+            let mut all = self.ledgers.for_peer(&self.remote);
+            let Some(snapshot) = all.pop() else { return None };
             if snapshot.is_idle() {
-                return snapshot;
+                return Some(snapshot);
             }
             if tokio::time::Instant::now() > deadline {
                 panic!("ledger did not return to zero: {snapshot:#?}");
@@ -162,6 +164,9 @@ pub struct Pair {
     pub listen_addr: Multiaddr,
     // Kept so that the endpoints live as long as the pair.
     pub _transports: (Transport, Transport),
+    /// The lossy path between the two, if any.
+    #[cfg(feature = "test-util")]
+    pub proxy: Option<libp2p_quinn::test_util::UdpProxy>,
 }
 
 pub async fn listen(transport: &mut Transport, addr: &str) -> Multiaddr {
@@ -198,22 +203,45 @@ pub async fn accept(transport: &mut Transport) -> (PeerId, Connection) {
 }
 
 pub async fn pair_with(dialer_config: Config, listener_config: Config) -> Pair {
-    pair_via(dialer_config, listener_config, |addr| addr).await
+    pair_via(dialer_config, listener_config, None).await
 }
 
-/// Connect two peers, dialing the address `route` makes of the listen address (e.g. a proxy).
-pub async fn pair_via(
-    dialer_config: Config,
-    listener_config: Config,
-    route: impl FnOnce(SocketAddr) -> SocketAddr,
-) -> Pair {
+/// Connect two peers through a seeded UDP proxy that drops `loss` of the datagrams each way.
+#[cfg(feature = "test-util")]
+pub async fn pair_lossy(dialer_config: Config, listener_config: Config, loss: f64, seed: u64) -> Pair {
+    use libp2p_quinn::test_util::Impairment;
+    pair_via(dialer_config, listener_config, Some((Impairment::lossy(loss), seed))).await
+}
+
+#[cfg(not(feature = "test-util"))]
+type Lossy = ();
+#[cfg(feature = "test-util")]
+type Lossy = (libp2p_quinn::test_util::Impairment, u64);
+
+/// Connect two peers, directly or through a lossy proxy.
+async fn pair_via(dialer_config: Config, listener_config: Config, lossy: Option<Lossy>) -> Pair {
     let dialer_id = dialer_config.local_peer_id();
     let listener_id = listener_config.local_peer_id();
     let mut dialer_t = Transport::new(dialer_config);
     let mut listener_t = Transport::new(listener_config);
     let listen_addr = listen(&mut listener_t, "/ip4/127.0.0.1/udp/0/quic-v1").await;
     let (socket, _) = libp2p_quinn::parse_multiaddr(&listen_addr).unwrap();
-    let target = libp2p_quinn::to_multiaddr(route(socket));
+    #[cfg(feature = "test-util")]
+    let proxy = match lossy {
+        Some((impairment, seed)) => Some(
+            libp2p_quinn::test_util::UdpProxy::start(socket, seed, impairment.clone(), impairment)
+                .await
+                .expect("proxy"),
+        ),
+        None => None,
+    };
+    #[cfg(feature = "test-util")]
+    let target = libp2p_quinn::to_multiaddr(proxy.as_ref().map_or(socket, |p| p.local_addr()));
+    #[cfg(not(feature = "test-util"))]
+    let target = {
+        let _ = lossy;
+        libp2p_quinn::to_multiaddr(socket)
+    };
     let dial = dialer_t.dial(target, dial_opts()).expect("dial");
     let (dialed, accepted) = futures::join!(bounded("dial", dial), accept(&mut listener_t));
     let (remote_of_dialer, dialer_conn) = dialed.expect("dial succeeds");
@@ -225,6 +253,8 @@ pub async fn pair_via(
         listener: Peer::new(listener_id, dialer_id, listener_conn, listener_t.ledgers()),
         listen_addr,
         _transports: (dialer_t, listener_t),
+        #[cfg(feature = "test-util")]
+        proxy,
     }
 }
 
