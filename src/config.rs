@@ -129,13 +129,19 @@ impl Config {
         transport
     }
 
-    pub(crate) fn client_config(&self, transport: Arc<quinn::TransportConfig>) -> quinn::ClientConfig {
+    pub(crate) fn client_config(
+        &self,
+        transport: Arc<quinn::TransportConfig>,
+    ) -> quinn::ClientConfig {
         let mut client = quinn::ClientConfig::new(self.client_tls.clone());
         client.transport_config(transport);
         client
     }
 
-    pub(crate) fn server_config(&self, transport: Arc<quinn::TransportConfig>) -> quinn::ServerConfig {
+    pub(crate) fn server_config(
+        &self,
+        transport: Arc<quinn::TransportConfig>,
+    ) -> quinn::ServerConfig {
         let mut server = quinn::ServerConfig::with_crypto(self.server_tls.clone());
         server.transport = transport;
         // A libp2p connection is bound to the addresses it was made on.
@@ -166,7 +172,10 @@ impl std::fmt::Debug for Config {
             .field("handshake_timeout", &self.handshake_timeout)
             .field("max_idle_timeout", &self.max_idle_timeout)
             .field("keep_alive_interval", &self.keep_alive_interval)
-            .field("max_concurrent_stream_limit", &self.max_concurrent_stream_limit)
+            .field(
+                "max_concurrent_stream_limit",
+                &self.max_concurrent_stream_limit,
+            )
             .field("max_stream_data", &self.max_stream_data)
             .field("max_connection_data", &self.max_connection_data)
             .field("mtu_discovery", &self.mtu_discovery)

@@ -239,7 +239,12 @@ impl std::fmt::Debug for Ledgers {
 }
 
 impl Connection {
-    fn new(connection: quinn::Connection, peer: PeerId, config: &Config, ledgers: &Ledgers) -> Self {
+    fn new(
+        connection: quinn::Connection,
+        peer: PeerId,
+        config: &Config,
+        ledgers: &Ledgers,
+    ) -> Self {
         let span = tracing::debug_span!(
             "connection",
             %peer,

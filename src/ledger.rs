@@ -101,7 +101,10 @@ impl HalfState {
 
     /// Whether QUIC may still hold this half on our side, as far as quinn lets us see.
     fn held_as_send(self) -> bool {
-        matches!(self, HalfState::Open | HalfState::Finished | HalfState::Stopped)
+        matches!(
+            self,
+            HalfState::Open | HalfState::Finished | HalfState::Stopped
+        )
     }
 
     fn held_as_recv(self) -> bool {
@@ -602,7 +605,11 @@ mod tests {
         l.set_send(8, Stopped);
         l.set_recv(8, Finished);
         l.handle_dropped(8, now);
-        assert_eq!(l.totals().tracked_total(), 1, "STOP_SENDING still owes a reset");
+        assert_eq!(
+            l.totals().tracked_total(),
+            1,
+            "STOP_SENDING still owes a reset"
+        );
         l.set_send(8, Reset);
         assert_eq!(l.totals().tracked_total(), 0);
         assert_eq!(l.totals().ended_send[1], [1, 0]);

@@ -75,7 +75,11 @@ impl Metrics {
             leak_warnings: Family::default(),
         };
         registry.register("streams_opened", "Streams opened", inner.opened.clone());
-        registry.register("streams_dropped", "Stream handles dropped", inner.dropped.clone());
+        registry.register(
+            "streams_dropped",
+            "Stream handles dropped",
+            inner.dropped.clone(),
+        );
         registry.register("streams_live", "Stream handles alive", inner.live.clone());
         registry.register(
             "stream_halves_ended",
@@ -109,13 +113,25 @@ impl Metrics {
     }
 
     pub(crate) fn stream_opened(&self, direction: Direction) {
-        self.inner.opened.get_or_create(&Self::direction(direction)).inc();
-        self.inner.live.get_or_create(&Self::direction(direction)).inc();
+        self.inner
+            .opened
+            .get_or_create(&Self::direction(direction))
+            .inc();
+        self.inner
+            .live
+            .get_or_create(&Self::direction(direction))
+            .inc();
     }
 
     pub(crate) fn stream_dropped(&self, direction: Direction) {
-        self.inner.dropped.get_or_create(&Self::direction(direction)).inc();
-        self.inner.live.get_or_create(&Self::direction(direction)).dec();
+        self.inner
+            .dropped
+            .get_or_create(&Self::direction(direction))
+            .inc();
+        self.inner
+            .live
+            .get_or_create(&Self::direction(direction))
+            .dec();
     }
 
     pub(crate) fn half_ended(&self, half: &'static str, how: HalfState) {
@@ -139,7 +155,9 @@ impl Metrics {
     pub(crate) fn leak_warning(&self, kind: LeakKind) {
         self.inner
             .leak_warnings
-            .get_or_create(&KindLabel { kind: kind.as_str() })
+            .get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            })
             .inc();
     }
 }

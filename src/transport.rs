@@ -103,7 +103,13 @@ impl libp2p_core::Transport for Transport {
             return Err(TransportError::MultiaddrNotSupported(addr));
         };
         let socket = endpoint::bind(socket_addr).map_err(Error::from)?;
-        let listener = Listener::new(id, socket, &self.quinn, self.config.clone(), self.ledgers.clone())?;
+        let listener = Listener::new(
+            id,
+            socket,
+            &self.quinn,
+            self.config.clone(),
+            self.ledgers.clone(),
+        )?;
         tracing::debug!(address = %listener.local_addr, "listening");
         self.listeners.push(listener);
         // New dials of this family should leave from the listener's port from now on.
@@ -142,7 +148,10 @@ impl libp2p_core::Transport for Transport {
             // rustls wants a server name; libp2p authenticates by peer id instead.
             let connecting = endpoint
                 .connect_with(client, remote, "l")
-                .map_err(|source| Error::Connect { addr: remote, source })?;
+                .map_err(|source| Error::Connect {
+                    addr: remote,
+                    source,
+                })?;
             Connecting::new(connecting, expected_peer, config, ledgers).await
         }
         .boxed())
@@ -261,8 +270,12 @@ impl Listener {
                     return None;
                 }
                 self.addresses.push(ip);
-                let listen_addr = address::to_multiaddr(SocketAddr::new(ip, self.local_addr.port()));
-                Some(TransportEvent::NewAddress { listener_id, listen_addr })
+                let listen_addr =
+                    address::to_multiaddr(SocketAddr::new(ip, self.local_addr.port()));
+                Some(TransportEvent::NewAddress {
+                    listener_id,
+                    listen_addr,
+                })
             }
             Ok(IfEvent::Down(net)) => {
                 let ip = net.addr();
@@ -271,8 +284,12 @@ impl Listener {
                 if self.addresses.len() == before {
                     return None;
                 }
-                let listen_addr = address::to_multiaddr(SocketAddr::new(ip, self.local_addr.port()));
-                Some(TransportEvent::AddressExpired { listener_id, listen_addr })
+                let listen_addr =
+                    address::to_multiaddr(SocketAddr::new(ip, self.local_addr.port()));
+                Some(TransportEvent::AddressExpired {
+                    listener_id,
+                    listen_addr,
+                })
             }
             Err(error) => Some(TransportEvent::ListenerError {
                 listener_id,
@@ -317,8 +334,12 @@ impl futures::Stream for Listener {
                             continue;
                         }
                     };
-                    let upgrade =
-                        Connecting::new(connecting, None, self.config.clone(), self.ledgers.clone());
+                    let upgrade = Connecting::new(
+                        connecting,
+                        None,
+                        self.config.clone(),
+                        self.ledgers.clone(),
+                    );
                     return Poll::Ready(Some(TransportEvent::Incoming {
                         listener_id: self.id,
                         upgrade,

@@ -83,12 +83,7 @@ pub(crate) async fn run(
     }
 }
 
-fn settle(
-    shared: &Shared,
-    id: u64,
-    cell: &Cell,
-    result: Result<Option<VarInt>, StoppedError>,
-) {
+fn settle(shared: &Shared, id: u64, cell: &Cell, result: Result<Option<VarInt>, StoppedError>) {
     match result {
         Ok(None) => shared.set_send(id, HalfState::Done),
         Ok(Some(code)) => {

@@ -42,7 +42,10 @@ async fn unsupported_addresses_are_refused_not_panicked_on() {
         );
     }
     // Nowhere to dial to.
-    for text in ["/ip4/0.0.0.0/udp/4001/quic-v1", "/ip4/127.0.0.1/udp/0/quic-v1"] {
+    for text in [
+        "/ip4/0.0.0.0/udp/4001/quic-v1",
+        "/ip4/127.0.0.1/udp/0/quic-v1",
+    ] {
         assert!(
             t.dial(text.parse().unwrap(), dial_opts()).is_err(),
             "{text}"
@@ -62,7 +65,10 @@ async fn dialing_the_wrong_peer_fails_with_both_ids() {
         .unwrap();
     let (dialed, _) = futures::join!(bounded("dial", dial), accept(&mut listener));
     match dialed {
-        Err(Error::PeerIdMismatch { expected, actual: _ }) => assert_eq!(expected, impostor),
+        Err(Error::PeerIdMismatch {
+            expected,
+            actual: _,
+        }) => assert_eq!(expected, impostor),
         Err(other) => panic!("expected PeerIdMismatch, got {other:?}"),
         Ok(_) => panic!("a connection to the wrong peer was handed out"),
     }
@@ -86,7 +92,11 @@ async fn handshake_with_a_silent_port_times_out() {
         "{:?}",
         result.err()
     );
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -114,7 +124,10 @@ async fn garbage_datagrams_do_not_disturb_the_listener() {
     let dialer_config = Config::new(&Keypair::generate_ed25519());
     let mut dialer = Transport::new(dialer_config);
     let dial = dialer.dial(addr, dial_opts()).unwrap();
-    let (dialed, (_, accepted)) = futures::join!(bounded("dial", dial), accept_skipping_garbage(&mut listener));
+    let (dialed, (_, accepted)) = futures::join!(
+        bounded("dial", dial),
+        accept_skipping_garbage(&mut listener)
+    );
     let (listener_id, dialer_conn) = dialed.expect("dial after garbage");
     let dialer_peer = Peer::new(PeerId::random(), listener_id, dialer_conn, dialer.ledgers());
     let mut listener_peer = Peer::new(listener_id, PeerId::random(), accepted, listener.ledgers());
@@ -123,9 +136,7 @@ async fn garbage_datagrams_do_not_disturb_the_listener() {
 
 /// Accept the next connection whose handshake succeeds: garbage that passes as an Initial
 /// may start handshakes that fail.
-async fn accept_skipping_garbage(
-    transport: &mut Transport,
-) -> (PeerId, libp2p_quinn::Connection) {
+async fn accept_skipping_garbage(transport: &mut Transport) -> (PeerId, libp2p_quinn::Connection) {
     use libp2p_core::transport::TransportEvent;
     use std::pin::Pin;
     loop {
@@ -160,7 +171,12 @@ async fn a_vanished_peer_fails_reads_and_writes_within_the_idle_timeout() {
         7,
     )
     .await;
-    let Pair { dialer, mut listener, proxy, .. } = pair;
+    let Pair {
+        dialer,
+        mut listener,
+        proxy,
+        ..
+    } = pair;
     let mut out = dialer.open().await;
     out.write_all(b"hello").await.unwrap();
     let mut inbound = listener.accept().await;
@@ -190,7 +206,10 @@ async fn a_vanished_peer_fails_reads_and_writes_within_the_idle_timeout() {
     for e in [&read_err, &write_err] {
         assert_eq!(e.kind(), std::io::ErrorKind::NotConnected, "{e:?}");
         let inner = e.get_ref().and_then(|e| e.downcast_ref::<StreamError>());
-        assert!(matches!(inner, Some(StreamError::ConnectionLost(_))), "{e:?}");
+        assert!(
+            matches!(inner, Some(StreamError::ConnectionLost(_))),
+            "{e:?}"
+        );
     }
     assert!(started.elapsed() < idle * 3, "{:?}", started.elapsed());
     // The watcher emptied the books of the dead connection.

@@ -182,7 +182,10 @@ async fn run(case: Case, opener: Opener, reset_on_drop: bool, loss: f64) {
         }
         seen
     };
-    let ((), seen) = bounded("all streams", async { futures::join!(open_all, accept_all) }).await;
+    let ((), seen) = bounded("all streams", async {
+        futures::join!(open_all, accept_all)
+    })
+    .await;
 
     // A panicking writer's peer never takes the cut-short message for a complete one; nor does
     // an aborted writer's peer under reset-on-drop.
@@ -205,8 +208,16 @@ async fn run(case: Case, opener: Opener, reset_on_drop: bool, loss: f64) {
     }
     println!(
         "{case:?} opened by {opener:?}{}{}: {STREAMS} streams (limit {LIMIT}) in {:?}",
-        if reset_on_drop { " (reset on drop)" } else { "" },
-        if loss > 0.0 { format!(" through {:.0}% loss", loss * 100.0) } else { String::new() },
+        if reset_on_drop {
+            " (reset on drop)"
+        } else {
+            ""
+        },
+        if loss > 0.0 {
+            format!(" through {:.0}% loss", loss * 100.0)
+        } else {
+            String::new()
+        },
         started.elapsed()
     );
 }

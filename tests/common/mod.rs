@@ -2,9 +2,13 @@
 //! muxer, and bounded waits.
 #![allow(dead_code)]
 
+pub mod go;
+
 use std::{future::Future, pin::Pin, time::Duration};
 
-use futures::{channel::mpsc, channel::oneshot, future::poll_fn, AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::{
+    channel::mpsc, channel::oneshot, future::poll_fn, AsyncReadExt, AsyncWriteExt, StreamExt,
+};
 use libp2p_core::{
     muxing::StreamMuxer,
     transport::{DialOpts, ListenerId, PortUse, TransportEvent},
@@ -99,7 +103,9 @@ impl Peer {
         let deadline = tokio::time::Instant::now() + STEP;
         loop {
             let mut all = self.ledgers.for_peer(&self.remote);
-            let Some(snapshot) = all.pop() else { return None };
+            let Some(snapshot) = all.pop() else {
+                return None;
+            };
             if snapshot.is_idle() {
                 return Some(snapshot);
             }
@@ -125,33 +131,31 @@ async fn drive(
     inbound: mpsc::UnboundedSender<Stream>,
 ) {
     let mut pending_open: Option<oneshot::Sender<_>> = None;
-    poll_fn(|cx| {
-        loop {
-            let mut progress = false;
-            if let std::task::Poll::Ready(result) = Pin::new(&mut connection).poll_inbound(cx) {
-                match result {
-                    Ok(stream) => {
-                        let _ = inbound.unbounded_send(stream);
-                        progress = true;
-                    }
-                    Err(_) => return std::task::Poll::Ready(()),
-                }
-            }
-            if pending_open.is_none() {
-                if let std::task::Poll::Ready(Some(tx)) = open_rx.poll_next_unpin(cx) {
-                    pending_open = Some(tx);
-                }
-            }
-            if pending_open.is_some() {
-                if let std::task::Poll::Ready(result) = Pin::new(&mut connection).poll_outbound(cx) {
-                    let _ = pending_open.take().unwrap().send(result);
+    poll_fn(|cx| loop {
+        let mut progress = false;
+        if let std::task::Poll::Ready(result) = Pin::new(&mut connection).poll_inbound(cx) {
+            match result {
+                Ok(stream) => {
+                    let _ = inbound.unbounded_send(stream);
                     progress = true;
                 }
+                Err(_) => return std::task::Poll::Ready(()),
             }
-            let _ = Pin::new(&mut connection).poll(cx);
-            if !progress {
-                return std::task::Poll::Pending;
+        }
+        if pending_open.is_none() {
+            if let std::task::Poll::Ready(Some(tx)) = open_rx.poll_next_unpin(cx) {
+                pending_open = Some(tx);
             }
+        }
+        if pending_open.is_some() {
+            if let std::task::Poll::Ready(result) = Pin::new(&mut connection).poll_outbound(cx) {
+                let _ = pending_open.take().unwrap().send(result);
+                progress = true;
+            }
+        }
+        let _ = Pin::new(&mut connection).poll(cx);
+        if !progress {
+            return std::task::Poll::Pending;
         }
     })
     .await;
@@ -174,7 +178,12 @@ pub async fn listen(transport: &mut Transport, addr: &str) -> Multiaddr {
         .listen_on(ListenerId::next(), addr.parse().unwrap())
         .expect("listen");
     loop {
-        match bounded("listen address", poll_fn(|cx| Pin::new(&mut *transport).poll(cx))).await {
+        match bounded(
+            "listen address",
+            poll_fn(|cx| Pin::new(&mut *transport).poll(cx)),
+        )
+        .await
+        {
             TransportEvent::NewAddress { listen_addr, .. } => return listen_addr,
             other => panic!("unexpected event {other:?}"),
         }
@@ -191,7 +200,11 @@ pub fn dial_opts() -> DialOpts {
 /// Accept one incoming connection on `transport`.
 pub async fn accept(transport: &mut Transport) -> (PeerId, Connection) {
     loop {
-        match bounded("incoming connection", poll_fn(|cx| Pin::new(&mut *transport).poll(cx))).await
+        match bounded(
+            "incoming connection",
+            poll_fn(|cx| Pin::new(&mut *transport).poll(cx)),
+        )
+        .await
         {
             TransportEvent::Incoming { upgrade, .. } => {
                 return bounded("handshake", upgrade).await.expect("handshake");
@@ -208,9 +221,19 @@ pub async fn pair_with(dialer_config: Config, listener_config: Config) -> Pair {
 
 /// Connect two peers through a seeded UDP proxy that drops `loss` of the datagrams each way.
 #[cfg(feature = "test-util")]
-pub async fn pair_lossy(dialer_config: Config, listener_config: Config, loss: f64, seed: u64) -> Pair {
+pub async fn pair_lossy(
+    dialer_config: Config,
+    listener_config: Config,
+    loss: f64,
+    seed: u64,
+) -> Pair {
     use libp2p_quinn::test_util::Impairment;
-    pair_via(dialer_config, listener_config, Some((Impairment::lossy(loss), seed))).await
+    pair_via(
+        dialer_config,
+        listener_config,
+        Some((Impairment::lossy(loss), seed)),
+    )
+    .await
 }
 
 #[cfg(not(feature = "test-util"))]
@@ -265,11 +288,15 @@ pub async fn exchange(opener: &Peer, acceptor: &mut Peer) {
     out.close().await.unwrap();
     let mut inbound = acceptor.accept().await;
     let mut request = Vec::new();
-    bounded("read request", inbound.read_to_end(&mut request)).await.unwrap();
+    bounded("read request", inbound.read_to_end(&mut request))
+        .await
+        .unwrap();
     assert_eq!(request, b"ping1234");
     inbound.write_all(b"pong5678").await.unwrap();
     inbound.close().await.unwrap();
     let mut reply = Vec::new();
-    bounded("read reply", out.read_to_end(&mut reply)).await.unwrap();
+    bounded("read reply", out.read_to_end(&mut reply))
+        .await
+        .unwrap();
     assert_eq!(reply, b"pong5678");
 }

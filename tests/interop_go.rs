@@ -1,0 +1,533 @@
+//! Interop with go-libp2p (v0.48.0, quic-go v0.59.0): the Go test peer of `interop/go-peer`,
+//! built by the test run itself, against a libp2p `Swarm` on our transport. Loopback only; each
+//! test has a time limit, and each runs with either side dialing.
+//!
+//! - ping: Go pings us and we ping Go; both sides name the right peer.
+//! - echo: 1 MiB through one stream, each way, bytes checked.
+//! - storm: the incident's workload. Go opens and closes 10 x 256 streams to us the Go way
+//!   (8 bytes, `Close()` = CancelRead + FIN), then we open and close 10 x 256 streams to Go our
+//!   way (8 bytes, close, read the 8-byte reply, drop). No open may block for 10 s, and our
+//!   ledger must empty afterwards. Then the same through a seeded proxy losing 5% of the
+//!   datagrams each way (feature `test-util`).
+//!
+//! The tests run one at a time (a process-wide lock): the storms' timings are the numbers this
+//! file exists for, and two storms sharing a small machine would blur them. Run with
+//! `--nocapture` to see them.
+//!
+//! Needs Go >= 1.25.7 on PATH; without it the tests fail (they do not skip).
+
+mod common;
+
+use std::{future::Future, net::SocketAddr, sync::Mutex, time::Duration};
+
+use common::go::*;
+use libp2p::Multiaddr;
+use libp2p_identity::{Keypair, PeerId};
+
+/// The Go peer's identity: `--seed` makes it deterministic, so we know its peer id up front.
+const GO_SEED: i64 = 4803;
+/// Ten times QUIC's default limit of 256 concurrent incoming streams.
+const STORM_STREAMS: u64 = 10 * 256;
+/// No open may take this long (the Go peer's `--open-timeout` too).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long our ledger may take to empty once the workload is done.
+const SETTLE: Duration = Duration::from_secs(30);
+const STEP: Duration = Duration::from_secs(30);
+const MIB: usize = 1 << 20;
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Build the Go peer (outside the time limit), then run `test` on a fresh runtime within
+/// `limit`, one test at a time.
+fn run<F: Future<Output = ()>>(name: &str, limit: Duration, test: impl FnOnce() -> F) {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    common::init_tracing();
+    go_peer_binary(GoBuild::Current);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        if tokio::time::timeout(limit, test()).await.is_err() {
+            panic!("{name}: timed out after {limit:?}");
+        }
+    });
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Topology {
+    GoDialsOurs,
+    OursDialsGo,
+}
+
+impl Topology {
+    fn label(self) -> &'static str {
+        match self {
+            Topology::GoDialsOurs => "go dials ours",
+            Topology::OursDialsGo => "ours dials go",
+        }
+    }
+}
+
+/// A Rust node and a Go peer, connected.
+struct Setup {
+    node: RustNode,
+    go: GoPeer,
+    go_id: PeerId,
+    #[cfg(feature = "test-util")]
+    proxy: Option<libp2p_quinn::test_util::UdpProxy>,
+}
+
+/// Put a lossy proxy in front of `server` if `lossy` has a seed; returns the address to dial.
+#[allow(unused_variables)]
+async fn route(
+    server: SocketAddr,
+    lossy: Option<u64>,
+    #[cfg(feature = "test-util")] proxy: &mut Option<libp2p_quinn::test_util::UdpProxy>,
+) -> SocketAddr {
+    let Some(seed) = lossy else {
+        return server;
+    };
+    #[cfg(feature = "test-util")]
+    {
+        use libp2p_quinn::test_util::{Impairment, UdpProxy};
+        let p = UdpProxy::start(
+            server,
+            seed,
+            Impairment::lossy(0.05),
+            Impairment::lossy(0.05),
+        )
+        .await
+        .expect("start the proxy");
+        let addr = p.local_addr();
+        println!("lossy proxy (seed {seed}, 5% loss each way): {addr} -> {server}");
+        *proxy = Some(p);
+        addr
+    }
+    #[cfg(not(feature = "test-util"))]
+    panic!("the lossy proxy needs feature test-util")
+}
+
+fn socket_of(addr: &Multiaddr) -> SocketAddr {
+    libp2p_quinn::parse_multiaddr(addr)
+        .unwrap_or_else(|| panic!("not a QUIC address: {addr}"))
+        .0
+}
+
+/// Start both sides with the Go peer in `mode_args`, connect them as `topology` says (through
+/// a lossy proxy if `lossy` has a seed), and check that each side sees the other's peer id.
+async fn connect(
+    topology: Topology,
+    mode_args: &[&str],
+    options: NodeOptions,
+    lossy: Option<u64>,
+) -> Setup {
+    let mut node = RustNode::start(Keypair::generate_ed25519(), options);
+    let go_id = go_peer_id_for_seed(GO_SEED);
+    #[cfg(feature = "test-util")]
+    let mut proxy = None;
+    let mut args: Vec<String> = vec!["--seed".into(), GO_SEED.to_string()];
+    args.extend(mode_args.iter().map(|s| s.to_string()));
+    let mut go = match topology {
+        Topology::GoDialsOurs => {
+            let ours = node.listen().await;
+            let via = route(
+                socket_of(&ours),
+                lossy,
+                #[cfg(feature = "test-util")]
+                &mut proxy,
+            )
+            .await;
+            let dial = libp2p_quinn::to_multiaddr(via)
+                .with_p2p(node.peer_id)
+                .unwrap();
+            args.extend(["--dial".into(), dial.to_string()]);
+            GoPeer::spawn(GoBuild::Current, "go", &args)
+        }
+        Topology::OursDialsGo => {
+            args.extend(["--listen".into(), "/ip4/127.0.0.1/udp/0/quic-v1".into()]);
+            let mut go = GoPeer::spawn(GoBuild::Current, "go", &args);
+            let listening = go.expect("listening", STEP).await;
+            assert_eq!(
+                listening.str("peer_id"),
+                Some(go_id.to_string().as_str()),
+                "the Go peer's id is the one its seed gives"
+            );
+            let addr: Multiaddr = listening.str("addr").unwrap().parse().unwrap();
+            let via = route(
+                socket_of(&addr),
+                lossy,
+                #[cfg(feature = "test-util")]
+                &mut proxy,
+            )
+            .await;
+            node.dial(libp2p_quinn::to_multiaddr(via).with_p2p(go_id).unwrap());
+            go
+        }
+    };
+    let connected = go.expect("connected", STEP).await;
+    assert_eq!(
+        connected.str("peer_id"),
+        Some(node.peer_id.to_string().as_str()),
+        "Go sees our peer id"
+    );
+    let (peer, remote) = node.connected(Some(go_id), STEP).await;
+    assert_eq!(peer, go_id, "we see the Go peer's id");
+    println!(
+        "connected ({}): ours {} <-> go {go_id} at {remote}",
+        topology.label(),
+        node.peer_id
+    );
+    Setup {
+        node,
+        go,
+        go_id,
+        #[cfg(feature = "test-util")]
+        proxy,
+    }
+}
+
+/// Stop the Go peer and check it exited cleanly and reported no error.
+async fn finish(go: &mut GoPeer) {
+    let status = go.shutdown().await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the Go peer did not exit cleanly: {status:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// ping
+
+async fn ping(topology: Topology) {
+    let options = NodeOptions {
+        ping: true,
+        ..Default::default()
+    };
+    let Setup {
+        mut node,
+        mut go,
+        go_id,
+        ..
+    } = connect(topology, &["--mode", "ping", "--count", "5"], options, None).await;
+
+    // Go pings us.
+    let mut go_rtts = Vec::new();
+    for _ in 0..5 {
+        let p = go.expect("ping", STEP).await;
+        assert_eq!(
+            p.str("peer_id"),
+            Some(node.peer_id.to_string().as_str()),
+            "Go pinged the wrong peer"
+        );
+        go_rtts.push(p.num("rtt_us"));
+    }
+    let done = go.expect("ping_done", STEP).await;
+    assert_eq!((done.num("ok"), done.num("failed")), (5.0, 0.0), "{done:?}");
+    println!(
+        "PING go -> ours ({}): RTTs {:?} us",
+        topology.label(),
+        go_rtts
+    );
+
+    // We ping Go.
+    let rtts = node.pings(go_id, 3, STEP).await;
+    println!(
+        "PING ours -> go ({}): RTTs {:?} us",
+        topology.label(),
+        rtts.iter().map(|r| r.as_micros()).collect::<Vec<_>>()
+    );
+
+    // Identify ran too, and named the Go peer.
+    let identified = node
+        .wait_for(STEP, |e| matches!(e, NodeEvent::Identified { .. }))
+        .await;
+    match identified {
+        Some(NodeEvent::Identified { peer, agent, .. }) => {
+            assert_eq!(peer, go_id);
+            println!("identify: the Go peer says it is {agent:?}");
+        }
+        other => panic!("no identify from the Go peer: {other:?}"),
+    }
+    assert!(
+        go.errors().is_empty(),
+        "Go reported errors: {:?}",
+        go.errors()
+    );
+    finish(&mut go).await;
+}
+
+#[test]
+fn ping_go_dials_ours() {
+    run("ping_go_dials_ours", Duration::from_secs(90), || {
+        ping(Topology::GoDialsOurs)
+    });
+}
+
+#[test]
+fn ping_ours_dials_go() {
+    run("ping_ours_dials_go", Duration::from_secs(90), || {
+        ping(Topology::OursDialsGo)
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// echo
+
+async fn echo(topology: Topology) {
+    let Setup {
+        mut node,
+        mut go,
+        go_id,
+        ..
+    } = connect(
+        topology,
+        &["--mode", "echo", "--size", &MIB.to_string()],
+        NodeOptions::default(),
+        None,
+    )
+    .await;
+
+    // Go's echo against our handler.
+    let e = go.expect("echo", Duration::from_secs(60)).await;
+    assert_eq!(e.bool("ok"), Some(true), "Go's echo failed: {e:?}");
+    assert_eq!(e.num("bytes") as usize, MIB);
+    let served = &node.served;
+    let deadline = tokio::time::Instant::now() + STEP;
+    while served
+        .echo_streams
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "our echo handler never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        served.echo_bytes.load(std::sync::atomic::Ordering::Relaxed),
+        MIB as u64
+    );
+    assert_eq!(
+        served
+            .echo_failed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    println!(
+        "ECHO go -> ours ({}): {} bytes back intact in {:.1} ms",
+        topology.label(),
+        MIB,
+        e.num("elapsed_ms")
+    );
+
+    // Ours against Go's handler.
+    let payload = echo_payload(MIB);
+    let started = std::time::Instant::now();
+    let reply = tokio::time::timeout(
+        Duration::from_secs(60),
+        echo_to(&mut node.control, go_id, &payload),
+    )
+    .await
+    .expect("our echo timed out")
+    .expect("our echo failed");
+    assert_eq!(reply.len(), payload.len());
+    assert!(reply == payload, "the echo came back altered");
+    println!(
+        "ECHO ours -> go ({}): {} bytes back intact in {:.1} ms",
+        topology.label(),
+        MIB,
+        started.elapsed().as_secs_f64() * 1e3
+    );
+
+    let (snap, took) = node.settled(&go_id, SETTLE).await;
+    println!(
+        "ledger empty {:.0} ms after the echo; streams opened in/out {:?}",
+        took.as_secs_f64() * 1e3,
+        snap.totals.opened
+    );
+    assert!(
+        go.errors().is_empty(),
+        "Go reported errors: {:?}",
+        go.errors()
+    );
+    finish(&mut go).await;
+}
+
+#[test]
+fn echo_go_dials_ours() {
+    run("echo_go_dials_ours", Duration::from_secs(120), || {
+        echo(Topology::GoDialsOurs)
+    });
+}
+
+#[test]
+fn echo_ours_dials_go() {
+    run("echo_ours_dials_go", Duration::from_secs(120), || {
+        echo(Topology::OursDialsGo)
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// storm: the incident's workload
+
+async fn storm(topology: Topology, lossy: Option<u64>) {
+    let net = if lossy.is_some() { "lossy 5%" } else { "clean" };
+    let count = STORM_STREAMS.to_string();
+    let open_timeout = format!("{}s", OPEN_TIMEOUT.as_secs());
+    let Setup {
+        node,
+        mut go,
+        go_id,
+        #[cfg(feature = "test-util")]
+        proxy,
+    } = connect(
+        topology,
+        &[
+            "--mode",
+            "storm",
+            "--count",
+            &count,
+            "--close",
+            "close",
+            "--open-timeout",
+            &open_timeout,
+        ],
+        NodeOptions::default(),
+        lossy,
+    )
+    .await;
+
+    // Go storms us, the Go way.
+    let s = go.expect("storm", Duration::from_secs(600)).await;
+    println!(
+        "STORM go -> ours ({net}, {}): streams {} (ok {}, failed {}, blocked {}), slowest open \
+         {:.1} ms, elapsed {:.0} ms, slowest close {:.1} ms, close errors {}",
+        topology.label(),
+        s.num("count"),
+        s.num("ok"),
+        s.num("failed"),
+        s.num("blocked"),
+        s.num("slowest_open_ms"),
+        s.num("elapsed_ms"),
+        s.num("slowest_close_ms"),
+        s.num("close_errors"),
+    );
+    assert_eq!(s.u64("count"), Some(STORM_STREAMS));
+    assert_eq!(s.u64("blocked"), Some(0), "an open blocked: {s:?}");
+    assert_eq!(
+        s.u64("failed"),
+        Some(0),
+        "Go's storm failed: {:?}",
+        go.errors()
+    );
+    assert!(s.num("slowest_open_ms") < OPEN_TIMEOUT.as_secs_f64() * 1e3);
+    // Our handler saw every stream (it may fail to write its answer: Go's Close() stops the
+    // stream's reading side as soon as the request is out).
+    let served = &node.served;
+    let handled = || {
+        served.storm_ok.load(std::sync::atomic::Ordering::Relaxed)
+            + served
+                .storm_failed
+                .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let deadline = tokio::time::Instant::now() + STEP;
+    while handled() < STORM_STREAMS && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!(
+        "  our storm handler: {} answered, {} could not answer (stopped by Go)",
+        served.storm_ok.load(std::sync::atomic::Ordering::Relaxed),
+        served
+            .storm_failed
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
+    assert_eq!(
+        handled(),
+        STORM_STREAMS,
+        "our handler did not see every stream"
+    );
+
+    // We storm Go, our way.
+    let r = storm_to(&node.control, go_id, STORM_STREAMS, 1, OPEN_TIMEOUT).await;
+    println!(
+        "STORM ours -> go ({net}, {}): {}",
+        topology.label(),
+        r.line()
+    );
+    assert_eq!(r.blocked, 0, "an open blocked: {:?}", r.errors);
+    assert_eq!(r.failed, 0, "our storm failed: {:?}", r.errors);
+    assert!(r.slowest_open < OPEN_TIMEOUT);
+
+    // Nothing is left on our side.
+    let (snap, took) = node.settled(&go_id, SETTLE).await;
+    println!(
+        "  ledger empty {:.0} ms after the storms; streams opened in/out {:?}, ended send \
+         (finished, reset) {:?}, ended recv (finished, reset, stopped) {:?}",
+        took.as_secs_f64() * 1e3,
+        snap.totals.opened,
+        snap.totals.ended_send,
+        snap.totals.ended_recv
+    );
+    assert!(snap.totals.opened[1] >= STORM_STREAMS);
+    assert!(snap.totals.opened[0] >= STORM_STREAMS);
+    #[cfg(feature = "test-util")]
+    if let Some(proxy) = proxy {
+        let stats = proxy.stats();
+        println!(
+            "  proxy: forwarded {:?}, dropped {:?} (to go/ours order: to-server, to-client)",
+            stats.forwarded, stats.dropped
+        );
+        assert!(
+            stats.dropped.iter().all(|&d| d > 0),
+            "the proxy lost nothing"
+        );
+    }
+
+    finish(&mut go).await;
+    // The Go side answered every one of our streams.
+    let served_by_go = go
+        .last("storm_served")
+        .unwrap_or_else(|| panic!("Go reported no storm_served line"));
+    assert_eq!(
+        served_by_go.u64("count"),
+        Some(STORM_STREAMS),
+        "{served_by_go:?}"
+    );
+    assert_eq!(served_by_go.u64("failed"), Some(0), "{served_by_go:?}");
+}
+
+#[test]
+fn storm_go_dials_ours() {
+    run("storm_go_dials_ours", Duration::from_secs(240), || {
+        storm(Topology::GoDialsOurs, None)
+    });
+}
+
+#[test]
+fn storm_ours_dials_go() {
+    run("storm_ours_dials_go", Duration::from_secs(240), || {
+        storm(Topology::OursDialsGo, None)
+    });
+}
+
+#[cfg(feature = "test-util")]
+#[test]
+fn storm_lossy_go_dials_ours() {
+    run(
+        "storm_lossy_go_dials_ours",
+        Duration::from_secs(600),
+        || storm(Topology::GoDialsOurs, Some(5)),
+    );
+}
+
+#[cfg(feature = "test-util")]
+#[test]
+fn storm_lossy_ours_dials_go() {
+    run(
+        "storm_lossy_ours_dials_go",
+        Duration::from_secs(600),
+        || storm(Topology::OursDialsGo, Some(6)),
+    );
+}
