@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     stream_limit: u32,
     credit_wait_warning: Duration,
     live: [AtomicU64; 2],
+    /// Since when an outbound open has been waiting for stream credit, if one is.
+    credit_wait_since: Mutex<Option<Instant>>,
     ledger: Option<Mutex<Ledger>>,
     watcher: Option<mpsc::UnboundedSender<Watch>>,
     #[cfg(feature = "metrics")]
@@ -120,13 +122,38 @@ impl Shared {
         ]
     }
 
+    fn set_credit_wait(&self, since: Option<Instant>) {
+        *self
+            .credit_wait_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = since;
+    }
+
+    /// Outbound streams open here: tracked by the ledger, or live handles without it.
+    fn outbound_open_here(&self) -> u64 {
+        self.ledger()
+            .map(|l| l.outbound_open_here())
+            .unwrap_or_else(|| self.live_handles()[Direction::Outbound.index()])
+    }
+
     pub(crate) fn snapshot(&self) -> ConnectionSnapshot {
         let now = Instant::now();
         let (totals, streams) = match self.ledger() {
             Some(ledger) => (ledger.totals().clone(), ledger.streams(now)),
             None => (Totals::default(), Vec::new()),
         };
+        let credit_wait = self
+            .credit_wait_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|since| now.saturating_duration_since(since));
+        // While an open waits, the peer holds all the credit it granted us: those of our
+        // streams not open here are closed on our side but not yet credited back.
+        let held_by_peer_closed_here = credit_wait
+            .map(|_| u64::from(self.stream_limit).saturating_sub(self.outbound_open_here()));
         ConnectionSnapshot {
+            credit_wait,
+            held_by_peer_closed_here,
             peer: self.peer,
             connection_id: self.connection_id,
             remote_address: self.remote_address,
@@ -139,10 +166,7 @@ impl Shared {
 
     /// Say, once per waiting open, why a new outbound stream does not open.
     fn warn_credit_wait(&self, waited: Duration) {
-        let open_here = self
-            .ledger()
-            .map(|l| l.outbound_open_here())
-            .unwrap_or_else(|| self.live_handles()[Direction::Outbound.index()]);
+        let open_here = self.outbound_open_here();
         // The peer's limit is not visible through quinn; libp2p peers share the default, so we
         // take our own as the estimate.
         let limit = u64::from(self.stream_limit);
@@ -191,6 +215,12 @@ pub struct ConnectionSnapshot {
     pub totals: Totals,
     /// Every tracked stream, oldest first (empty when the ledger is off).
     pub streams: Vec<StreamInfo>,
+    /// How long the current outbound open has waited for stream credit, if one is waiting.
+    pub credit_wait: Option<Duration>,
+    /// While an open waits for credit: how many of our streams the peer still holds although
+    /// they are closed on our side (estimated with our own stream limit as the peer's).
+    /// A number near the limit means the leak is on the peer's side.
+    pub held_by_peer_closed_here: Option<u64>,
 }
 
 impl ConnectionSnapshot {
@@ -266,6 +296,7 @@ impl Connection {
             stream_limit: config.max_concurrent_stream_limit,
             credit_wait_warning: config.credit_wait_warning,
             live: Default::default(),
+            credit_wait_since: Mutex::new(None),
             ledger: config.stream_ledger.then(|| Mutex::new(Ledger::new())),
             watcher: watcher_tx,
             #[cfg(feature = "metrics")]
@@ -389,6 +420,9 @@ async fn open_with_warning(
         return Ok(result?);
     }
     let started = Instant::now();
+    shared.set_credit_wait(Some(started));
+    // Cleared however this future ends, including when the caller drops it.
+    let _clear = scopeguard(|| shared.set_credit_wait(None));
     let result = match tokio::time::timeout(shared.credit_wait_warning, &mut open).await {
         Ok(result) => result,
         Err(_) => {
@@ -401,6 +435,19 @@ async fn open_with_warning(
         m.credit_waited(started.elapsed());
     }
     Ok(result?)
+}
+
+/// Runs `f` when dropped.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 impl Drop for Connection {

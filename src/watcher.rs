@@ -117,6 +117,7 @@ fn report_leaks(shared: &Shared, threshold: Duration) {
             (HalfState::Open, HalfState::Open) => "both halves",
             (HalfState::Open, _) => "the send half",
             (_, HalfState::Open) => "the receive half",
+            _ if s.handle_alive => "no half, yet the handle is kept",
             _ => "no half (waiting for the peer's acknowledgement)",
         };
         let what = match suspect.kind {

@@ -1,0 +1,1532 @@
+//! The transport benchmark: this crate against `libp2p-quic`, raw quinn and TCP + noise + yamux.
+//!
+//! ```text
+//! cargo bench --bench bench -- [--rounds N] [--quick] [--only WORKLOAD,...]
+//!                              [--transports TRANSPORT,...] [--bulk-mib N] [--streams N]
+//! ```
+//!
+//! Everything runs in one process and round-robin: each round runs every workload on every
+//! transport (in an order that rotates per round), so that the noise of a small, shared machine
+//! falls on all transports alike and the ratios between them hold even where absolute numbers
+//! drift. Each measurement prints one machine-readable line,
+//!
+//! ```text
+//! BENCH {"round":1,"transport":"ours","workload":"seq_churn","value":12345.6,"unit":"streams/s"}
+//! ```
+//!
+//! and the run ends with a table of medians over the rounds, the ratios to raw quinn and to
+//! `libp2p-quic`, and the cost of the stream ledger (ours against ours with `stream_ledger`
+//! off).
+//!
+//! Every workload is written once, over [`Dialer`], [`Conn`] and [`Server`]: a connection that
+//! opens streams boxed as libp2p's [`SubstreamBox`], and a listener that answers every inbound
+//! stream the same way ([`serve`]). libp2p transports are boxed as a Swarm would box them
+//! (`StreamMuxerBox`, one task driving the muxer); raw quinn is used directly.
+//!
+//! `tests/bench_smoke.rs` includes this file as a module and runs it on tiny sizes, so that the
+//! benchmark keeps building and working.
+
+use std::{
+    fmt, io,
+    net::{Ipv4Addr, SocketAddr},
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use futures::{
+    channel::{mpsc, oneshot},
+    future::{self, poll_fn, BoxFuture},
+    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt, StreamExt,
+};
+use libp2p_core::{
+    muxing::{StreamMuxerBox, StreamMuxerExt, SubstreamBox},
+    transport::{Boxed, DialOpts, ListenerId, PortUse, TransportEvent},
+    upgrade::Version,
+    Endpoint, Multiaddr, Transport as _,
+};
+use libp2p_identity::{Keypair, PeerId};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use tokio::task::{JoinHandle, JoinSet};
+
+// ---------------------------------------------------------------------------------------------
+// Options
+// ---------------------------------------------------------------------------------------------
+
+/// The transports under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// This crate, with the stream ledger on (the default).
+    Ours,
+    /// This crate with `stream_ledger = false`: the ledger's cost is the difference.
+    OursNoLedger,
+    /// rust-libp2p's QUIC transport.
+    Libp2pQuic,
+    /// quinn with libp2p's TLS configs and our transport parameters, no libp2p at all: the
+    /// ceiling that a libp2p layer over quinn can reach.
+    RawQuinn,
+    /// TCP upgraded with noise and yamux: what libp2p users get without QUIC.
+    TcpNoiseYamux,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::Ours,
+        Kind::OursNoLedger,
+        Kind::Libp2pQuic,
+        Kind::RawQuinn,
+        Kind::TcpNoiseYamux,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Ours => "ours",
+            Kind::OursNoLedger => "ours-no-ledger",
+            Kind::Libp2pQuic => "libp2p-quic",
+            Kind::RawQuinn => "raw-quinn",
+            Kind::TcpNoiseYamux => "tcp-noise-yamux",
+        }
+    }
+
+    fn listen_addr(self) -> Multiaddr {
+        let addr = match self {
+            Kind::TcpNoiseYamux => "/ip4/127.0.0.1/tcp/0",
+            _ => "/ip4/127.0.0.1/udp/0/quic-v1",
+        };
+        addr.parse().expect("valid multiaddr")
+    }
+}
+
+/// The workloads, as named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    Handshake,
+    Bulk,
+    SeqChurn,
+    ConcChurn,
+    Memory,
+    Scale,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 6] = [
+        Workload::Handshake,
+        Workload::Bulk,
+        Workload::SeqChurn,
+        Workload::ConcChurn,
+        Workload::Memory,
+        Workload::Scale,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Handshake => "handshake",
+            Workload::Bulk => "bulk",
+            Workload::SeqChurn => "seq_churn",
+            Workload::ConcChurn => "conc_churn",
+            Workload::Memory => "memory",
+            Workload::Scale => "scale",
+        }
+    }
+
+    /// The metrics this workload reports.
+    pub fn metrics(self) -> &'static [Metric] {
+        match self {
+            Workload::Handshake => &[Metric::HandshakeP50, Metric::HandshakeP99],
+            Workload::Bulk => &[Metric::Bulk],
+            Workload::SeqChurn => &[Metric::SeqChurn],
+            Workload::ConcChurn => &[Metric::ConcChurn],
+            Workload::Memory => &[
+                Metric::ConnRss,
+                Metric::ConnHeap,
+                Metric::StreamRss,
+                Metric::StreamHeap,
+            ],
+            Workload::Scale => &[Metric::Scale, Metric::ScaleFailed, Metric::ScaleStuck],
+        }
+    }
+}
+
+/// One reported number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    HandshakeP50,
+    HandshakeP99,
+    Bulk,
+    SeqChurn,
+    ConcChurn,
+    /// Resident memory per idle connection, both ends together.
+    ConnRss,
+    /// Heap bytes in use per idle connection, both ends together: the same as `ConnRss` without
+    /// the page granularity and allocator slack, so steadier.
+    ConnHeap,
+    StreamRss,
+    StreamHeap,
+    Scale,
+    /// Dials, opens or exchanges that failed during the scale workload.
+    ScaleFailed,
+    /// Opens that waited longer than [`STUCK`] during the scale workload.
+    ScaleStuck,
+}
+
+impl Metric {
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::HandshakeP50 => "handshake_p50",
+            Metric::HandshakeP99 => "handshake_p99",
+            Metric::Bulk => "bulk",
+            Metric::SeqChurn => "seq_churn",
+            Metric::ConcChurn => "conc_churn",
+            Metric::ConnRss => "idle_conn_rss",
+            Metric::ConnHeap => "idle_conn_heap",
+            Metric::StreamRss => "idle_stream_rss",
+            Metric::StreamHeap => "idle_stream_heap",
+            Metric::Scale => "scale",
+            Metric::ScaleFailed => "scale_failed",
+            Metric::ScaleStuck => "scale_stuck",
+        }
+    }
+
+    pub fn unit(self) -> &'static str {
+        match self {
+            Metric::HandshakeP50 | Metric::HandshakeP99 => "ms",
+            Metric::Bulk => "Gbit/s",
+            Metric::SeqChurn | Metric::ConcChurn | Metric::Scale => "streams/s",
+            Metric::ConnRss | Metric::ConnHeap => "bytes/conn",
+            Metric::StreamRss | Metric::StreamHeap => "bytes/stream",
+            Metric::ScaleFailed | Metric::ScaleStuck => "count",
+        }
+    }
+
+    pub fn higher_is_better(self) -> bool {
+        matches!(
+            self,
+            Metric::Bulk | Metric::SeqChurn | Metric::ConcChurn | Metric::Scale
+        )
+    }
+
+    /// Failure counts: summed over rounds rather than taken as a median, and never a ratio.
+    pub fn is_count(self) -> bool {
+        matches!(self, Metric::ScaleFailed | Metric::ScaleStuck)
+    }
+}
+
+/// How much each workload does.
+#[derive(Debug, Clone)]
+pub struct Sizes {
+    /// Handshakes per transport per round (fresh transports each).
+    pub handshakes: usize,
+    pub bulk_bytes: u64,
+    /// Streams per churn run, sequential and concurrent alike.
+    pub churn_streams: usize,
+    /// Tasks of the concurrent churn.
+    pub concurrency: usize,
+    pub idle_conns: usize,
+    pub idle_streams: usize,
+    pub scale_conns: usize,
+    pub scale_streams_per_conn: usize,
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub rounds: usize,
+    pub workloads: Vec<Workload>,
+    pub transports: Vec<Kind>,
+    pub sizes: Sizes,
+}
+
+impl Options {
+    /// The full benchmark.
+    pub fn full() -> Self {
+        Self {
+            rounds: 5,
+            workloads: Workload::ALL.to_vec(),
+            transports: Kind::ALL.to_vec(),
+            sizes: Sizes {
+                handshakes: 200,
+                bulk_bytes: 256 << 20,
+                // Far past the stream limit of 256: stream credit must come back, or it stalls.
+                churn_streams: 10_000,
+                concurrency: 64,
+                idle_conns: 200,
+                // Under the stream limit of 256, so all of them can be open on one connection.
+                idle_streams: 200,
+                scale_conns: 500,
+                scale_streams_per_conn: 20,
+            },
+        }
+    }
+
+    /// Tiny sizes: a check that everything works, not a measurement.
+    pub fn quick() -> Self {
+        Self {
+            rounds: 2,
+            sizes: Sizes {
+                handshakes: 10,
+                bulk_bytes: 1 << 20,
+                churn_streams: 300,
+                concurrency: 64,
+                idle_conns: 50,
+                idle_streams: 50,
+                scale_conns: 10,
+                scale_streams_per_conn: 30,
+            },
+            ..Self::full()
+        }
+    }
+
+    const USAGE: &'static str = "usage: bench [--rounds N] [--quick] [--only WORKLOAD,...] \
+        [--transports TRANSPORT,...] [--bulk-mib N] [--streams N]\n  \
+        workloads: handshake, bulk, seq_churn, conc_churn, memory, scale\n  \
+        transports: ours, ours-no-ledger, libp2p-quic, raw-quinn, tcp-noise-yamux";
+
+    /// Parse the command line (without the program name). `--quick` sets the defaults that the
+    /// other options then override, wherever it stands.
+    pub fn from_args(args: impl IntoIterator<Item = String>) -> Result<Self, String> {
+        let args: Vec<String> = args.into_iter().collect();
+        let mut options = if args.iter().any(|a| a == "--quick") {
+            Self::quick()
+        } else {
+            Self::full()
+        };
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            let mut value = || args.next().ok_or(format!("{arg} needs a value"));
+            match arg.as_str() {
+                "--quick" => {}
+                // `cargo bench` passes `--bench` to every benchmark binary.
+                "--bench" => {}
+                "--rounds" => options.rounds = parse_number(&value()?)?,
+                "--bulk-mib" => options.sizes.bulk_bytes = parse_number::<u64>(&value()?)? << 20,
+                "--streams" => options.sizes.churn_streams = parse_number(&value()?)?,
+                "--only" => {
+                    options.workloads = parse_list(&value()?, &Workload::ALL, |w| w.name())?
+                }
+                "--transports" => {
+                    options.transports = parse_list(&value()?, &Kind::ALL, |k| k.name())?
+                }
+                "-h" | "--help" => return Err(Self::USAGE.into()),
+                other => return Err(format!("unknown argument {other:?}\n{}", Self::USAGE)),
+            }
+        }
+        if options.rounds == 0 {
+            return Err("--rounds must be at least 1".into());
+        }
+        Ok(options)
+    }
+}
+
+fn parse_number<T: std::str::FromStr>(s: &str) -> Result<T, String> {
+    s.parse().map_err(|_| format!("not a number: {s:?}"))
+}
+
+fn parse_list<T: Copy>(
+    s: &str,
+    all: &[T],
+    name: impl Fn(T) -> &'static str,
+) -> Result<Vec<T>, String> {
+    s.split(',')
+        .map(|part| {
+            all.iter()
+                .copied()
+                .find(|item| name(*item) == part.trim())
+                .ok_or(format!("unknown name {part:?}\n{}", Options::USAGE))
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Results
+// ---------------------------------------------------------------------------------------------
+
+/// One measurement.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub round: usize,
+    pub transport: Kind,
+    pub metric: Metric,
+    pub value: f64,
+}
+
+/// Everything a run measured, and what went wrong.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub samples: Vec<Sample>,
+    pub errors: Vec<String>,
+}
+
+impl Report {
+    pub fn values(&self, transport: Kind, metric: Metric) -> Vec<f64> {
+        self.samples
+            .iter()
+            .filter(|s| s.transport == transport && s.metric == metric)
+            .map(|s| s.value)
+            .collect()
+    }
+
+    /// The median over rounds; for failure counts, the total.
+    pub fn summary(&self, transport: Kind, metric: Metric) -> Option<f64> {
+        let values = self.values(transport, metric);
+        if values.is_empty() {
+            None
+        } else if metric.is_count() {
+            Some(values.iter().sum())
+        } else {
+            Some(percentile(values, 0.5))
+        }
+    }
+}
+
+fn json_number(value: f64) -> String {
+    if value.is_finite() {
+        format!("{value:.3}")
+    } else {
+        "null".into()
+    }
+}
+
+/// The nearest-rank percentile `p` (0..=1) of `values`.
+fn percentile(mut values: Vec<f64>, p: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let rank = (p * values.len() as f64).ceil() as usize;
+    values[rank.clamp(1, values.len()) - 1]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running
+// ---------------------------------------------------------------------------------------------
+
+/// No single workload run may take longer than this; a run that does is reported as an error.
+const WORKLOAD_LIMIT: Duration = Duration::from_secs(300);
+/// Bound on any one step inside a workload (a dial, an open, an exchange, a wait).
+const STEP: Duration = Duration::from_secs(30);
+/// An open that waits longer than this counts as stuck in the scale workload.
+const STUCK: Duration = Duration::from_secs(10);
+
+/// Run the benchmark: print a `BENCH` line per measurement as it comes and return them all.
+pub async fn run(options: &Options) -> Report {
+    let mut report = Report::default();
+    let keys = Keys::new();
+    for round in 1..=options.rounds {
+        for &workload in &options.workloads {
+            // Rotate who goes first, so that no transport always runs on a machine still busy
+            // with (or cooled down from) the one before it.
+            let mut transports = options.transports.clone();
+            let len = transports.len().max(1);
+            transports.rotate_left((round - 1) % len);
+            for kind in transports {
+                let result = tokio::time::timeout(
+                    WORKLOAD_LIMIT,
+                    measure(workload, kind, &keys, &options.sizes),
+                )
+                .await
+                .unwrap_or_else(|_| Err(format!("did not finish in {WORKLOAD_LIMIT:?}")));
+                match result {
+                    Ok(values) => {
+                        for (metric, value) in values {
+                            println!(
+                                "BENCH {{\"round\":{round},\"transport\":\"{}\",\"workload\":\"{}\",\"value\":{},\"unit\":\"{}\"}}",
+                                kind.name(),
+                                metric.name(),
+                                json_number(value),
+                                metric.unit(),
+                            );
+                            report.samples.push(Sample {
+                                round,
+                                transport: kind,
+                                metric,
+                                value,
+                            });
+                        }
+                    }
+                    Err(error) => {
+                        println!(
+                            "BENCH {{\"round\":{round},\"transport\":\"{}\",\"workload\":\"{}\",\"error\":{:?}}}",
+                            kind.name(),
+                            workload.name(),
+                            error,
+                        );
+                        report.errors.push(format!(
+                            "round {round}, {}, {}: {error}",
+                            kind.name(),
+                            workload.name()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    report
+}
+
+async fn measure(
+    workload: Workload,
+    kind: Kind,
+    keys: &Keys,
+    sizes: &Sizes,
+) -> Result<Vec<(Metric, f64)>, String> {
+    let result = match workload {
+        Workload::Handshake => handshake(kind, keys, sizes.handshakes).await,
+        Workload::Bulk => bulk(kind, keys, sizes.bulk_bytes).await,
+        Workload::SeqChurn => churn(kind, keys, sizes.churn_streams, 1, Metric::SeqChurn).await,
+        Workload::ConcChurn => {
+            churn(
+                kind,
+                keys,
+                sizes.churn_streams,
+                sizes.concurrency,
+                Metric::ConcChurn,
+            )
+            .await
+        }
+        Workload::Memory => memory(kind, keys, sizes.idle_conns, sizes.idle_streams).await,
+        Workload::Scale => scale(kind, keys, sizes.scale_conns, sizes.scale_streams_per_conn).await,
+    };
+    result.map_err(|e| e.to_string())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workloads
+// ---------------------------------------------------------------------------------------------
+
+/// Median and p99 of the time from dial to a connection the dialer can use, with fresh
+/// transports (fresh sockets, fresh endpoints) for every handshake. Making the transports is
+/// not timed; what the dial itself does (binding a socket, for all of them) is.
+async fn handshake(kind: Kind, keys: &Keys, count: usize) -> io::Result<Vec<(Metric, f64)>> {
+    let mut times = Vec::with_capacity(count);
+    for _ in 0..count {
+        let server = Server::start(kind, &keys.server).await?;
+        let mut dialer = Dialer::new(kind, &keys.client, PortUse::New);
+        let started = Instant::now();
+        let conn = step("handshake", dialer.dial(server.addr())).await?;
+        times.push(started.elapsed().as_secs_f64() * 1e3);
+        conn.close().await;
+        server.shutdown().await;
+    }
+    Ok(vec![
+        (Metric::HandshakeP50, percentile(times.clone(), 0.5)),
+        (Metric::HandshakeP99, percentile(times, 0.99)),
+    ])
+}
+
+/// One stream, `bytes` one way, timed from the open to the receiver's acknowledgement that it
+/// read everything.
+async fn bulk(kind: Kind, keys: &Keys, bytes: u64) -> io::Result<Vec<(Metric, f64)>> {
+    let (server, conn) = connected(kind, keys).await?;
+    let chunk = vec![0u8; 64 * 1024];
+    let started = Instant::now();
+    let mut stream = conn.opener().open().await?;
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        stream.write_all(&chunk[..n]).await?;
+        left -= n as u64;
+    }
+    stream.close().await?;
+    step("bulk reply", read_reply(&mut stream)).await?;
+    let gbits = bytes as f64 * 8.0 / started.elapsed().as_secs_f64() / 1e9;
+    drop(stream);
+    conn.close().await;
+    server.shutdown().await;
+    Ok(vec![(Metric::Bulk, gbits)])
+}
+
+/// `streams` request/response exchanges on one connection, `tasks` at a time.
+async fn churn(
+    kind: Kind,
+    keys: &Keys,
+    streams: usize,
+    tasks: usize,
+    metric: Metric,
+) -> io::Result<Vec<(Metric, f64)>> {
+    let (server, conn) = connected(kind, keys).await?;
+    let tasks = tasks.clamp(1, streams.max(1));
+    let started = Instant::now();
+    let mut workers = JoinSet::new();
+    for task in 0..tasks {
+        // Spread the remainder over the first tasks.
+        let share = streams / tasks + usize::from(task < streams % tasks);
+        let opener = conn.opener();
+        workers.spawn(async move {
+            for _ in 0..share {
+                step("exchange", exchange(&opener)).await?;
+            }
+            io::Result::Ok(())
+        });
+    }
+    while let Some(result) = workers.join_next().await {
+        result.map_err(io::Error::other)??;
+    }
+    let rate = streams as f64 / started.elapsed().as_secs_f64();
+    conn.close().await;
+    server.shutdown().await;
+    Ok(vec![(metric, rate)])
+}
+
+/// Memory per idle connection and per idle open stream, both ends of each counted (client and
+/// server live in this process). A stream's figure includes the small task that serves it on
+/// the listener, the same for every transport.
+async fn memory(
+    kind: Kind,
+    keys: &Keys,
+    conns: usize,
+    streams: usize,
+) -> io::Result<Vec<(Metric, f64)>> {
+    let server = Server::start(kind, &keys.server).await?;
+    // One dialing endpoint (socket) for all connections, as a node dialing many peers has.
+    let mut dialer = Dialer::new(kind, &keys.client, PortUse::Reuse);
+    // A first connection pays for what every later one shares (the dialing endpoint, lazily
+    // made tables): it belongs to the baseline.
+    let first = step("dial", dialer.dial(server.addr())).await?;
+    server.wait_for_connections(1).await?;
+
+    // Idle connections.
+    let before = Memory::now().await;
+    let dials: Vec<_> = (0..conns)
+        .map(|_| step("dial", dialer.dial(server.addr())))
+        .collect();
+    let idle: Vec<Conn> = future::try_join_all(dials).await?;
+    server.wait_for_connections(conns + 1).await?;
+    let after = Memory::now().await;
+    let per_conn = after.growth_since(&before, conns);
+
+    // Idle streams, all on the first connection.
+    let before = Memory::now().await;
+    let opener = first.opener();
+    let mut held = Vec::with_capacity(streams);
+    for _ in 0..streams {
+        let mut stream = step("open", opener.open()).await?;
+        // One byte, so that the stream exists on the listener's side too (a QUIC stream does
+        // not until a frame of it arrives).
+        stream.write_all(&[1]).await?;
+        stream.flush().await?;
+        held.push(stream);
+    }
+    server.wait_for_streams(streams).await?;
+    let after = Memory::now().await;
+    let per_stream = after.growth_since(&before, streams);
+
+    drop(held);
+    future::join_all(idle.into_iter().map(Conn::close)).await;
+    first.close().await;
+    server.shutdown().await;
+    Ok(vec![
+        (Metric::ConnRss, per_conn.rss),
+        (Metric::ConnHeap, per_conn.heap),
+        (Metric::StreamRss, per_stream.rss),
+        (Metric::StreamHeap, per_stream.heap),
+    ])
+}
+
+/// `conns` connections to one listener, each doing `per_conn` sequential exchanges, all at
+/// once. Counts the exchanges that failed and the opens that waited past [`STUCK`]: the
+/// failure modes a transport that leaks stream credit or stalls under load shows.
+async fn scale(
+    kind: Kind,
+    keys: &Keys,
+    conns: usize,
+    per_conn: usize,
+) -> io::Result<Vec<(Metric, f64)>> {
+    let server = Server::start(kind, &keys.server).await?;
+    let mut dialer = Dialer::new(kind, &keys.client, PortUse::Reuse);
+    let dials: Vec<_> = (0..conns)
+        .map(|_| step("dial", dialer.dial(server.addr())))
+        .collect();
+    let mut connected = Vec::with_capacity(conns);
+    let mut failed = 0u64;
+    for result in future::join_all(dials).await {
+        match result {
+            Ok(conn) => connected.push(conn),
+            Err(_) => failed += per_conn as u64,
+        }
+    }
+
+    let completed = Arc::new(AtomicU64::new(0));
+    let stuck = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut workers = JoinSet::new();
+    for conn in &connected {
+        let opener = conn.opener();
+        let (completed, stuck, errors) = (completed.clone(), stuck.clone(), errors.clone());
+        workers.spawn(async move {
+            for _ in 0..per_conn {
+                let open_started = Instant::now();
+                let opened = tokio::time::timeout(STEP, opener.open()).await;
+                if open_started.elapsed() > STUCK {
+                    stuck.fetch_add(1, Ordering::Relaxed);
+                }
+                let outcome = match opened {
+                    Ok(Ok(stream)) => step("exchange", exchange_on(stream)).await,
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(io::ErrorKind::TimedOut.into()),
+                };
+                let counter = if outcome.is_ok() { &completed } else { &errors };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    while let Some(result) = workers.join_next().await {
+        result.map_err(io::Error::other)?;
+    }
+    let rate = completed.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    failed += errors.load(Ordering::Relaxed);
+
+    future::join_all(connected.into_iter().map(Conn::close)).await;
+    server.shutdown().await;
+    Ok(vec![
+        (Metric::Scale, rate),
+        (Metric::ScaleFailed, failed as f64),
+        (Metric::ScaleStuck, stuck.load(Ordering::Relaxed) as f64),
+    ])
+}
+
+// ---------------------------------------------------------------------------------------------
+// The exchange: the client's side of the protocol that `serve` answers.
+// ---------------------------------------------------------------------------------------------
+
+const REQUEST: &[u8; 8] = b"request!";
+const REPLY: &[u8; 8] = b"response";
+
+/// Open a stream, send an 8-byte request and close our side (FIN), read the 8-byte reply to the
+/// end, drop the stream.
+async fn exchange(opener: &Opener) -> io::Result<()> {
+    exchange_on(opener.open().await?).await
+}
+
+async fn exchange_on(mut stream: SubstreamBox) -> io::Result<()> {
+    stream.write_all(REQUEST).await?;
+    stream.close().await?;
+    read_reply(&mut stream).await
+}
+
+/// Read to the end of the stream and check that it was exactly [`REPLY`].
+async fn read_reply(stream: &mut SubstreamBox) -> io::Result<()> {
+    let mut reply = [0u8; REPLY.len() + 1];
+    let mut len = 0;
+    loop {
+        match stream.read(&mut reply[len..]).await? {
+            0 => break,
+            n => len += n,
+        }
+        if len == reply.len() {
+            break;
+        }
+    }
+    if &reply[..len] == REPLY {
+        Ok(())
+    } else {
+        Err(io::Error::new(io::ErrorKind::InvalidData, "wrong reply"))
+    }
+}
+
+/// The listener's side of every workload: read the stream to its end, then reply [`REPLY`] and
+/// close. Bulk is a long request; an idle stream is a request that never ends.
+async fn serve(mut stream: SubstreamBox, stats: Arc<ServerStats>) {
+    // Start with a small buffer, so that a held-open stream costs little beyond the transport's
+    // own state (memory workload); switch to a large one once a read fills it (bulk).
+    let mut small = [0u8; 64];
+    let mut large = Vec::new();
+    let mut seen = false;
+    loop {
+        let buf: &mut [u8] = if large.is_empty() {
+            &mut small
+        } else {
+            &mut large
+        };
+        let n = match stream.read(buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(_) => return,
+        };
+        if !seen {
+            seen = true;
+            stats.streams_seen.fetch_add(1, Ordering::Relaxed);
+        }
+        if large.is_empty() && n == small.len() {
+            large = vec![0u8; 64 * 1024];
+        }
+    }
+    if stream.write_all(REPLY).await.is_ok() {
+        let _ = stream.close().await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The abstraction over transports
+// ---------------------------------------------------------------------------------------------
+
+/// The identities of the two sides, made once: generating keys is no part of any workload.
+struct Keys {
+    client: Keypair,
+    server: Keypair,
+}
+
+impl Keys {
+    fn new() -> Self {
+        Self {
+            client: Keypair::generate_ed25519(),
+            server: Keypair::generate_ed25519(),
+        }
+    }
+}
+
+type Libp2pTransport = Boxed<(PeerId, StreamMuxerBox)>;
+
+/// A libp2p transport of `kind`, boxed as a Swarm boxes it.
+fn libp2p_transport(kind: Kind, keypair: &Keypair) -> Libp2pTransport {
+    match kind {
+        Kind::Ours | Kind::OursNoLedger => {
+            let mut config = libp2p_quinn::Config::new(keypair);
+            config.stream_ledger = kind == Kind::Ours;
+            libp2p_quinn::tokio::Transport::new(config)
+                .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)))
+                .boxed()
+        }
+        Kind::Libp2pQuic => libp2p::quic::tokio::Transport::new(libp2p::quic::Config::new(keypair))
+            .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)))
+            .boxed(),
+        Kind::TcpNoiseYamux => libp2p::tcp::tokio::Transport::new(libp2p::tcp::Config::default())
+            .upgrade(Version::V1)
+            .authenticate(libp2p::noise::Config::new(keypair).expect("noise config"))
+            .multiplex(libp2p::yamux::Config::default())
+            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+            .boxed(),
+        Kind::RawQuinn => unreachable!("raw quinn is no libp2p transport"),
+    }
+}
+
+/// The quinn transport parameters of `libp2p_quinn::Config::transport_config`, with the
+/// defaults of `Config::new`.
+fn raw_transport_config() -> Arc<quinn::TransportConfig> {
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(256u32.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    transport.datagram_receive_buffer_size(None);
+    transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    transport.max_idle_timeout(Some(quinn::VarInt::from_u32(10_000).into()));
+    transport.allow_spin(false);
+    transport.stream_receive_window(10_000_000u32.into());
+    transport.receive_window(15_000_000u32.into());
+    Arc::new(transport)
+}
+
+fn raw_client_config(keypair: &Keypair) -> quinn::ClientConfig {
+    let tls = libp2p_tls::make_client_config(keypair, None).expect("libp2p TLS client config");
+    let tls = QuicClientConfig::try_from(tls).expect("TLS config fit for QUIC");
+    let mut client = quinn::ClientConfig::new(Arc::new(tls));
+    client.transport_config(raw_transport_config());
+    client
+}
+
+fn raw_server_config(keypair: &Keypair) -> quinn::ServerConfig {
+    let tls = libp2p_tls::make_server_config(keypair).expect("libp2p TLS server config");
+    let tls = QuicServerConfig::try_from(tls).expect("TLS config fit for QUIC");
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(tls));
+    server.transport_config(raw_transport_config());
+    server.migration(false);
+    server
+}
+
+fn raw_endpoint(
+    server: Option<quinn::ServerConfig>,
+    addr: SocketAddr,
+) -> io::Result<quinn::Endpoint> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        server,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+}
+
+/// A raw quinn stream as futures' `AsyncRead + AsyncWrite`, with the semantics of a libp2p
+/// stream: `close` finishes the send half only, and dropping ends both halves (quinn's own drop
+/// finishes an unfinished send half and stops an unread receive half).
+struct QuinnStream {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+impl AsyncRead for QuinnStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().recv.poll_read(cx, buf).map_err(Into::into)
+    }
+}
+
+impl AsyncWrite for QuinnStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().send)
+            .poll_write(cx, buf)
+            .map_err(Into::into)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // quinn sends what was written on its own.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.get_mut().send.finish().map_err(io::Error::other))
+    }
+}
+
+impl QuinnStream {
+    fn boxed((send, recv): (quinn::SendStream, quinn::RecvStream)) -> SubstreamBox {
+        SubstreamBox::new(QuinnStream { send, recv })
+    }
+}
+
+/// What the listener's connections have done.
+#[derive(Default)]
+struct ServerStats {
+    /// Established connections not yet closed.
+    connections: AtomicUsize,
+    /// Inbound streams whose first bytes arrived.
+    streams_seen: AtomicUsize,
+}
+
+/// Counts a connection as live while it exists, also when its task is aborted.
+struct LiveConnection(Arc<ServerStats>);
+
+impl LiveConnection {
+    fn new(stats: &Arc<ServerStats>) -> Self {
+        stats.connections.fetch_add(1, Ordering::Relaxed);
+        Self(stats.clone())
+    }
+}
+
+impl Drop for LiveConnection {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A listener on 127.0.0.1 that answers every inbound stream with [`serve`].
+struct Server {
+    addr: Multiaddr,
+    stats: Arc<ServerStats>,
+    /// Accepts connections; aborting it aborts every connection task it spawned.
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    async fn start(kind: Kind, keypair: &Keypair) -> io::Result<Self> {
+        let stats = Arc::new(ServerStats::default());
+        let (addr, task) = match kind {
+            Kind::RawQuinn => {
+                let endpoint = raw_endpoint(
+                    Some(raw_server_config(keypair)),
+                    (Ipv4Addr::LOCALHOST, 0).into(),
+                )?;
+                let addr = libp2p_quinn::to_multiaddr(endpoint.local_addr()?);
+                (addr, tokio::spawn(accept_quinn(endpoint, stats.clone())))
+            }
+            _ => {
+                let mut transport = libp2p_transport(kind, keypair);
+                transport
+                    .listen_on(ListenerId::next(), kind.listen_addr())
+                    .map_err(io::Error::other)?;
+                let addr = step("listen", async {
+                    loop {
+                        match poll_fn(|cx| Pin::new(&mut transport).poll(cx)).await {
+                            TransportEvent::NewAddress { listen_addr, .. } => {
+                                break Ok(listen_addr)
+                            }
+                            TransportEvent::ListenerError { error, .. }
+                            | TransportEvent::ListenerClosed {
+                                reason: Err(error), ..
+                            } => break Err(io::Error::other(error)),
+                            _ => {}
+                        }
+                    }
+                })
+                .await?;
+                (addr, tokio::spawn(accept_libp2p(transport, stats.clone())))
+            }
+        };
+        Ok(Self { addr, stats, task })
+    }
+
+    fn addr(&self) -> &Multiaddr {
+        &self.addr
+    }
+
+    async fn wait_for_connections(&self, count: usize) -> io::Result<()> {
+        let stats = &self.stats;
+        wait_until("connections to arrive", || {
+            stats.connections.load(Ordering::Relaxed) >= count
+        })
+        .await
+    }
+
+    async fn wait_for_streams(&self, count: usize) -> io::Result<()> {
+        let stats = &self.stats;
+        wait_until("streams to arrive", || {
+            stats.streams_seen.load(Ordering::Relaxed) >= count
+        })
+        .await
+    }
+
+    /// Wait for the clients' closes to reach every connection, then stop: the next
+    /// measurement should not share the machine with this one's teardown.
+    async fn shutdown(self) {
+        let stats = &self.stats;
+        let _ = wait_until("connections to close", || {
+            stats.connections.load(Ordering::Relaxed) == 0
+        })
+        .await;
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+async fn accept_libp2p(mut transport: Libp2pTransport, stats: Arc<ServerStats>) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            event = poll_fn(|cx| Pin::new(&mut transport).poll(cx)) => {
+                if let TransportEvent::Incoming { upgrade, .. } = event {
+                    let stats = stats.clone();
+                    connections.spawn(async move {
+                        if let Ok((_, muxer)) = upgrade.await {
+                            let _live = LiveConnection::new(&stats);
+                            drive(muxer, Role::Server(stats.clone())).await;
+                        }
+                    });
+                }
+            }
+            // Reap finished connection tasks.
+            Some(_) = connections.join_next() => {}
+        }
+    }
+}
+
+async fn accept_quinn(endpoint: quinn::Endpoint, stats: Arc<ServerStats>) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { return };
+                let stats = stats.clone();
+                connections.spawn(async move {
+                    let Ok(connection) = incoming.await else { return };
+                    let _live = LiveConnection::new(&stats);
+                    while let Ok(stream) = connection.accept_bi().await {
+                        tokio::spawn(serve(QuinnStream::boxed(stream), stats.clone()));
+                    }
+                });
+            }
+            Some(_) = connections.join_next() => {}
+        }
+    }
+}
+
+/// Dials connections of one transport.
+enum Dialer {
+    Libp2p {
+        transport: Libp2pTransport,
+        port_use: PortUse,
+    },
+    Quinn {
+        client: quinn::ClientConfig,
+        /// The endpoint that `PortUse::Reuse` dials share, made on first use.
+        shared: Option<quinn::Endpoint>,
+        port_use: PortUse,
+    },
+}
+
+impl Dialer {
+    /// With `PortUse::New` every dial binds its own socket (and, for QUIC, endpoint), as the
+    /// libp2p QUIC transports do for a dial that reuses no port; with `PortUse::Reuse` and no
+    /// listener, all dials share one.
+    fn new(kind: Kind, keypair: &Keypair, port_use: PortUse) -> Self {
+        match kind {
+            Kind::RawQuinn => Dialer::Quinn {
+                client: raw_client_config(keypair),
+                shared: None,
+                port_use,
+            },
+            _ => Dialer::Libp2p {
+                transport: libp2p_transport(kind, keypair),
+                port_use,
+            },
+        }
+    }
+
+    /// Start a dial; the returned future does not borrow the dialer, so that many can run at
+    /// once.
+    fn dial(&mut self, addr: &Multiaddr) -> BoxFuture<'static, io::Result<Conn>> {
+        match self {
+            Dialer::Libp2p {
+                transport,
+                port_use,
+            } => {
+                let opts = DialOpts {
+                    role: Endpoint::Dialer,
+                    port_use: *port_use,
+                };
+                match transport.dial(addr.clone(), opts) {
+                    Ok(dial) => async move {
+                        let (_, muxer) = dial.await.map_err(io::Error::other)?;
+                        Ok(Conn::libp2p(muxer))
+                    }
+                    .boxed(),
+                    Err(e) => future::ready(Err(io::Error::other(e))).boxed(),
+                }
+            }
+            Dialer::Quinn {
+                client,
+                shared,
+                port_use,
+            } => {
+                let connecting = (|| {
+                    let (remote, _) = libp2p_quinn::parse_multiaddr(addr)
+                        .ok_or_else(|| io::Error::other("not a QUIC address"))?;
+                    let any: SocketAddr = (Ipv4Addr::UNSPECIFIED, 0).into();
+                    let endpoint = match (port_use, shared.as_ref()) {
+                        (PortUse::Reuse, Some(endpoint)) => endpoint.clone(),
+                        (PortUse::Reuse, None) => shared.insert(raw_endpoint(None, any)?).clone(),
+                        (PortUse::New, _) => raw_endpoint(None, any)?,
+                    };
+                    endpoint
+                        .connect_with(client.clone(), remote, "l")
+                        .map_err(io::Error::other)
+                })();
+                async move { Ok(Conn::quinn(connecting?.await?)) }.boxed()
+            }
+        }
+    }
+}
+
+/// The dialer's side of a connection.
+struct Conn {
+    opener: Opener,
+    /// The task driving a libp2p muxer; aborted when the `Conn` is dropped unclosed.
+    driver: Option<JoinHandle<()>>,
+}
+
+/// Opens streams on a connection; cheap to clone, so that many tasks can share a connection.
+#[derive(Clone)]
+enum Opener {
+    /// Asks the task that drives the muxer: a `StreamMuxer` is polled by one owner only.
+    Muxer(mpsc::UnboundedSender<Command>),
+    Quinn(quinn::Connection),
+}
+
+enum Command {
+    Open(oneshot::Sender<io::Result<SubstreamBox>>),
+    Close(oneshot::Sender<()>),
+}
+
+impl Opener {
+    async fn open(&self) -> io::Result<SubstreamBox> {
+        match self {
+            Opener::Muxer(commands) => {
+                let (tx, rx) = oneshot::channel();
+                commands
+                    .unbounded_send(Command::Open(tx))
+                    .map_err(|_| io::Error::from(io::ErrorKind::NotConnected))?;
+                rx.await
+                    .map_err(|_| io::Error::from(io::ErrorKind::NotConnected))?
+            }
+            Opener::Quinn(connection) => Ok(QuinnStream::boxed(connection.open_bi().await?)),
+        }
+    }
+}
+
+impl Conn {
+    fn libp2p(muxer: StreamMuxerBox) -> Self {
+        let (commands, rx) = mpsc::unbounded();
+        Self {
+            opener: Opener::Muxer(commands),
+            driver: Some(tokio::spawn(drive(muxer, Role::Client(rx)))),
+        }
+    }
+
+    fn quinn(connection: quinn::Connection) -> Self {
+        Self {
+            opener: Opener::Quinn(connection),
+            driver: None,
+        }
+    }
+
+    fn opener(&self) -> Opener {
+        self.opener.clone()
+    }
+
+    /// Close the connection as its transport does, and wait until that is done locally.
+    async fn close(mut self) {
+        match &self.opener {
+            Opener::Muxer(commands) => {
+                let (tx, rx) = oneshot::channel();
+                if commands.unbounded_send(Command::Close(tx)).is_ok() {
+                    let _ = tokio::time::timeout(STEP, rx).await;
+                }
+            }
+            Opener::Quinn(connection) => connection.close(0u32.into(), b""),
+        }
+        if let Some(driver) = self.driver.take() {
+            let _ = tokio::time::timeout(STEP, driver).await;
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(driver) = &self.driver {
+            driver.abort();
+        }
+    }
+}
+
+/// Which side a muxer-driving task serves.
+enum Role {
+    /// Opens streams on request.
+    Client(mpsc::UnboundedReceiver<Command>),
+    /// Serves inbound streams.
+    Server(Arc<ServerStats>),
+}
+
+/// Own and poll a libp2p muxer, as a Swarm's connection task does: accept inbound streams,
+/// open outbound ones on request (one at a time: `poll_outbound` has one pending open), and
+/// poll the muxer itself (yamux does its I/O there). Returns when the connection fails or is
+/// closed.
+async fn drive(mut muxer: StreamMuxerBox, mut role: Role) {
+    let mut pending_open: Option<oneshot::Sender<io::Result<SubstreamBox>>> = None;
+    let close_requested = poll_fn(|cx| loop {
+        let mut progress = false;
+        match muxer.poll_inbound_unpin(cx) {
+            Poll::Ready(Ok(stream)) => {
+                if let Role::Server(stats) = &role {
+                    tokio::spawn(serve(stream, stats.clone()));
+                }
+                progress = true;
+            }
+            Poll::Ready(Err(_)) => return Poll::Ready(None),
+            Poll::Pending => {}
+        }
+        if let Role::Client(commands) = &mut role {
+            if pending_open.is_none() {
+                match commands.poll_next_unpin(cx) {
+                    Poll::Ready(Some(Command::Open(reply))) => pending_open = Some(reply),
+                    Poll::Ready(Some(Command::Close(done))) => return Poll::Ready(Some(done)),
+                    // Every opener is gone: nobody can use the connection any more.
+                    Poll::Ready(None) => return Poll::Ready(None),
+                    Poll::Pending => {}
+                }
+            }
+        }
+        if let Some(reply) = pending_open.take() {
+            match muxer.poll_outbound_unpin(cx) {
+                Poll::Ready(result) => {
+                    let _ = reply.send(result);
+                    progress = true;
+                }
+                Poll::Pending => pending_open = Some(reply),
+            }
+        }
+        match muxer.poll_unpin(cx) {
+            Poll::Ready(Ok(_)) => progress = true,
+            Poll::Ready(Err(_)) => return Poll::Ready(None),
+            Poll::Pending => {}
+        }
+        if !progress {
+            return Poll::Pending;
+        }
+    })
+    .await;
+    let _ = tokio::time::timeout(STEP, poll_fn(|cx| muxer.poll_close_unpin(cx))).await;
+    if let Some(done) = close_requested {
+        let _ = done.send(());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// Connect a fresh dialer to a fresh listener of `kind`.
+async fn connected(kind: Kind, keys: &Keys) -> io::Result<(Server, Conn)> {
+    let server = Server::start(kind, &keys.server).await?;
+    let mut dialer = Dialer::new(kind, &keys.client, PortUse::New);
+    let conn = step("dial", dialer.dial(server.addr())).await?;
+    Ok((server, conn))
+}
+
+/// Await `fut`, or fail with a timeout naming `what` after [`STEP`].
+async fn step<T>(
+    what: &str,
+    fut: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    tokio::time::timeout(STEP, fut).await.unwrap_or_else(|_| {
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("{what} timed out"),
+        ))
+    })
+}
+
+/// Poll `done` until it holds, for at most [`STEP`]. It reads counters that other tasks
+/// update; the sleep is the polling interval, not a guess at how long something takes.
+async fn wait_until(what: &str, done: impl Fn() -> bool) -> io::Result<()> {
+    let deadline = Instant::now() + STEP;
+    while !done() {
+        if Instant::now() > deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("waiting for {what} timed out"),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(())
+}
+
+/// The process's memory: resident set (`/proc/self/statm`) and heap in use (glibc's
+/// `mallinfo2`).
+struct Memory {
+    rss: f64,
+    heap: f64,
+}
+
+/// Memory growth per item.
+struct PerItem {
+    rss: f64,
+    heap: f64,
+}
+
+impl Memory {
+    /// Measure after letting the connections' timers and acknowledgements settle, and after
+    /// handing free memory back to the kernel: otherwise RSS would mostly tell how much freed
+    /// memory earlier workloads left in the allocator for this one to reuse.
+    async fn now() -> Self {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // SAFETY: glibc's malloc_trim and mallinfo2 take no pointers and may be called at
+        // any time from any thread.
+        let heap = unsafe {
+            libc::malloc_trim(0);
+            let info = libc::mallinfo2();
+            // Small chunks in arenas plus large ones mmapped on their own.
+            (info.uordblks + info.hblkhd) as f64
+        };
+        Self {
+            rss: rss_bytes(),
+            heap,
+        }
+    }
+
+    fn growth_since(&self, before: &Memory, items: usize) -> PerItem {
+        let items = items.max(1) as f64;
+        PerItem {
+            rss: (self.rss - before.rss) / items,
+            heap: (self.heap - before.heap) / items,
+        }
+    }
+}
+
+fn rss_bytes() -> f64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: f64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(f64::NAN);
+    // SAFETY: sysconf has no preconditions.
+    let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as f64;
+    pages * page_size
+}
+
+// ---------------------------------------------------------------------------------------------
+// The final tables
+// ---------------------------------------------------------------------------------------------
+
+struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let columns = self.header.len();
+        let widths: Vec<usize> = (0..columns)
+            .map(|c| {
+                std::iter::once(&self.header)
+                    .chain(&self.rows)
+                    .map(|row| row[c].len())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        for row in std::iter::once(&self.header).chain(&self.rows) {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .enumerate()
+                .map(|(i, (cell, width))| {
+                    // Names left, numbers right.
+                    if i < 2 {
+                        format!("{cell:<width$}")
+                    } else {
+                        format!("{cell:>width$}")
+                    }
+                })
+                .collect();
+            writeln!(f, "{}", cells.join("  ").trim_end())?;
+        }
+        Ok(())
+    }
+}
+
+fn number(value: Option<f64>) -> String {
+    match value {
+        None => "-".into(),
+        Some(v) if v.abs() >= 100.0 => format!("{v:.0}"),
+        Some(v) => format!("{v:.3}"),
+    }
+}
+
+/// The tables that close a run: medians, ratios to raw quinn and to `libp2p-quic`, and the
+/// ledger's cost.
+pub fn summary(report: &Report, options: &Options) -> String {
+    let metrics: Vec<Metric> = options
+        .workloads
+        .iter()
+        .flat_map(|w| w.metrics().iter().copied())
+        .collect();
+    let transports = &options.transports;
+    let mut out = String::new();
+
+    let mut header = vec!["metric".to_string(), "unit".to_string()];
+    header.extend(transports.iter().map(|k| k.name().to_string()));
+    let medians = Table {
+        header,
+        rows: metrics
+            .iter()
+            .map(|&m| {
+                let mut row = vec![m.name().to_string(), m.unit().to_string()];
+                row.extend(transports.iter().map(|&k| number(report.summary(k, m))));
+                row
+            })
+            .collect(),
+    };
+    out += &format!(
+        "\nMedians over {} rounds (failure counts: totals)\n{medians}",
+        options.rounds
+    );
+
+    for reference in [Kind::RawQuinn, Kind::Libp2pQuic] {
+        if !transports.contains(&reference) {
+            continue;
+        }
+        let mut header = vec!["metric".to_string(), "better".to_string()];
+        header.extend(transports.iter().map(|k| k.name().to_string()));
+        let ratios = Table {
+            header,
+            rows: metrics
+                .iter()
+                .filter(|m| !m.is_count())
+                .map(|&m| {
+                    let better = if m.higher_is_better() {
+                        "higher"
+                    } else {
+                        "lower"
+                    };
+                    let mut row = vec![m.name().to_string(), better.to_string()];
+                    let base = report.summary(reference, m);
+                    row.extend(transports.iter().map(|&k| {
+                        let ratio = report.summary(k, m).zip(base).map(|(v, b)| v / b);
+                        ratio.map_or("-".into(), |r| format!("{r:.3}x"))
+                    }));
+                    row
+                })
+                .collect(),
+        };
+        out += &format!(
+            "\nRatio to {} (median / median)\n{ratios}",
+            reference.name()
+        );
+    }
+
+    if transports.contains(&Kind::Ours) && transports.contains(&Kind::OursNoLedger) {
+        let ledger = Table {
+            header: vec!["metric".into(), "unit".into(), "ledger cost".into()],
+            rows: metrics
+                .iter()
+                .filter(|m| !m.is_count())
+                .map(|&m| {
+                    let on = report.summary(Kind::Ours, m);
+                    let off = report.summary(Kind::OursNoLedger, m);
+                    // Positive: the ledger makes it worse, in the metric's own direction.
+                    let cost = on.zip(off).map(|(on, off)| {
+                        let worse = if m.higher_is_better() {
+                            off - on
+                        } else {
+                            on - off
+                        };
+                        worse / off * 100.0
+                    });
+                    vec![
+                        m.name().to_string(),
+                        m.unit().to_string(),
+                        cost.map_or("-".into(), |c| format!("{c:+.1}%")),
+                    ]
+                })
+                .collect(),
+        };
+        out += &format!(
+            "\nLedger cost (ours against ours-no-ledger; positive = slower/larger)\n{ledger}"
+        );
+    }
+
+    if !report.errors.is_empty() {
+        out += "\nErrors:\n";
+        for error in &report.errors {
+            out += &format!("  {error}\n");
+        }
+    }
+    out
+}
+
+fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+    let options = match Options::from_args(std::env::args().skip(1)) {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("{message}");
+            std::process::exit(2);
+        }
+    };
+    eprintln!("bench: {options:?}");
+    // Two worker threads: the machine has two cores, and both ends of every connection run in
+    // this process.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let report = runtime.block_on(run(&options));
+    print!("{}", summary(&report, &options));
+    if !report.errors.is_empty() {
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,235 @@
+//! The ledger names a leak before it becomes a hang: warnings, snapshots and metrics agree,
+//! and streams that can carry nothing more are released even while the application holds them.
+
+#![cfg(all(feature = "test-util", feature = "metrics"))]
+
+mod common;
+
+use std::{
+    io::Write,
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
+
+use common::*;
+use futures::{AsyncReadExt, AsyncWriteExt};
+use libp2p_identity::Keypair;
+use libp2p_quinn::{ledger::HalfState, Metrics};
+use prometheus_client::{encoding::text::encode, registry::Registry};
+
+const LIMIT: u32 = 16;
+
+/// Every log line of this test binary, for tests that check what a user would read.
+fn logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let sink = buffer.clone();
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_env_filter("libp2p_quinn=warn")
+            .with_writer(move || Capture(sink.clone()))
+            .init();
+        buffer
+    })
+    .clone()
+}
+
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        std::io::stderr().write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn log_lines_containing(needle: &str) -> Vec<String> {
+    let text = String::from_utf8_lossy(&logs().lock().unwrap()).to_string();
+    text.lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Poll `check` until it holds, bounded.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    bounded(what, async {
+        while !check() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_holding_inbound_streams_is_named_by_both_sides() {
+    let _ = logs();
+    let mut dialer_registry = Registry::default();
+    let mut listener_registry = Registry::default();
+    let mut dialer_config = config(&Keypair::generate_ed25519(), LIMIT)
+        .with_metrics(Metrics::new(&mut dialer_registry));
+    dialer_config.credit_wait_warning = Duration::from_millis(300);
+    let mut listener_config = config(&Keypair::generate_ed25519(), LIMIT)
+        .with_metrics(Metrics::new(&mut listener_registry));
+    listener_config.stream_leak_warning = Duration::from_millis(300);
+    let Pair {
+        dialer,
+        mut listener,
+        ..
+    } = pair_with(dialer_config, listener_config).await;
+    let dialer_id = dialer.peer_id;
+    let listener_id = listener.peer_id;
+
+    // The dialer opens the whole limit and closes each stream properly; the listener's
+    // application takes each and holds on to it without reading it.
+    let mut held = Vec::new();
+    for _ in 0..LIMIT {
+        let mut s = dialer.open().await;
+        s.write_all(b"request!").await.unwrap();
+        s.close().await.unwrap();
+        drop(s);
+        held.push(listener.accept().await);
+    }
+
+    // One more open has to wait: the opener says why, naming the peer.
+    let blocked = dialer.open_later();
+    eventually("credit-wait warning", || {
+        !log_lines_containing("waited").is_empty()
+            && log_lines_containing(&listener_id.to_string())
+                .iter()
+                .any(|l| l.contains("stream credit"))
+    })
+    .await;
+    let warning = log_lines_containing("stream credit").join("\n");
+    assert!(warning.contains(&listener_id.to_string()), "{warning}");
+    assert!(warning.contains("a leak on the peer's side"), "{warning}");
+
+    let snapshot = dialer.snapshot();
+    assert!(snapshot.credit_wait.is_some());
+    assert_eq!(snapshot.held_by_peer_closed_here, Some(u64::from(LIMIT)));
+
+    // The holder's own ledger names each stream as held by the application and idle.
+    eventually("idle-handle warnings", || {
+        log_lines_containing("held by the application and idle")
+            .iter()
+            .filter(|l| l.contains(&dialer_id.to_string()) && l.contains("inbound"))
+            .count()
+            >= LIMIT as usize
+    })
+    .await;
+    let holder = listener.snapshot();
+    assert_eq!(holder.live_handles, [u64::from(LIMIT), 0]);
+    assert_eq!(holder.streams.len(), LIMIT as usize);
+    assert!(
+        holder
+            .streams
+            .iter()
+            .all(|s| s.handle_alive && s.recv == HalfState::Open),
+        "{holder:#?}"
+    );
+
+    // The metrics say the same.
+    let mut text = String::new();
+    encode(&mut text, &dialer_registry).unwrap();
+    assert_eq!(
+        metric(&text, "libp2p_quinn_stream_credit_warnings_total"),
+        1.0,
+        "{text}"
+    );
+    let mut text = String::new();
+    encode(&mut text, &listener_registry).unwrap();
+    assert_eq!(
+        metric(&text, "libp2p_quinn_streams_live{direction=\"inbound\"}"),
+        f64::from(LIMIT),
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            "libp2p_quinn_stream_leak_warnings_total{kind=\"idle_handle\"}"
+        ) >= f64::from(LIMIT),
+        "{text}"
+    );
+
+    // Letting go releases everything, and the waiting open proceeds.
+    drop(held);
+    let s = bounded("blocked open proceeds", blocked)
+        .await
+        .unwrap()
+        .unwrap();
+    drop(s);
+    drop(listener.accept().await);
+    exchange(&dialer, &mut listener).await;
+    listener.settled().await.unwrap();
+    dialer.settled().await.unwrap();
+    let mut text = String::new();
+    encode(&mut text, &listener_registry).unwrap();
+    assert_eq!(
+        metric(&text, "libp2p_quinn_streams_live{direction=\"inbound\"}"),
+        0.0,
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_the_peer_stopped_are_released_while_the_application_holds_them() {
+    let _ = logs();
+    let Pair {
+        dialer,
+        mut listener,
+        ..
+    } = pair_with(
+        config(&Keypair::generate_ed25519(), LIMIT),
+        config(&Keypair::generate_ed25519(), LIMIT),
+    )
+    .await;
+    let streams = 10 * LIMIT as usize;
+    let opener = async {
+        for i in 0..streams {
+            let mut s = tokio::time::timeout(STEP, dialer.open())
+                .await
+                .unwrap_or_else(|_| panic!("open {i} blocked"));
+            // go-libp2p's Close(): FIN on the send half, STOP_SENDING on the receive half.
+            s.write_all(b"request!").await.unwrap();
+            let closed = s.close_both();
+            assert_eq!(closed.send, HalfState::Finished);
+            drop(s);
+        }
+    };
+    let holder = async {
+        let mut held = Vec::new();
+        for _ in 0..streams {
+            let mut s = listener.accept().await;
+            let mut request = Vec::new();
+            s.read_to_end(&mut request).await.unwrap();
+            held.push(s);
+        }
+        held
+    };
+    let ((), held) = bounded("10x the limit, go-style", async {
+        futures::join!(opener, holder)
+    })
+    .await;
+    assert_eq!(held.len(), streams);
+    // Every held stream's send half was answered with a reset.
+    eventually("all held streams reset", || {
+        let snapshot = listener.snapshot();
+        snapshot.totals.send_in(HalfState::Reset) == streams as u64
+    })
+    .await;
+    drop(held);
+    listener.settled().await.unwrap();
+    dialer.settled().await.unwrap();
+}
