@@ -167,7 +167,8 @@ pub enum Metric {
     StreamRss,
     StreamHeap,
     Scale,
-    /// Dials, opens or exchanges that failed during the scale workload.
+    /// Exchanges that failed during the scale workload (a failed dial fails all of its
+    /// connection's).
     ScaleFailed,
     /// Opens that waited longer than [`STUCK`] during the scale workload.
     ScaleStuck,
@@ -207,6 +208,12 @@ impl Metric {
             self,
             Metric::Bulk | Metric::SeqChurn | Metric::ConcChurn | Metric::Scale
         )
+    }
+
+    /// Resident-memory figures: page-granular, so they can read zero (or less) where the heap
+    /// figures show the growth.
+    pub fn is_rss(self) -> bool {
+        matches!(self, Metric::ConnRss | Metric::StreamRss)
     }
 
     /// Failure counts: summed over rounds rather than taken as a median, and never a ratio.
@@ -586,17 +593,17 @@ async fn memory(
     server.wait_for_connections(1).await?;
 
     // Idle connections.
-    let before = Memory::now().await;
+    let before = Memory::settled().await;
     let dials: Vec<_> = (0..conns)
         .map(|_| step("dial", dialer.dial(server.addr())))
         .collect();
     let idle: Vec<Conn> = future::try_join_all(dials).await?;
     server.wait_for_connections(conns + 1).await?;
-    let after = Memory::now().await;
+    let after = Memory::settled().await;
     let per_conn = after.growth_since(&before, conns);
 
     // Idle streams, all on the first connection.
-    let before = Memory::now().await;
+    let before = Memory::settled().await;
     let opener = first.opener();
     let mut held = Vec::with_capacity(streams);
     for _ in 0..streams {
@@ -608,7 +615,7 @@ async fn memory(
         held.push(stream);
     }
     server.wait_for_streams(streams).await?;
-    let after = Memory::now().await;
+    let after = Memory::settled().await;
     let per_stream = after.growth_since(&before, streams);
 
     drop(held);
@@ -1311,22 +1318,42 @@ struct PerItem {
 }
 
 impl Memory {
-    /// Measure after letting the connections' timers and acknowledgements settle, and after
-    /// handing free memory back to the kernel: otherwise RSS would mostly tell how much freed
-    /// memory earlier workloads left in the allocator for this one to reuse.
-    async fn now() -> Self {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        // SAFETY: glibc's malloc_trim and mallinfo2 take no pointers and may be called at
-        // any time from any thread.
-        let heap = unsafe {
-            libc::malloc_trim(0);
-            let info = libc::mallinfo2();
-            // Small chunks in arenas plus large ones mmapped on their own.
-            (info.uordblks + info.hblkhd) as f64
-        };
+    /// How little the heap may move between two readings [`Self::INTERVAL`] apart for the
+    /// process to count as still.
+    const STILL: f64 = 16.0 * 1024.0;
+    const INTERVAL: Duration = Duration::from_millis(100);
+    /// How many still intervals in a row make the process settled. Connections closed by the
+    /// previous measurement are freed all at once when quinn's drain timers fire, a few hundred
+    /// milliseconds after the close: a shorter window mistakes the quiet before that for the
+    /// end of it.
+    const SETTLED_AFTER: usize = 8;
+
+    /// Measure once memory has stopped moving: connections of earlier measurements drain and
+    /// free their state on quinn's timers, and a fresh connection frees its handshake state
+    /// only once the handshake is confirmed. Bounded by [`STEP`].
+    async fn settled() -> Self {
+        let deadline = Instant::now() + STEP;
+        let mut last = Self::now();
+        let mut still = 0;
+        while still < Self::SETTLED_AFTER && Instant::now() < deadline {
+            tokio::time::sleep(Self::INTERVAL).await;
+            let next = Self::now();
+            still = if (next.heap - last.heap).abs() < Self::STILL {
+                still + 1
+            } else {
+                0
+            };
+            last = next;
+        }
+        last
+    }
+
+    /// Hands free memory back to the kernel first: otherwise RSS would mostly tell how much
+    /// freed memory earlier workloads left in the allocator for this one to reuse.
+    fn now() -> Self {
         Self {
+            heap: trimmed_heap_bytes(),
             rss: rss_bytes(),
-            heap,
         }
     }
 
@@ -1349,6 +1376,24 @@ fn rss_bytes() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as f64;
     pages * page_size
+}
+
+/// Heap bytes in use, after trimming the heap.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trimmed_heap_bytes() -> f64 {
+    // SAFETY: glibc's malloc_trim and mallinfo2 take no pointers and may be called at any time
+    // from any thread.
+    let info = unsafe {
+        libc::malloc_trim(0);
+        libc::mallinfo2()
+    };
+    // Small chunks in the arenas plus large ones mapped on their own.
+    (info.uordblks + info.hblkhd) as f64
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trimmed_heap_bytes() -> f64 {
+    f64::NAN
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -24,6 +24,12 @@ use crate::{
     Config, Error,
 };
 
+#[cfg(feature = "qlog")]
+pub(crate) type Qlog = crate::qlog::QlogFile;
+/// Without the `qlog` feature there is never a qlog file.
+#[cfg(not(feature = "qlog"))]
+pub(crate) type Qlog = std::convert::Infallible;
+
 type OpenFuture = BoxFuture<'static, Result<(quinn::SendStream, quinn::RecvStream), Error>>;
 
 /// An established QUIC connection to a peer, multiplexing [`Stream`]s.
@@ -47,6 +53,8 @@ pub(crate) struct Shared {
     pub(crate) reset_on_drop: bool,
     remote_address: SocketAddr,
     connection_id: usize,
+    #[cfg(feature = "qlog")]
+    we_are_server: bool,
     stream_limit: u32,
     credit_wait_warning: Duration,
     live: [AtomicU64; 2],
@@ -56,6 +64,8 @@ pub(crate) struct Shared {
     watcher: Option<mpsc::UnboundedSender<Watch>>,
     #[cfg(feature = "metrics")]
     pub(crate) metrics: Option<crate::metrics::Metrics>,
+    #[cfg(feature = "qlog")]
+    qlog: Option<crate::qlog::QlogFile>,
 }
 
 impl Shared {
@@ -76,6 +86,10 @@ impl Shared {
         if let Some(m) = &self.metrics {
             m.stream_opened(direction);
         }
+        #[cfg(feature = "qlog")]
+        if let Some(q) = &self.qlog {
+            q.stream_event(id, direction, "both", HalfState::Open);
+        }
         let activity = self.ledger()?.open(id, direction, Instant::now());
         if let Some(watcher) = &self.watcher {
             let stopped = cell.lock().stopped_future();
@@ -89,6 +103,8 @@ impl Shared {
         if let (Some(m), HalfState::Finished | HalfState::Reset) = (&self.metrics, state) {
             m.half_ended("send", state);
         }
+        #[cfg(feature = "qlog")]
+        self.qlog_half(id, "sending", state);
         if let Some(mut ledger) = self.ledger() {
             ledger.set_send(id, state);
         }
@@ -99,8 +115,24 @@ impl Shared {
         if let Some(m) = &self.metrics {
             m.half_ended("recv", state);
         }
+        #[cfg(feature = "qlog")]
+        self.qlog_half(id, "receiving", state);
         if let Some(mut ledger) = self.ledger() {
             ledger.set_recv(id, state);
+        }
+    }
+
+    #[cfg(feature = "qlog")]
+    fn qlog_half(&self, id: u64, side: &str, state: HalfState) {
+        if let Some(q) = &self.qlog {
+            // Bit 0 of a stream id says who opened it (RFC 9000, 2.1); bit 1 is clear for bidi.
+            let ours = (id & 1) == u64::from(self.we_are_server);
+            let direction = if ours {
+                Direction::Outbound
+            } else {
+                Direction::Inbound
+            };
+            q.stream_event(id, direction, side, state);
         }
     }
 
@@ -274,7 +306,10 @@ impl Connection {
         peer: PeerId,
         config: &Config,
         ledgers: &Ledgers,
+        qlog: Option<Qlog>,
     ) -> Self {
+        #[cfg(not(feature = "qlog"))]
+        let _ = qlog;
         let span = tracing::debug_span!(
             "connection",
             %peer,
@@ -301,6 +336,10 @@ impl Connection {
             watcher: watcher_tx,
             #[cfg(feature = "metrics")]
             metrics: config.metrics.clone(),
+            #[cfg(feature = "qlog")]
+            we_are_server: connection.side().is_server(),
+            #[cfg(feature = "qlog")]
+            qlog,
         });
         if let Some(rx) = watcher_rx {
             tokio::spawn(watcher::run(
@@ -480,6 +519,7 @@ impl Connecting {
         expected_peer: Option<PeerId>,
         config: Arc<Config>,
         ledgers: Ledgers,
+        qlog: Option<Qlog>,
     ) -> Self {
         let inner = async move {
             let addr = connecting.remote_address();
@@ -500,7 +540,10 @@ impl Connecting {
                     actual: peer,
                 });
             }
-            Ok((peer, Connection::new(connection, peer, &config, &ledgers)))
+            Ok((
+                peer,
+                Connection::new(connection, peer, &config, &ledgers, qlog),
+            ))
         };
         Self {
             inner: inner.boxed(),

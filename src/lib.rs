@@ -35,6 +35,8 @@ mod error;
 pub mod ledger;
 #[cfg(feature = "metrics")]
 mod metrics;
+#[cfg(feature = "qlog")]
+mod qlog;
 mod stream;
 #[cfg(feature = "test-util")]
 pub mod test_util;

@@ -18,7 +18,7 @@ use libp2p_identity::PeerId;
 
 use crate::{
     address,
-    connection::{Connecting, Ledgers},
+    connection::{Connecting, Ledgers, Qlog},
     endpoint::{self, QuinnConfigs},
     Config, Connection, Error,
 };
@@ -55,6 +55,18 @@ impl Transport {
     /// before handing the transport to a `Swarm`.
     pub fn ledgers(&self) -> Ledgers {
         self.ledgers.clone()
+    }
+
+    /// The client config for a dial; with qlog on, one of its own that writes the qlog file.
+    fn client_config_for(&self, remote: SocketAddr) -> (quinn::ClientConfig, Option<Qlog>) {
+        #[cfg(feature = "qlog")]
+        if let Some((file, stream)) = crate::qlog::QlogFile::create("client", remote) {
+            let mut transport = self.config.transport_config();
+            transport.qlog_stream(Some(stream));
+            return (self.config.client_config(Arc::new(transport)), Some(file));
+        }
+        let _ = remote;
+        (self.quinn.client.clone(), None)
     }
 
     fn wake(&mut self) {
@@ -140,7 +152,7 @@ impl libp2p_core::Transport for Transport {
             return Err(TransportError::MultiaddrNotSupported(addr));
         }
         let endpoint = self.dialing_endpoint(remote, opts.port_use)?;
-        let client = self.quinn.client.clone();
+        let (client, qlog) = self.client_config_for(remote);
         let config = self.config.clone();
         let ledgers = self.ledgers.clone();
         tracing::debug!(%addr, "dialing");
@@ -152,7 +164,7 @@ impl libp2p_core::Transport for Transport {
                     addr: remote,
                     source,
                 })?;
-            Connecting::new(connecting, expected_peer, config, ledgers).await
+            Connecting::new(connecting, expected_peer, config, ledgers, qlog).await
         }
         .boxed())
     }
@@ -299,6 +311,21 @@ impl Listener {
     }
 }
 
+/// With qlog on, a server config of the connection's own that writes its qlog file.
+fn server_config_for(
+    config: &Config,
+    remote: SocketAddr,
+) -> (Option<quinn::ServerConfig>, Option<Qlog>) {
+    #[cfg(feature = "qlog")]
+    if let Some((file, stream)) = crate::qlog::QlogFile::create("server", remote) {
+        let mut transport = config.transport_config();
+        transport.qlog_stream(Some(stream));
+        return (Some(config.server_config(Arc::new(transport))), Some(file));
+    }
+    let _ = (config, remote);
+    (None, None)
+}
+
 fn accept(endpoint: quinn::Endpoint) -> BoxFuture<'static, Option<quinn::Incoming>> {
     async move { endpoint.accept().await }.boxed()
 }
@@ -327,7 +354,12 @@ impl futures::Stream for Listener {
                 Poll::Ready(Some(incoming)) => {
                     self.accept = accept(self.endpoint.clone());
                     let send_back_addr = address::to_multiaddr(incoming.remote_address());
-                    let connecting = match incoming.accept() {
+                    let (server, qlog) = server_config_for(&self.config, incoming.remote_address());
+                    let accepted = match server {
+                        Some(server) => incoming.accept_with(Arc::new(server)),
+                        None => incoming.accept(),
+                    };
+                    let connecting = match accepted {
                         Ok(connecting) => connecting,
                         Err(error) => {
                             tracing::debug!(%error, "refused an incoming connection");
@@ -339,6 +371,7 @@ impl futures::Stream for Listener {
                         None,
                         self.config.clone(),
                         self.ledgers.clone(),
+                        qlog,
                     );
                     return Poll::Ready(Some(TransportEvent::Incoming {
                         listener_id: self.id,

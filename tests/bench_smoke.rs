@@ -26,6 +26,15 @@ async fn every_transport_measures_every_workload() {
                 assert_eq!(values.len(), 1, "{} {}", transport.name(), metric.name());
                 if metric.is_count() {
                     assert_eq!(values[0], 0.0, "{} {}", transport.name(), metric.name());
+                } else if metric.is_rss() {
+                    // Resident memory moves in pages, and a few dozen streams can fit into
+                    // pages the process already has: only the heap figures must grow.
+                    assert!(
+                        values[0].is_finite(),
+                        "{} {}",
+                        transport.name(),
+                        metric.name()
+                    );
                 } else {
                     assert!(
                         values[0] > 0.0,

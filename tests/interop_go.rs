@@ -240,7 +240,7 @@ async fn ping(topology: Topology) {
 
     // Identify ran too, and named the Go peer.
     let identified = node
-        .wait_for(STEP, |e| matches!(e, NodeEvent::Identified { .. }))
+        .seen_or_wait(STEP, |e| matches!(e, NodeEvent::Identified { .. }))
         .await;
     match identified {
         Some(NodeEvent::Identified { peer, agent, .. }) => {
