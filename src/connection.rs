@@ -443,7 +443,7 @@ impl StreamMuxer for Connection {
         });
         match futures::ready!(closing.poll_unpin(cx)) {
             quinn::ConnectionError::LocallyClosed => Poll::Ready(Ok(())),
-            error => Poll::Ready(Err(Error::Connection(error))),
+            error => Poll::Ready(Err(error.into())),
         }
     }
 }

@@ -23,7 +23,7 @@ pub enum Error {
     },
     /// The connection failed or was closed.
     #[error("connection failed: {0}")]
-    Connection(#[from] quinn::ConnectionError),
+    Connection(Box<quinn::ConnectionError>),
     /// The TLS handshake did not complete within [`Config::handshake_timeout`](crate::Config).
     #[error("handshake with {addr} timed out")]
     HandshakeTimedOut {
@@ -44,6 +44,12 @@ pub enum Error {
     /// A dial as listener (hole punching) needs a listener of the same address family.
     #[error("no active listener to dial from")]
     NoActiveListenerForDialAsListener,
+}
+
+impl From<quinn::ConnectionError> for Error {
+    fn from(e: quinn::ConnectionError) -> Self {
+        Error::Connection(Box::new(e))
+    }
 }
 
 /// What ended a stream operation; carried inside the `io::Error` that `AsyncRead` and

@@ -453,7 +453,7 @@ impl Ledger {
 
     /// Recompute the totals from the entries; for tests of the books' consistency.
     #[cfg(test)]
-    fn recount(&self) -> ([u64; 2], [u64; 2], [u64; 2], [u64; 5], [u64; 5]) {
+    fn recount(&self) -> Recount {
         let mut out = ([0; 2], [0; 2], [0; 2], [0; 5], [0; 5]);
         for e in self.streams.values() {
             let d = e.direction.index();
@@ -469,6 +469,10 @@ impl Ledger {
         out
     }
 }
+
+/// Tracked, live, held-after-drop, send states, receive states.
+#[cfg(test)]
+type Recount = ([u64; 2], [u64; 2], [u64; 2], [u64; 5], [u64; 5]);
 
 /// Send-half transitions: forward only, and `Stopped` only from a half that could still send.
 fn send_may_move(from: HalfState, to: HalfState) -> bool {

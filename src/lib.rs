@@ -4,7 +4,7 @@
 //! A QUIC bidirectional stream is two independent halves, and a peer gets its stream credit
 //! back only when both halves are done on the other side. libp2p thinks of a stream as one
 //! thing. This crate closes the gap: a [`Stream`] is a guard that ends both halves on every
-//! path, and a per-connection [ledger](ledger) knows what QUIC still holds, names leaks before
+//! path, and a per-connection [`ledger`] knows what QUIC still holds, names leaks before
 //! they become hangs, and feeds [metrics](crate::Metrics) (feature `metrics`).
 //!
 //! It swaps in for `libp2p-quic` in one line:
@@ -26,6 +26,9 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
+// `Error::PeerIdMismatch` carries two peer ids (160 bytes). Errors are rare, and plain fields
+// read better than boxes.
+#![allow(clippy::result_large_err)]
 
 mod address;
 mod config;

@@ -103,9 +103,7 @@ impl Peer {
         let deadline = tokio::time::Instant::now() + STEP;
         loop {
             let mut all = self.ledgers.for_peer(&self.remote);
-            let Some(snapshot) = all.pop() else {
-                return None;
-            };
+            let snapshot = all.pop()?;
             if snapshot.is_idle() {
                 return Some(snapshot);
             }
@@ -177,16 +175,14 @@ pub async fn listen(transport: &mut Transport, addr: &str) -> Multiaddr {
     transport
         .listen_on(ListenerId::next(), addr.parse().unwrap())
         .expect("listen");
-    loop {
-        match bounded(
-            "listen address",
-            poll_fn(|cx| Pin::new(&mut *transport).poll(cx)),
-        )
-        .await
-        {
-            TransportEvent::NewAddress { listen_addr, .. } => return listen_addr,
-            other => panic!("unexpected event {other:?}"),
-        }
+    match bounded(
+        "listen address",
+        poll_fn(|cx| Pin::new(&mut *transport).poll(cx)),
+    )
+    .await
+    {
+        TransportEvent::NewAddress { listen_addr, .. } => listen_addr,
+        other => panic!("unexpected event {other:?}"),
     }
 }
 
