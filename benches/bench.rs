@@ -137,7 +137,7 @@ impl Workload {
     pub fn metrics(self) -> &'static [Metric] {
         match self {
             Workload::Handshake => &[Metric::HandshakeP50, Metric::HandshakeP99],
-            Workload::Bulk => &[Metric::Bulk],
+            Workload::Bulk => &[Metric::Bulk, Metric::BulkUdpDrops],
             Workload::SeqChurn => &[Metric::SeqChurn],
             Workload::ConcChurn => &[Metric::ConcChurn],
             Workload::Memory => &[
@@ -146,7 +146,13 @@ impl Workload {
                 Metric::StreamRss,
                 Metric::StreamHeap,
             ],
-            Workload::Scale => &[Metric::Scale, Metric::ScaleFailed, Metric::ScaleStuck],
+            Workload::Scale => &[
+                Metric::Scale,
+                Metric::ScaleFailed,
+                Metric::ScaleStuck,
+                Metric::ScaleDialFailed,
+                Metric::ScaleUdpDrops,
+            ],
         }
     }
 }
@@ -157,6 +163,9 @@ pub enum Metric {
     HandshakeP50,
     HandshakeP99,
     Bulk,
+    /// Datagrams the kernel dropped for a full socket receive buffer during the bulk transfer
+    /// (`RcvbufErrors` of `/proc/net/snmp`, machine-wide): why a QUIC transfer slows down.
+    BulkUdpDrops,
     SeqChurn,
     ConcChurn,
     /// Resident memory per idle connection, both ends together.
@@ -167,11 +176,14 @@ pub enum Metric {
     StreamRss,
     StreamHeap,
     Scale,
-    /// Exchanges that failed during the scale workload (a failed dial fails all of its
-    /// connection's).
+    /// Opens or exchanges that failed on the established connections of the scale workload.
     ScaleFailed,
     /// Opens that waited longer than [`STUCK`] during the scale workload.
     ScaleStuck,
+    /// Connections of the scale workload that could not be established.
+    ScaleDialFailed,
+    /// As [`Metric::BulkUdpDrops`], during the scale workload's exchanges.
+    ScaleUdpDrops,
 }
 
 impl Metric {
@@ -180,6 +192,7 @@ impl Metric {
             Metric::HandshakeP50 => "handshake_p50",
             Metric::HandshakeP99 => "handshake_p99",
             Metric::Bulk => "bulk",
+            Metric::BulkUdpDrops => "bulk_udp_drops",
             Metric::SeqChurn => "seq_churn",
             Metric::ConcChurn => "conc_churn",
             Metric::ConnRss => "idle_conn_rss",
@@ -189,6 +202,8 @@ impl Metric {
             Metric::Scale => "scale",
             Metric::ScaleFailed => "scale_failed",
             Metric::ScaleStuck => "scale_stuck",
+            Metric::ScaleDialFailed => "scale_dial_failed",
+            Metric::ScaleUdpDrops => "scale_udp_drops",
         }
     }
 
@@ -199,7 +214,9 @@ impl Metric {
             Metric::SeqChurn | Metric::ConcChurn | Metric::Scale => "streams/s",
             Metric::ConnRss | Metric::ConnHeap => "bytes/conn",
             Metric::StreamRss | Metric::StreamHeap => "bytes/stream",
-            Metric::ScaleFailed | Metric::ScaleStuck => "count",
+            Metric::ScaleFailed | Metric::ScaleStuck => "opens",
+            Metric::ScaleDialFailed => "dials",
+            Metric::BulkUdpDrops | Metric::ScaleUdpDrops => "datagrams",
         }
     }
 
@@ -216,9 +233,17 @@ impl Metric {
         matches!(self, Metric::ConnRss | Metric::StreamRss)
     }
 
-    /// Failure counts: summed over rounds rather than taken as a median, and never a ratio.
+    /// Counts: summed over rounds rather than taken as a median, and never a ratio.
     pub fn is_count(self) -> bool {
-        matches!(self, Metric::ScaleFailed | Metric::ScaleStuck)
+        self.is_failure() || matches!(self, Metric::BulkUdpDrops | Metric::ScaleUdpDrops)
+    }
+
+    /// Counts of things that should never happen.
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            Metric::ScaleFailed | Metric::ScaleStuck | Metric::ScaleDialFailed
+        )
     }
 }
 
@@ -278,8 +303,8 @@ impl Options {
                 bulk_bytes: 1 << 20,
                 churn_streams: 300,
                 concurrency: 64,
-                idle_conns: 50,
-                idle_streams: 50,
+                idle_conns: 20,
+                idle_streams: 20,
                 scale_conns: 10,
                 scale_streams_per_conn: 30,
             },
@@ -427,13 +452,7 @@ pub async fn run(options: &Options) -> Report {
             let len = transports.len().max(1);
             transports.rotate_left((round - 1) % len);
             for kind in transports {
-                let result = tokio::time::timeout(
-                    WORKLOAD_LIMIT,
-                    measure(workload, kind, &keys, &options.sizes),
-                )
-                .await
-                .unwrap_or_else(|_| Err(format!("did not finish in {WORKLOAD_LIMIT:?}")));
-                match result {
+                match isolated(workload, kind, &keys, &options.sizes).await {
                     Ok(values) => {
                         for (metric, value) in values {
                             println!(
@@ -469,6 +488,47 @@ pub async fn run(options: &Options) -> Report {
         }
     }
     report
+}
+
+/// Run one measurement on a runtime of its own, and drop that runtime afterwards. Dropping it
+/// ends every task the measurement left behind (quinn's endpoint drivers with their receive
+/// buffers, connections still draining), so that no measurement shares the machine with, or
+/// has its memory figures moved by, the teardown of the one before it.
+async fn isolated(
+    workload: Workload,
+    kind: Kind,
+    keys: &Keys,
+    sizes: &Sizes,
+) -> Result<Vec<(Metric, f64)>, String> {
+    let (keys, sizes) = (keys.clone(), sizes.clone());
+    let (tx, rx) = oneshot::channel();
+    std::thread::spawn(move || {
+        let result = match runtime() {
+            Ok(runtime) => {
+                let result = runtime.block_on(async {
+                    tokio::time::timeout(WORKLOAD_LIMIT, measure(workload, kind, &keys, &sizes))
+                        .await
+                        .unwrap_or_else(|_| Err(format!("did not finish in {WORKLOAD_LIMIT:?}")))
+                });
+                // Before answering: the next measurement starts once this one's tasks are gone.
+                drop(runtime);
+                result
+            }
+            Err(e) => Err(format!("no runtime: {e}")),
+        };
+        let _ = tx.send(result);
+    });
+    rx.await
+        .unwrap_or_else(|_| Err("the measurement panicked".into()))
+}
+
+/// Two worker threads: the machine has two cores, and both ends of every connection run in
+/// this process.
+fn runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
 }
 
 async fn measure(
@@ -526,6 +586,7 @@ async fn handshake(kind: Kind, keys: &Keys, count: usize) -> io::Result<Vec<(Met
 async fn bulk(kind: Kind, keys: &Keys, bytes: u64) -> io::Result<Vec<(Metric, f64)>> {
     let (server, conn) = connected(kind, keys).await?;
     let chunk = vec![0u8; 64 * 1024];
+    let drops = udp_receive_drops();
     let started = Instant::now();
     let mut stream = conn.opener().open().await?;
     let mut left = bytes;
@@ -537,10 +598,11 @@ async fn bulk(kind: Kind, keys: &Keys, bytes: u64) -> io::Result<Vec<(Metric, f6
     stream.close().await?;
     step("bulk reply", read_reply(&mut stream)).await?;
     let gbits = bytes as f64 * 8.0 / started.elapsed().as_secs_f64() / 1e9;
+    let drops = udp_receive_drops() - drops;
     drop(stream);
     conn.close().await;
     server.shutdown().await;
-    Ok(vec![(Metric::Bulk, gbits)])
+    Ok(vec![(Metric::Bulk, gbits), (Metric::BulkUdpDrops, drops)])
 }
 
 /// `streams` request/response exchanges on one connection, `tasks` at a time.
@@ -594,10 +656,10 @@ async fn memory(
 
     // Idle connections.
     let before = Memory::settled().await;
-    let dials: Vec<_> = (0..conns)
-        .map(|_| step("dial", dialer.dial(server.addr())))
-        .collect();
-    let idle: Vec<Conn> = future::try_join_all(dials).await?;
+    let idle = dial_many(&mut dialer, server.addr(), conns)
+        .await
+        .into_iter()
+        .collect::<io::Result<Vec<Conn>>>()?;
     server.wait_for_connections(conns + 1).await?;
     let after = Memory::settled().await;
     let per_conn = after.growth_since(&before, conns);
@@ -631,8 +693,9 @@ async fn memory(
 }
 
 /// `conns` connections to one listener, each doing `per_conn` sequential exchanges, all at
-/// once. Counts the exchanges that failed and the opens that waited past [`STUCK`]: the
-/// failure modes a transport that leaks stream credit or stalls under load shows.
+/// once; only the exchanges are timed. Counts the exchanges that failed and the opens that
+/// waited past [`STUCK`]: the failure modes of a transport that leaks stream credit or stalls
+/// under load.
 async fn scale(
     kind: Kind,
     keys: &Keys,
@@ -641,21 +704,16 @@ async fn scale(
 ) -> io::Result<Vec<(Metric, f64)>> {
     let server = Server::start(kind, &keys.server).await?;
     let mut dialer = Dialer::new(kind, &keys.client, PortUse::Reuse);
-    let dials: Vec<_> = (0..conns)
-        .map(|_| step("dial", dialer.dial(server.addr())))
-        .collect();
-    let mut connected = Vec::with_capacity(conns);
-    let mut failed = 0u64;
-    for result in future::join_all(dials).await {
-        match result {
-            Ok(conn) => connected.push(conn),
-            Err(_) => failed += per_conn as u64,
-        }
-    }
+    let (connected, dial_failed): (Vec<_>, Vec<_>) = dial_many(&mut dialer, server.addr(), conns)
+        .await
+        .into_iter()
+        .partition(Result::is_ok);
+    let connected: Vec<Conn> = connected.into_iter().flatten().collect();
 
     let completed = Arc::new(AtomicU64::new(0));
     let stuck = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
+    let drops = udp_receive_drops();
     let started = Instant::now();
     let mut workers = JoinSet::new();
     for conn in &connected {
@@ -682,14 +740,16 @@ async fn scale(
         result.map_err(io::Error::other)?;
     }
     let rate = completed.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
-    failed += errors.load(Ordering::Relaxed);
+    let drops = udp_receive_drops() - drops;
 
     future::join_all(connected.into_iter().map(Conn::close)).await;
     server.shutdown().await;
     Ok(vec![
         (Metric::Scale, rate),
-        (Metric::ScaleFailed, failed as f64),
+        (Metric::ScaleFailed, errors.load(Ordering::Relaxed) as f64),
         (Metric::ScaleStuck, stuck.load(Ordering::Relaxed) as f64),
+        (Metric::ScaleDialFailed, dial_failed.len() as f64),
+        (Metric::ScaleUdpDrops, drops),
     ])
 }
 
@@ -769,6 +829,7 @@ async fn serve(mut stream: SubstreamBox, stats: Arc<ServerStats>) {
 // ---------------------------------------------------------------------------------------------
 
 /// The identities of the two sides, made once: generating keys is no part of any workload.
+#[derive(Clone)]
 struct Keys {
     client: Keypair,
     server: Keypair,
@@ -991,14 +1052,22 @@ impl Server {
 
     /// Wait for the clients' closes to reach every connection, then stop: the next
     /// measurement should not share the machine with this one's teardown.
-    async fn shutdown(self) {
+    async fn shutdown(mut self) {
         let stats = &self.stats;
         let _ = wait_until("connections to close", || {
             stats.connections.load(Ordering::Relaxed) == 0
         })
         .await;
         self.task.abort();
-        let _ = self.task.await;
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for Server {
+    /// A workload that fails drops its server without [`Server::shutdown`]: its connections
+    /// must go all the same, or they would linger into later measurements.
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -1275,6 +1344,23 @@ async fn connected(kind: Kind, keys: &Keys) -> io::Result<(Server, Conn)> {
     Ok((server, conn))
 }
 
+/// How many dials [`dial_many`] has in flight at once.
+const DIAL_CONCURRENCY: usize = 32;
+
+/// Dial `count` connections, [`DIAL_CONCURRENCY`] at a time. A node meets its peers over
+/// time; hundreds of handshakes at the same instant overflow the UDP receive buffers (each
+/// QUIC handshake is several full-size datagrams at once) and would measure the kernel's loss
+/// and the handshake timeouts rather than what the workload is about.
+async fn dial_many(dialer: &mut Dialer, addr: &Multiaddr, count: usize) -> Vec<io::Result<Conn>> {
+    let dials: Vec<_> = (0..count)
+        .map(|_| step("dial", dialer.dial(addr)))
+        .collect();
+    futures::stream::iter(dials)
+        .buffer_unordered(DIAL_CONCURRENCY)
+        .collect()
+        .await
+}
+
 /// Await `fut`, or fail with a timeout naming `what` after [`STEP`].
 async fn step<T>(
     what: &str,
@@ -1322,15 +1408,12 @@ impl Memory {
     /// process to count as still.
     const STILL: f64 = 16.0 * 1024.0;
     const INTERVAL: Duration = Duration::from_millis(100);
-    /// How many still intervals in a row make the process settled. Connections closed by the
-    /// previous measurement are freed all at once when quinn's drain timers fire, a few hundred
-    /// milliseconds after the close: a shorter window mistakes the quiet before that for the
-    /// end of it.
-    const SETTLED_AFTER: usize = 8;
+    /// How many still intervals in a row make the process settled.
+    const SETTLED_AFTER: usize = 3;
 
-    /// Measure once memory has stopped moving: connections of earlier measurements drain and
-    /// free their state on quinn's timers, and a fresh connection frees its handshake state
-    /// only once the handshake is confirmed. Bounded by [`STEP`].
+    /// Measure once memory has stopped moving: a fresh connection frees its handshake state
+    /// only once the handshake is confirmed, and acknowledgements and stream-credit updates
+    /// trickle in after the last write. Bounded by [`STEP`].
     async fn settled() -> Self {
         let deadline = Instant::now() + STEP;
         let mut last = Self::now();
@@ -1364,6 +1447,22 @@ impl Memory {
             heap: (self.heap - before.heap) / items,
         }
     }
+}
+
+/// Datagrams the kernel dropped, machine-wide, because a UDP socket's receive buffer was full.
+fn udp_receive_drops() -> f64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    // Two `Udp:` lines: the field names, then the values.
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return f64::NAN;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "RcvbufErrors")
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 fn rss_bytes() -> f64 {
@@ -1470,7 +1569,7 @@ pub fn summary(report: &Report, options: &Options) -> String {
             .collect(),
     };
     out += &format!(
-        "\nMedians over {} rounds (failure counts: totals)\n{medians}",
+        "\nMedians over {} rounds (counts: totals over rounds)\n{medians}",
         options.rounds
     );
 
@@ -1495,7 +1594,11 @@ pub fn summary(report: &Report, options: &Options) -> String {
                     let base = report.summary(reference, m);
                     row.extend(transports.iter().map(|&k| {
                         let ratio = report.summary(k, m).zip(base).map(|(v, b)| v / b);
-                        ratio.map_or("-".into(), |r| format!("{r:.3}x"))
+                        // A zero reference (RSS that grew less than a page) has no ratio.
+                        match ratio {
+                            Some(r) if r.is_finite() => format!("{r:.3}x"),
+                            _ => "-".into(),
+                        }
                     }));
                     row
                 })
@@ -1528,7 +1631,10 @@ pub fn summary(report: &Report, options: &Options) -> String {
                     vec![
                         m.name().to_string(),
                         m.unit().to_string(),
-                        cost.map_or("-".into(), |c| format!("{c:+.1}%")),
+                        match cost {
+                            Some(c) if c.is_finite() => format!("{c:+.1}%"),
+                            _ => "-".into(),
+                        },
                     ]
                 })
                 .collect(),
@@ -1562,14 +1668,8 @@ fn main() {
         }
     };
     eprintln!("bench: {options:?}");
-    // Two worker threads: the machine has two cores, and both ends of every connection run in
-    // this process.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let report = runtime.block_on(run(&options));
+    // Each measurement brings its own runtime (see `isolated`); this thread only waits.
+    let report = futures::executor::block_on(run(&options));
     print!("{}", summary(&report, &options));
     if !report.errors.is_empty() {
         std::process::exit(1);

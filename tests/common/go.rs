@@ -508,6 +508,18 @@ impl GoPeer {
         }
     }
 
+    /// The next line, whatever its event (kept in `seen` too); `None` after `within` or once
+    /// the process has ended.
+    pub async fn next_line(&mut self, within: Duration) -> Option<Json> {
+        match tokio::time::timeout(within, self.lines.next()).await {
+            Ok(Some(v)) => {
+                self.seen.push(v.clone());
+                Some(v)
+            }
+            Ok(None) | Err(_) => None,
+        }
+    }
+
     /// Take in lines that have already arrived, without waiting.
     pub fn drain(&mut self) {
         while let Ok(v) = self.lines.try_recv() {
@@ -771,6 +783,8 @@ pub struct NodeOptions {
     pub ping_interval: Duration,
     /// Overrides [`libp2p_quinn::Config::credit_wait_warning`].
     pub credit_wait_warning: Option<Duration>,
+    /// Sets [`libp2p_quinn::Config::reset_on_drop`].
+    pub reset_on_drop: bool,
 }
 
 impl Default for NodeOptions {
@@ -779,6 +793,7 @@ impl Default for NodeOptions {
             ping: false,
             ping_interval: Duration::from_millis(500),
             credit_wait_warning: None,
+            reset_on_drop: false,
         }
     }
 }
@@ -803,6 +818,7 @@ impl RustNode {
         if let Some(d) = options.credit_wait_warning {
             config.credit_wait_warning = d;
         }
+        config.reset_on_drop = options.reset_on_drop;
         let transport = libp2p_quinn::tokio::Transport::new(config);
         let ledgers = transport.ledgers();
         let ping_config = ping::Config::new().with_interval(options.ping_interval);
@@ -1224,14 +1240,23 @@ async fn storm_one(
     let request = i.to_be_bytes();
     let started = Instant::now();
     let opened = tokio::time::timeout(open_timeout, async {
-        let mut s = control
-            .open_stream(peer, STORM)
-            .await
-            .map_err(|e| format!("open: {e}"))?;
+        let mut s = match control.open_stream(peer, STORM).await {
+            Ok(s) => s,
+            // The swarm's own substream timeout (10 s): a block as well.
+            Err(libp2p_stream::OpenStreamError::Io(e))
+                if e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return Err((
+                    true,
+                    format!("open: the swarm timed out the substream: {e}"),
+                ))
+            }
+            Err(e) => return Err((false, format!("open: {e}"))),
+        };
         s.write_all(&request)
             .await
-            .map_err(|e| format!("write: {e}"))?;
-        Ok::<_, String>(s)
+            .map_err(|e| (false, format!("write: {e}")))?;
+        Ok(s)
     })
     .await;
     let open = started.elapsed();
@@ -1245,11 +1270,11 @@ async fn storm_one(
                 error: Some(format!("open blocked for {open_timeout:?}")),
             }
         }
-        Ok(Err(e)) => {
+        Ok(Err((blocked, e))) => {
             return One {
                 open,
                 end: Duration::ZERO,
-                blocked: false,
+                blocked,
                 close_error: false,
                 error: Some(e),
             }

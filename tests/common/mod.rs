@@ -277,22 +277,21 @@ async fn pair_via(dialer_config: Config, listener_config: Config, lossy: Option<
     }
 }
 
-/// A request/response exchange on a fresh stream from `opener` to `acceptor`.
+/// A request/response exchange on a fresh stream from `opener` to `acceptor` (bounded).
 pub async fn exchange(opener: &Peer, acceptor: &mut Peer) {
-    let mut out = opener.open().await;
-    out.write_all(b"ping1234").await.unwrap();
-    out.close().await.unwrap();
-    let mut inbound = acceptor.accept().await;
-    let mut request = Vec::new();
-    bounded("read request", inbound.read_to_end(&mut request))
-        .await
-        .unwrap();
-    assert_eq!(request, b"ping1234");
-    inbound.write_all(b"pong5678").await.unwrap();
-    inbound.close().await.unwrap();
-    let mut reply = Vec::new();
-    bounded("read reply", out.read_to_end(&mut reply))
-        .await
-        .unwrap();
-    assert_eq!(reply, b"pong5678");
+    bounded("request/response exchange", async {
+        let mut out = opener.open().await;
+        out.write_all(b"ping1234").await.unwrap();
+        out.close().await.unwrap();
+        let mut inbound = acceptor.accept().await;
+        let mut request = Vec::new();
+        inbound.read_to_end(&mut request).await.unwrap();
+        assert_eq!(request, b"ping1234");
+        inbound.write_all(b"pong5678").await.unwrap();
+        inbound.close().await.unwrap();
+        let mut reply = Vec::new();
+        out.read_to_end(&mut reply).await.unwrap();
+        assert_eq!(reply, b"pong5678");
+    })
+    .await
 }
