@@ -709,6 +709,15 @@ async fn scale(
         .into_iter()
         .partition(Result::is_ok);
     let connected: Vec<Conn> = connected.into_iter().flatten().collect();
+    if let Some(Err(first)) = dial_failed.first() {
+        // The count is a metric; the reason goes to stderr, where it does not mix with the
+        // machine-readable lines.
+        eprintln!(
+            "{} scale: {} of {conns} dials failed, the first with: {first}",
+            kind.name(),
+            dial_failed.len()
+        );
+    }
 
     let completed = Arc::new(AtomicU64::new(0));
     let stuck = Arc::new(AtomicU64::new(0));

@@ -31,7 +31,10 @@ pub(crate) const CLOSE_CODE: u32 = 0;
 enum Send {
     Open,
     Finished,
-    Reset,
+    /// We reset it; after the peer's STOP_SENDING with that code, if it was one.
+    Reset {
+        stopped_by_peer: Option<u64>,
+    },
     /// The peer sent STOP_SENDING with this code; we still owe it a RESET_STREAM.
     StoppedByPeer(u64),
 }
@@ -71,19 +74,21 @@ impl SendHalf {
                 Some(HalfState::Finished)
             }
             Send::StoppedByPeer(code) => self.reset(code),
-            Send::Finished | Send::Reset => None,
+            Send::Finished | Send::Reset { .. } => None,
         }
     }
 
     /// Reset unless the half was already reset.
     pub(crate) fn reset(&mut self, code: u64) -> Option<HalfState> {
-        if self.state == Send::Reset {
-            return None;
-        }
+        let stopped_by_peer = match self.state {
+            Send::Reset { .. } => return None,
+            Send::StoppedByPeer(code) => Some(code),
+            Send::Open | Send::Finished => None,
+        };
         let _ = self
             .stream
             .reset(VarInt::from_u64(code).unwrap_or(VarInt::from_u32(CLOSE_CODE)));
-        self.state = Send::Reset;
+        self.state = Send::Reset { stopped_by_peer };
         Some(HalfState::Reset)
     }
 
@@ -227,7 +232,7 @@ impl Stream {
             half.finish()
         };
         let state = match half.state {
-            Send::Reset | Send::StoppedByPeer(_) => HalfState::Reset,
+            Send::Reset { .. } | Send::StoppedByPeer(_) => HalfState::Reset,
             Send::Open | Send::Finished => HalfState::Finished,
         };
         drop(half);
@@ -337,10 +342,13 @@ impl AsyncWrite for Stream {
         let mut half = this.cell.lock();
         match half.state {
             Send::Open => {}
-            Send::StoppedByPeer(code) => {
-                return Poll::Ready(Err(StreamError::StoppedByPeer(code).into()))
+            Send::StoppedByPeer(code)
+            | Send::Reset {
+                stopped_by_peer: Some(code),
+            } => return Poll::Ready(Err(StreamError::StoppedByPeer(code).into())),
+            Send::Finished | Send::Reset { .. } => {
+                return Poll::Ready(Err(StreamError::Closed.into()))
             }
-            Send::Finished | Send::Reset => return Poll::Ready(Err(StreamError::Closed.into())),
         }
         match futures::ready!(Pin::new(&mut half.stream).poll_write(cx, buf)) {
             Ok(n) => {
@@ -386,8 +394,11 @@ impl AsyncWrite for Stream {
                 }
             }
             Send::Finished => Ok(()),
-            Send::StoppedByPeer(code) => Err(StreamError::StoppedByPeer(code)),
-            Send::Reset => Err(StreamError::Closed),
+            Send::StoppedByPeer(code)
+            | Send::Reset {
+                stopped_by_peer: Some(code),
+            } => Err(StreamError::StoppedByPeer(code)),
+            Send::Reset { .. } => Err(StreamError::Closed),
         };
         Poll::Ready(result.map_err(Into::into))
     }
