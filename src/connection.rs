@@ -508,6 +508,10 @@ impl std::fmt::Debug for Connection {
 
 /// A connection whose TLS handshake is under way. Resolves to the peer's id and the
 /// [`Connection`], or fails with a typed [`Error`] (timeout, wrong peer, bad certificate).
+///
+/// # Drop
+///
+/// Dropping it abandons the handshake; quinn closes the half-made connection.
 #[must_use = "futures do nothing unless polled"]
 pub struct Connecting {
     inner: BoxFuture<'static, Result<(PeerId, Connection), Error>>,

@@ -28,6 +28,11 @@ use crate::{
 ///
 /// A drop-in replacement for `libp2p_quic::tokio::Transport`: same `Output`, same defaults,
 /// same wire protocol.
+///
+/// # Drop
+///
+/// Dropping the transport stops its listeners from accepting; connections already handed out
+/// live on until they are dropped or closed, and each socket is freed with its last connection.
 pub struct Transport {
     config: Arc<Config>,
     quinn: QuinnConfigs,
