@@ -1,27 +1,32 @@
-//! Replays the incident's workload (a peer opening and closing streams fast, over a lossy
-//! network) between go-libp2p peers and libp2p-quinn, and says who blocks.
+//! Replays the incident's workload (a "server" opening and closing streams fast to a "client",
+//! over a lossy network) between go-libp2p peers and libp2p-quinn, and says who blocks.
 //!
 //! The old Go peer (`interop/go-peer-old`: go-libp2p v0.38.2, quic-go v0.48.2) still has quic-go
 //! issue 4803: a RESET_STREAM that it sends and that gets lost is never accounted, so the stream
-//! never completes on its side and it never gives the opener its stream credit back. Built with
-//! Go >= 1.26 it cannot listen (quic-go panics in the handshake), so it always dials here.
+//! never completes on its side and it never gives the opener its stream credit back. The harness
+//! builds it with Go 1.25.5 (`GOTOOLCHAIN=go1.25.5`), so that it can listen: built with Go >=
+//! 1.26 that quic-go panics in every inbound handshake.
 //!
-//! Scenarios, each through a seeded proxy that loses `--loss` of the datagrams each way:
+//! In every scenario the storming side (the incident's server) listens behind a seeded proxy
+//! that loses `--loss` of the datagrams each way, and a Go peer (the client) dials it:
 //!
-//! 1. Go to Go. (a) The current Go peer listens and storms into the old one, which dialed
-//!    (the old peer is the acceptor, the side with the bug). (b) The old peer dials and storms
-//!    into the current one.
-//! 2. Ours to the old Go peer: it dials us, we storm into it. Should it withhold credit, our
-//!    `credit_wait_warning` (2 s here) names it.
-//! 3. Ours to the current Go peer: it dials us, we storm into it. No open should block.
+//! 1. Go to Go, the incident itself: an old Go server storms into an old Go client the Go way,
+//!    once per `--go-close` variant (`close` = CancelRead + FIN, `reset` = CancelRead +
+//!    CancelWrite). Each time the server stops our... its stream, the client answers with a
+//!    RESET_STREAM; a lost one leaks a stream in the client's quic-go for good.
+//! 2. Ours to the old Go client: we storm into it. Should it withhold credit, our
+//!    `credit_wait_warning` (2 s here) names it and says it holds streams we closed.
+//! 3. Ours to the current Go client (v0.48.0): no open should block.
 //!
 //! ```text
-//! cargo run --example incident_replay --features test-util
-//! cargo run --example incident_replay --features test-util -- --count 5120 --scenario 2
-//! RUST_LOG=libp2p_quinn=debug cargo run --example incident_replay --features test-util
+//! cargo run --release --example incident_replay --features test-util
+//! cargo run --release --example incident_replay --features test-util -- --scenario 1 --go-close reset
+//! cargo run --release --example incident_replay --features test-util -- --count 5120 --scenario 2
+//! RUST_LOG=libp2p_quinn=debug cargo run --release --example incident_replay --features test-util
 //! ```
 //!
-//! Needs Go >= 1.25.7 on PATH; the Go peers are built into the system temp dir.
+//! Needs Go >= 1.25.7 on PATH (and Go 1.25.5, which the go command fetches from the module proxy
+//! once); the Go peers are built into the system temp dir. See `docs/incident-replay.md`.
 
 #[cfg(feature = "test-util")]
 #[path = "../tests/common/go.rs"]
@@ -31,7 +36,7 @@ mod go;
 fn main() {
     eprintln!(
         "incident_replay needs the lossy proxy: \
-         cargo run --example incident_replay --features test-util"
+         cargo run --release --example incident_replay --features test-util"
     );
     std::process::exit(2);
 }
@@ -43,21 +48,24 @@ fn main() {
 
 #[cfg(feature = "test-util")]
 mod replay {
-    use std::time::Duration;
+    use std::{
+        sync::Mutex,
+        time::{Duration, Instant},
+    };
 
     use clap::Parser;
     use libp2p::Multiaddr;
-    use libp2p_identity::Keypair;
+    use libp2p_identity::{Keypair, PeerId};
     use libp2p_quinn::test_util::{Impairment, UdpProxy};
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer};
 
     use crate::go::*;
 
     #[derive(Parser, Debug)]
     #[command(about = "Replay the incident's stream storm between go-libp2p and libp2p-quinn")]
     struct Args {
-        /// Streams per storm.
-        #[arg(long, default_value_t = 2560)]
+        /// Streams per storm: each storm stops early once an open blocks for good.
+        #[arg(long, default_value_t = 10240)]
         count: u64,
         /// Datagram loss rate of the proxy, each way.
         #[arg(long, default_value_t = 0.05)]
@@ -71,14 +79,18 @@ mod replay {
         /// Run only this scenario (1, 2 or 3).
         #[arg(long)]
         scenario: Option<u8>,
-        /// How the Go storms end each stream: close (CancelRead + FIN, as in the incident),
-        /// closewrite or reset (which makes the accepting side send a RESET_STREAM every time).
-        #[arg(long, default_value = "close")]
+        /// How the Go server ends each stream in scenario 1, a comma-separated list run in turn:
+        /// close (CancelRead + FIN, as in the incident), closewrite (FIN, read the reply, then
+        /// Close) or reset (CancelRead + CancelWrite).
+        #[arg(long, default_value = "close,reset")]
         go_close: String,
+        /// Streams the Go server opens in parallel in scenario 1.
+        #[arg(long, default_value_t = 1)]
+        go_concurrency: usize,
         /// How our storms end each stream: `request` (8 bytes, close, read the reply, drop) or
         /// `reset` (8 bytes, drop with `reset_on_drop`: the accepting side answers with a
         /// RESET_STREAM every time).
-        #[arg(long, default_value = "request")]
+        #[arg(long, default_value = "reset")]
         ours_way: String,
     }
 
@@ -91,14 +103,29 @@ mod replay {
     /// Seeds of the Go peers' identities.
     const CURRENT_SEED: i64 = 1;
     const OLD_SEED: i64 = 2;
+    const OLD_SERVER_SEED: i64 = 3;
+
+    /// Our `credit_wait_warning` in scenarios 2 and 3.
+    const CREDIT_WAIT_WARNING: Duration = Duration::from_secs(2);
 
     pub fn main() {
         let args = Args::parse();
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
-            )
+        let fmt_filter =
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+        let _ = tracing_subscriber::registry()
+            .with(tracing_subscriber::fmt::layer().with_filter(fmt_filter))
+            .with(WarningLog)
             .try_init();
+        for how in go_closes(&args) {
+            if !matches!(how.as_str(), "close" | "closewrite" | "reset") {
+                eprintln!("--go-close: unknown variant {how:?} (close, closewrite or reset)");
+                std::process::exit(2);
+            }
+        }
+        if !matches!(args.ours_way.as_str(), "request" | "reset") {
+            eprintln!("--ours-way: request or reset");
+            std::process::exit(2);
+        }
         // Build before the clock starts.
         go_peer_binary(GoBuild::Current);
         go_peer_binary(GoBuild::Old);
@@ -110,8 +137,10 @@ mod replay {
         runtime.block_on(async {
             let run = |n: u8| args.scenario.is_none_or(|s| s == n);
             if run(1) {
-                summary.push(go_to_go(&args, true).await);
-                summary.push(go_to_go(&args, false).await);
+                for (i, how) in go_closes(&args).into_iter().enumerate() {
+                    let letter = (b'a' + i as u8) as char;
+                    summary.push(old_to_old(&args, letter, &how).await);
+                }
             }
             if run(2) {
                 summary.push(ours_to_go(&args, GoBuild::Old).await);
@@ -121,11 +150,12 @@ mod replay {
             }
         });
         println!(
-            "\n== summary ({} streams per storm, {}% loss each way, proxy seed {}, go close {}, \
-             ours {})",
+            "\n== summary ({} streams per storm at most, {}% loss each way, proxy seed {}, open \
+             timeout {:?}, go close {}, ours {})",
             args.count,
             args.loss * 100.0,
             args.seed,
+            args.open_timeout,
             args.go_close,
             args.ours_way
         );
@@ -134,21 +164,16 @@ mod replay {
         }
     }
 
-    fn args_of(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
+    fn go_closes(args: &Args) -> Vec<String> {
+        args.go_close
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
     }
 
-    fn storm_args(args: &Args) -> Vec<String> {
-        args_of(&[
-            "--mode",
-            "storm",
-            "--count",
-            &args.count.to_string(),
-            "--close",
-            &args.go_close,
-            "--open-timeout",
-            &format!("{}ms", args.open_timeout.as_millis()),
-        ])
+    fn args_of(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
     }
 
     async fn proxy(args: &Args, server: std::net::SocketAddr) -> UdpProxy {
@@ -168,53 +193,164 @@ mod replay {
             .0
     }
 
-    /// Follow a Go peer's storm: until its `storm` line, or, once an open has blocked, a little
-    /// longer (a permanent block would take `count` x the open timeout to finish).
-    async fn follow_go_storm(label: &str, go: &mut GoPeer, args: &Args) -> String {
-        let mut done = 0.0;
-        let mut blocked_seen = 0;
-        let mut first_block: Option<std::time::Instant> = None;
+    fn proxy_line(proxy: &UdpProxy) -> String {
+        let s = proxy.stats();
+        format!(
+            "proxy: to server {} forwarded / {} dropped, to client {} forwarded / {} dropped",
+            s.forwarded[0], s.dropped[0], s.forwarded[1], s.dropped[1]
+        )
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Scenario 1: old Go server storms into old Go client
+
+    /// Scenario 1: the old Go peer listens behind the proxy and storms (ending each stream as
+    /// `how` says) into the first peer that connects: another old Go peer, which dials it.
+    async fn old_to_old(args: &Args, letter: char, how: &str) -> String {
+        let label = format!("1{letter} go-old server -> go-old client, close {how}");
+        println!("\n== {label}");
+        let server_args = args_of(&[
+            "--seed",
+            &OLD_SERVER_SEED.to_string(),
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+            "--mode",
+            "storm",
+            "--count",
+            &args.count.to_string(),
+            "--close",
+            how,
+            "--concurrency",
+            &args.go_concurrency.to_string(),
+            "--open-timeout",
+            &format!("{}ms", args.open_timeout.as_millis()),
+        ]);
+        let mut server = GoPeer::spawn(GoBuild::Old, "go-old server", &server_args);
+        let listening = server.expect("listening", Duration::from_secs(30)).await;
+        // Built with Go >= 1.26 the old peer would warn here, and panic at the first handshake.
+        let version = server.last("version").cloned();
+        let go_version = version
+            .as_ref()
+            .and_then(|v| v.str("go"))
+            .unwrap_or("?")
+            .to_string();
+        if let Some(w) = server.last("warning") {
+            println!("   the old server cannot listen: {w:?}");
+        }
+        let addr: Multiaddr = listening.str("addr").unwrap().parse().unwrap();
+        let proxy = proxy(args, socket_of(&addr)).await;
+        let via = libp2p_quinn::to_multiaddr(proxy.local_addr())
+            .with_p2p(go_peer_id_for_seed(OLD_SERVER_SEED))
+            .unwrap();
+        let mut client = GoPeer::spawn(
+            GoBuild::Old,
+            "go-old client",
+            &args_of(&[
+                "--seed",
+                &OLD_SEED.to_string(),
+                "--mode",
+                "serve",
+                "--dial",
+                &via.to_string(),
+            ]),
+        );
+        let outcome = follow_go_storm(&mut server, args).await;
+        let line = format!("{label} (old peers built with {go_version}): {outcome}");
+        println!("{line}");
+        println!("   {}", proxy_line(&proxy));
+        server.shutdown().await;
+        client.shutdown().await;
+        line
+    }
+
+    /// Follow a Go peer's storm: until its `storm` line, or until no open has succeeded for
+    /// three open timeouts after one blocked (a permanent block would take `count` x the open
+    /// timeout to finish).
+    async fn follow_go_storm(go: &mut GoPeer, args: &Args) -> String {
+        let started = Instant::now();
+        let mut done = 0u64;
+        let mut blocked_seen = 0u64;
+        // (stream index, time since start, streams done then) of the first blocked open.
+        let mut first_block: Option<(String, Duration, u64)> = None;
+        // When the latest block began with no progress since.
+        let mut stalled_since: Option<Instant> = None;
         let grace = args.open_timeout * 3;
         loop {
-            if first_block.is_some_and(|t| t.elapsed() > grace) {
+            if stalled_since.is_some_and(|t| t.elapsed() > grace) {
+                let (index, at, done_then) = first_block.clone().unwrap_or_default();
                 return format!(
-                    "{label}: BLOCKED: {blocked_seen} open(s) hit the {:?} open timeout; {done} of \
-                     {} streams done when we stopped watching",
-                    args.open_timeout, args.count
+                    "BLOCKED for good: the first open to block was stream {index}, {:.1} s in, \
+                     after {done_then} streams had been done; no open succeeded in the {:?} that \
+                     followed ({blocked_seen} opens hit the {:?} open timeout); {done} of {} \
+                     streams done when we stopped watching",
+                    at.as_secs_f64(),
+                    grace,
+                    args.open_timeout,
+                    args.count
                 );
             }
-            let Some(line) = go.next_line(Duration::from_secs(120)).await else {
-                return format!("{label}: no output for 2 min ({done} streams done)");
+            let Some(line) = go.next_line(Duration::from_secs(5)).await else {
+                if go.last("storm").is_none() && started.elapsed() > Duration::from_secs(600) {
+                    return format!("no storm result within 10 min ({done} streams done)");
+                }
+                continue;
             };
             match line.event() {
                 "storm" => {
+                    let first = first_block
+                        .map(|(i, at, d)| {
+                            format!(
+                                "; first blocked open: stream {i} at {:.1} s, after {d} streams",
+                                at.as_secs_f64()
+                            )
+                        })
+                        .unwrap_or_default();
                     return format!(
-                        "{label}: streams {} ok {} failed {} blocked {}, slowest open {:.1} ms, \
-                         elapsed {:.0} ms",
+                        "streams {} ok {} failed {} blocked {}, slowest open {:.1} ms, elapsed \
+                         {:.0} ms{first}",
                         line.num("count"),
                         line.num("ok"),
                         line.num("failed"),
                         line.num("blocked"),
                         line.num("slowest_open_ms"),
                         line.num("elapsed_ms")
-                    )
+                    );
                 }
                 "storm_progress" => {
-                    done = line.num("done");
-                    println!("   [{}] {done} streams done", go.label);
+                    done = line.u64("done").unwrap_or(done);
+                    stalled_since = None;
+                    println!(
+                        "   [{}] {done} streams done ({:.1} s)",
+                        go.label,
+                        started.elapsed().as_secs_f64()
+                    );
                 }
-                "error" if line.str("what").is_some_and(|w| w.contains("blocked=true")) => {
-                    blocked_seen += 1;
-                    first_block.get_or_insert_with(std::time::Instant::now);
+                "error" => {
+                    let what = line.str("what").unwrap_or_default();
+                    if what.contains("blocked=true") {
+                        blocked_seen += 1;
+                        stalled_since.get_or_insert_with(Instant::now);
+                        if first_block.is_none() {
+                            let index = what
+                                .strip_prefix("storm stream ")
+                                .and_then(|r| r.split(' ').next())
+                                .unwrap_or("?")
+                                .to_string();
+                            first_block = Some((index, started.elapsed(), done));
+                        }
+                    }
                 }
                 _ => {}
             }
         }
     }
 
+    // -----------------------------------------------------------------------------------------
+    // Scenarios 2 and 3: ours storms into a Go client
+
     /// Our storm, in rounds of 16 streams, stopping after the first round with a blocked open
     /// (a permanent block would take `count` x the open timeout to finish).
-    async fn our_storm(node: &RustNode, peer: libp2p_identity::PeerId, args: &Args) -> StormReport {
+    async fn our_storm(node: &RustNode, peer: PeerId, args: &Args) -> StormReport {
         let mut total = StormReport::default();
         while total.count < args.count {
             let n = (args.count - total.count).min(16);
@@ -234,10 +370,12 @@ mod replay {
             total
                 .errors
                 .extend(r.errors.into_iter().take(10 - total.errors.len().min(10)));
-            if total.count % 256 == 0 || r.blocked > 0 {
+            if total.count % 1024 == 0 || r.blocked > 0 {
                 println!(
-                    "   [ours] {} streams done, {} blocked",
-                    total.count, total.blocked
+                    "   [ours] {} streams done, {} blocked ({:.1} s)",
+                    total.count,
+                    total.blocked,
+                    total.elapsed.as_secs_f64()
                 );
             }
             if r.blocked > 0 {
@@ -252,7 +390,7 @@ mod replay {
     /// STOP_SENDING).
     async fn reset_storm(
         node: &RustNode,
-        peer: libp2p_identity::PeerId,
+        peer: PeerId,
         count: u64,
         open_timeout: Duration,
     ) -> StormReport {
@@ -262,9 +400,9 @@ mod replay {
             count,
             ..Default::default()
         };
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         for i in 0..count {
-            let t = std::time::Instant::now();
+            let t = Instant::now();
             let opened = tokio::time::timeout(open_timeout, async {
                 let mut s = control
                     .open_stream(peer, STORM)
@@ -309,50 +447,11 @@ mod replay {
         r
     }
 
-    /// Scenario 1: the current Go peer listens behind the proxy; the old one dials. With
-    /// `old_accepts`, the current peer storms into the old one, else the other way round.
-    async fn go_to_go(args: &Args, old_accepts: bool) -> String {
-        let label = if old_accepts {
-            "1a go-current -> go-old (old accepts)"
-        } else {
-            "1b go-old -> go-current (current accepts)"
-        };
-        println!("\n== {label}");
-        let mut listener_args = args_of(&[
-            "--seed",
-            &CURRENT_SEED.to_string(),
-            "--listen",
-            "/ip4/127.0.0.1/udp/0/quic-v1",
-        ]);
-        let mut dialer_args = args_of(&["--seed", &OLD_SEED.to_string()]);
-        if old_accepts {
-            listener_args.extend(storm_args(args));
-        } else {
-            dialer_args.extend(storm_args(args));
-        }
-        let mut current = GoPeer::spawn(GoBuild::Current, "go-current", &listener_args);
-        let listening = current.expect("listening", Duration::from_secs(30)).await;
-        let addr: Multiaddr = listening.str("addr").unwrap().parse().unwrap();
-        let proxy = proxy(args, socket_of(&addr)).await;
-        let via = libp2p_quinn::to_multiaddr(proxy.local_addr())
-            .with_p2p(go_peer_id_for_seed(CURRENT_SEED))
-            .unwrap();
-        dialer_args.extend(["--dial".to_string(), via.to_string()]);
-        let mut old = GoPeer::spawn(GoBuild::Old, "go-old", &dialer_args);
-        let storming = if old_accepts { &mut current } else { &mut old };
-        let line = follow_go_storm(label, storming, args).await;
-        println!("{line}");
-        println!("   proxy: {:?}", proxy.stats());
-        current.shutdown().await;
-        old.shutdown().await;
-        line
-    }
-
     /// Scenarios 2 and 3: the Go peer dials us through the proxy; we storm into it.
     async fn ours_to_go(args: &Args, which: GoBuild) -> String {
         let label = match which {
-            GoBuild::Old => "2  ours -> go-old",
-            GoBuild::Current => "3  ours -> go-current",
+            GoBuild::Old => "2  ours -> go-old client",
+            GoBuild::Current => "3  ours -> go-current client",
         };
         println!("\n== {label}");
         let seed = match which {
@@ -363,7 +462,7 @@ mod replay {
         let mut node = RustNode::start(
             Keypair::generate_ed25519(),
             NodeOptions {
-                credit_wait_warning: Some(Duration::from_secs(2)),
+                credit_wait_warning: Some(CREDIT_WAIT_WARNING),
                 reset_on_drop: args.ours_way == "reset",
                 ..Default::default()
             },
@@ -391,9 +490,9 @@ mod replay {
             node.peer_id,
             which.dir_name()
         );
+        let warnings_before = warnings().len();
         let report = our_storm(&node, go_id, args).await;
-        let line = format!("{label}: {}", report.line());
-        println!("{line}");
+        let mut line = format!("{label}: {}", report.line());
         for e in &report.errors {
             println!("   error: {e}");
         }
@@ -403,8 +502,80 @@ mod replay {
                 snap.totals.tracked[1], snap.totals.tracked, snap.totals.opened
             );
         }
-        println!("   proxy: {:?}", proxy.stats());
+        let credit_warnings: Vec<String> = warnings()[warnings_before..]
+            .iter()
+            .filter(|w| w.contains("stream credit"))
+            .cloned()
+            .collect();
+        match credit_warnings.first() {
+            Some(w) => {
+                let names_peer = w.contains(&go_id.to_string());
+                let blames_peer = w.contains("the peer holds streams we have closed");
+                line.push_str(&format!(
+                    "; our credit warning ({} of them) names the Go peer: {}, says it holds \
+                     streams we closed: {}",
+                    credit_warnings.len(),
+                    yes_no(names_peer),
+                    yes_no(blames_peer)
+                ));
+                println!("   first credit warning: {w}");
+            }
+            None => line.push_str("; no credit warning"),
+        }
+        println!("{line}");
+        println!("   {}", proxy_line(&proxy));
         go.shutdown().await;
         line
+    }
+
+    fn yes_no(b: bool) -> &'static str {
+        if b {
+            "yes"
+        } else {
+            "NO"
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Our warnings, kept for the summary
+
+    static WARNINGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    fn warnings() -> Vec<String> {
+        WARNINGS.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Keeps the message of every warning libp2p-quinn logs, whatever `RUST_LOG` says.
+    struct WarningLog;
+
+    impl<S: tracing::Subscriber> Layer<S> for WarningLog {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let meta = event.metadata();
+            if *meta.level() != tracing::Level::WARN || !meta.target().starts_with("libp2p_quinn") {
+                return;
+            }
+            struct Message(String);
+            impl tracing::field::Visit for Message {
+                fn record_debug(
+                    &mut self,
+                    field: &tracing::field::Field,
+                    value: &dyn std::fmt::Debug,
+                ) {
+                    if field.name() == "message" {
+                        self.0 = format!("{value:?}");
+                    }
+                }
+            }
+            let mut message = Message(String::new());
+            event.record(&mut message);
+            WARNINGS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(message.0);
+        }
     }
 }

@@ -58,6 +58,8 @@ pub(crate) struct Shared {
     stream_limit: u32,
     credit_wait_warning: Duration,
     live: [AtomicU64; 2],
+    /// Send halves the watcher still waits on.
+    pub(crate) watched: AtomicU64,
     /// Since when an outbound open has been waiting for stream credit, if one is.
     credit_wait_since: Mutex<Option<Instant>>,
     ledger: Option<Mutex<Ledger>>,
@@ -93,7 +95,12 @@ impl Shared {
         let activity = self.ledger()?.open(id, direction, Instant::now());
         if let Some(watcher) = &self.watcher {
             let stopped = cell.lock().stopped_future();
-            let _ = watcher.unbounded_send(Watch::new(id, stopped, cell.clone()));
+            if watcher
+                .unbounded_send(Watch::new(id, stopped, cell.clone()))
+                .is_ok()
+            {
+                self.watched.fetch_add(1, Ordering::Relaxed);
+            }
         }
         Some(activity)
     }
@@ -191,6 +198,7 @@ impl Shared {
             remote_address: self.remote_address,
             stream_limit: self.stream_limit,
             live_handles: self.live_handles(),
+            watched_send_halves: self.watched.load(Ordering::Relaxed),
             totals,
             streams,
         }
@@ -243,6 +251,9 @@ pub struct ConnectionSnapshot {
     pub stream_limit: u32,
     /// `Stream` handles alive, by direction; counted even with the ledger off.
     pub live_handles: ByDirection,
+    /// Send halves whose end the watcher task still waits to see (the peer's acknowledgement
+    /// or STOP_SENDING).
+    pub watched_send_halves: u64,
     /// The ledger's totals (all zero when the ledger is off).
     pub totals: Totals,
     /// Every tracked stream, oldest first (empty when the ledger is off).
@@ -258,7 +269,9 @@ pub struct ConnectionSnapshot {
 impl ConnectionSnapshot {
     /// Whether nothing is left: no handle alive and nothing held by QUIC on our side.
     pub fn is_idle(&self) -> bool {
-        self.live_handles == [0, 0] && self.totals.tracked_total() == 0
+        self.live_handles == [0, 0]
+            && self.totals.tracked_total() == 0
+            && self.watched_send_halves == 0
     }
 }
 
@@ -331,6 +344,7 @@ impl Connection {
             stream_limit: config.max_concurrent_stream_limit,
             credit_wait_warning: config.credit_wait_warning,
             live: Default::default(),
+            watched: AtomicU64::new(0),
             credit_wait_since: Mutex::new(None),
             ledger: config.stream_ledger.then(|| Mutex::new(Ledger::new())),
             watcher: watcher_tx,

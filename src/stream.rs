@@ -56,6 +56,9 @@ enum Recv {
 pub(crate) struct SendHalf {
     stream: quinn::SendStream,
     state: Send,
+    /// The watcher, waiting for this half to be freed. quinn never reports that a reset was
+    /// acknowledged, so a reset wakes the watcher itself, or it would wait for ever.
+    watcher: Option<std::task::Waker>,
 }
 
 impl SendHalf {
@@ -89,7 +92,21 @@ impl SendHalf {
             .stream
             .reset(VarInt::from_u64(code).unwrap_or(VarInt::from_u32(CLOSE_CODE)));
         self.state = Send::Reset { stopped_by_peer };
+        if let Some(watcher) = self.watcher.take() {
+            watcher.wake();
+        }
         Some(HalfState::Reset)
+    }
+
+    /// For the watcher: whether we reset this half, else remember whom to wake when we do.
+    pub(crate) fn reset_or_register(&mut self, waker: &std::task::Waker) -> bool {
+        if matches!(self.state, Send::Reset { .. }) {
+            return true;
+        }
+        if !self.watcher.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            self.watcher = Some(waker.clone());
+        }
+        false
     }
 
     /// Resolves when the peer has acknowledged everything we sent (`Ok(None)`) or stopped the
@@ -176,6 +193,7 @@ impl Stream {
             send: Mutex::new(SendHalf {
                 stream: send,
                 state: Send::Open,
+                watcher: None,
             }),
             recv_done: false.into(),
         });

@@ -34,15 +34,27 @@ impl Watch {
     }
 }
 
+/// How a watched send half ended, as far as the watcher needs to know.
+pub(crate) enum Outcome {
+    /// quinn's `stopped()`: all acknowledged (`Ok(None)`), or stopped by the peer.
+    Stopped(Result<Option<VarInt>, StoppedError>),
+    /// We reset it; quinn will not report the acknowledgement, so stop watching.
+    ResetByUs,
+}
+
 impl Future for Watch {
-    type Output = (u64, Arc<Cell>, Result<Option<VarInt>, StoppedError>);
+    type Output = (u64, Arc<Cell>, Outcome);
 
     fn poll(
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
+        // Checked first, so that a half reset before we ever looked never registers with quinn.
+        if self.cell.lock().reset_or_register(cx.waker()) {
+            return std::task::Poll::Ready((self.id, self.cell.clone(), Outcome::ResetByUs));
+        }
         let result = futures::ready!(self.stopped.as_mut().poll(cx));
-        std::task::Poll::Ready((self.id, self.cell.clone(), result))
+        std::task::Poll::Ready((self.id, self.cell.clone(), Outcome::Stopped(result)))
     }
 }
 
@@ -71,9 +83,10 @@ pub(crate) async fn run(
                 return;
             }
             Some(watch) = new_streams.next() => watched.push(watch),
-            Some((id, cell, result)) = watched.next(), if !watched.is_empty() => {
+            Some((id, cell, outcome)) = watched.next(), if !watched.is_empty() => {
                 let Some(shared) = shared.upgrade() else { return };
-                settle(&shared, id, &cell, result);
+                shared.watched.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                settle(&shared, id, &cell, outcome);
             }
             _ = scan.tick() => {
                 let Some(shared) = shared.upgrade() else { return };
@@ -83,10 +96,12 @@ pub(crate) async fn run(
     }
 }
 
-fn settle(shared: &Shared, id: u64, cell: &Cell, result: Result<Option<VarInt>, StoppedError>) {
-    match result {
-        Ok(None) => shared.set_send(id, HalfState::Done),
-        Ok(Some(code)) => {
+fn settle(shared: &Shared, id: u64, cell: &Cell, outcome: Outcome) {
+    match outcome {
+        // The reset is already in the books.
+        Outcome::ResetByUs => {}
+        Outcome::Stopped(Ok(None)) => shared.set_send(id, HalfState::Done),
+        Outcome::Stopped(Ok(Some(code))) => {
             let mut half = cell.lock();
             if half.stopped_by_peer(code.into_inner()) {
                 shared.set_send(id, HalfState::Stopped);
@@ -102,7 +117,7 @@ fn settle(shared: &Shared, id: u64, cell: &Cell, result: Result<Option<VarInt>, 
             }
         }
         // The connection is going away; the close branch empties the books.
-        Err(_) => {}
+        Outcome::Stopped(Err(_)) => {}
     }
 }
 

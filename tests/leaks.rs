@@ -206,8 +206,15 @@ async fn run(case: Case, opener: Opener, reset_on_drop: bool, loss: f64) {
             "every stream went through the ledger"
         );
     }
+    let dropped = pair
+        .proxy
+        .as_ref()
+        .map_or(0, |p| p.stats().dropped.iter().sum::<u64>());
+    if loss > 0.0 {
+        assert!(dropped > 0, "the lossy path dropped nothing");
+    }
     println!(
-        "{case:?} opened by {opener:?}{}{}: {STREAMS} streams (limit {LIMIT}) in {:?}",
+        "{case:?} opened by {opener:?}{}{}: {STREAMS} streams (limit {LIMIT}) in {:?}, {dropped} datagrams dropped",
         if reset_on_drop {
             " (reset on drop)"
         } else {

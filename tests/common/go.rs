@@ -46,16 +46,31 @@ pub fn echo_payload(n: usize) -> Vec<u8> {
 pub enum GoBuild {
     /// go-libp2p v0.48.0, quic-go v0.59.0 (`interop/go-peer`).
     Current,
-    /// go-libp2p v0.38.2, quic-go v0.48.2 (`interop/go-peer-old`); under Go >= 1.26 it can
-    /// only dial.
+    /// go-libp2p v0.38.2, quic-go v0.48.2 (`interop/go-peer-old`), built with Go
+    /// [`OLD_TOOLCHAIN`] so that it can listen as well as dial.
     Old,
 }
+
+/// The Go toolchain the old peer is built with. quic-go before v0.57.1 panics on every inbound
+/// handshake ("crypto/tls bug: where's my session ticket?") when built with Go >= 1.26, so the
+/// old peer could not listen under the installed Go. With `GOTOOLCHAIN=go1.25.5` the go command
+/// fetches that toolchain from the module proxy on first use (then it is cached).
+pub const OLD_TOOLCHAIN: &str = "go1.25.5";
 
 impl GoBuild {
     pub fn dir_name(self) -> &'static str {
         match self {
             GoBuild::Current => "go-peer",
             GoBuild::Old => "go-peer-old",
+        }
+    }
+
+    /// The `GOTOOLCHAIN` this build is made with: `None` is the installed Go
+    /// (`GOTOOLCHAIN=local`, unless the caller's environment sets `GOTOOLCHAIN`).
+    pub fn toolchain(self) -> Option<&'static str> {
+        match self {
+            GoBuild::Current => None,
+            GoBuild::Old => Some(OLD_TOOLCHAIN),
         }
     }
 }
@@ -91,7 +106,11 @@ fn build(which: GoBuild) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("interop")
         .join(name);
-    let out_dir = build_root().join(name);
+    // One directory per toolchain: a binary built earlier with another Go is not reused.
+    let out_dir = match which.toolchain() {
+        Some(toolchain) => build_root().join(format!("{name}-{toolchain}")),
+        None => build_root().join(name),
+    };
     let bin = out_dir.join(name);
     let newest_source = ["main.go", "go.mod", "go.sum"]
         .iter()
@@ -116,6 +135,9 @@ fn build(which: GoBuild) -> PathBuf {
             src.display()
         ),
     }
+    if let Some(toolchain) = which.toolchain() {
+        check_toolchain(toolchain, &src);
+    }
     std::fs::create_dir_all(&out_dir).expect("create the Go peer's build dir");
     // Build to a private name and rename: concurrent builds (other test binaries, the example)
     // never see a half-written binary.
@@ -128,15 +150,25 @@ fn build(which: GoBuild) -> PathBuf {
         .arg(&tmp)
         .arg(".")
         .current_dir(&src);
-    if std::env::var_os("GOTOOLCHAIN").is_none() {
-        // Never try to download another toolchain.
-        cmd.env("GOTOOLCHAIN", "local");
+    match which.toolchain() {
+        Some(toolchain) => {
+            cmd.env("GOTOOLCHAIN", toolchain);
+        }
+        None if std::env::var_os("GOTOOLCHAIN").is_none() => {
+            // Never try to download another toolchain.
+            cmd.env("GOTOOLCHAIN", "local");
+        }
+        None => {}
     }
     let out = cmd.output().expect("run `go build`");
     if !out.status.success() {
         let _ = std::fs::remove_file(&tmp);
         panic!(
-            "`go build` of {} failed ({}):\n{}",
+            "`{}go build` of {} failed ({}):\n{}",
+            which
+                .toolchain()
+                .map(|t| format!("GOTOOLCHAIN={t} "))
+                .unwrap_or_default(),
             src.display(),
             out.status,
             String::from_utf8_lossy(&out.stderr)
@@ -149,6 +181,31 @@ fn build(which: GoBuild) -> PathBuf {
         started.elapsed().as_secs_f64()
     );
     bin
+}
+
+/// Make sure `GOTOOLCHAIN={toolchain} go version` runs that toolchain (the go command downloads
+/// it from the module proxy on first use), or panic saying why it does not.
+fn check_toolchain(toolchain: &str, src: &Path) {
+    let out = std::process::Command::new("go")
+        .arg("version")
+        .env("GOTOOLCHAIN", toolchain)
+        .output()
+        .unwrap_or_else(|e| panic!("run `GOTOOLCHAIN={toolchain} go version`: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || !stdout.contains(&format!("{toolchain} ")) {
+        panic!(
+            "{} must be built with Go {toolchain} (quic-go v0.48.2 panics on every inbound \
+             handshake when built with Go >= 1.26), but `GOTOOLCHAIN={toolchain} go version` \
+             failed ({}): {}{}\nThe go command downloads that toolchain from the module proxy \
+             (GOPROXY, checked against GOSUMDB) on first use and caches it in the module cache. \
+             Allow it network access once (or pre-fetch with `GOTOOLCHAIN={toolchain} go \
+             version`), and make sure GOPROXY is not `off`.",
+            src.display(),
+            out.status,
+            stdout.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
 }
 
 /// The peer id the Go peer takes with `--seed n` (sha256 of a fixed string as ed25519 seed).
