@@ -16,10 +16,6 @@ use libp2p_core::{
 use libp2p_identity::{Keypair, PeerId};
 use libp2p_quinn::{tokio::Transport, Config, Error, StreamError};
 
-fn transport() -> Transport {
-    Transport::new(Config::new(&Keypair::generate_ed25519()))
-}
-
 #[tokio::test]
 async fn unsupported_addresses_are_refused_not_panicked_on() {
     let mut t = transport();

@@ -5,11 +5,7 @@
 
 mod common;
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex, OnceLock},
-    time::Duration,
-};
+use std::time::Duration;
 
 use common::*;
 use futures::{AsyncReadExt, AsyncWriteExt};
@@ -18,42 +14,6 @@ use libp2p_quinn::{ledger::HalfState, Metrics};
 use prometheus_client::{encoding::text::encode, registry::Registry};
 
 const LIMIT: u32 = 16;
-
-/// Every log line of this test binary, for tests that check what a user would read.
-fn logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buffer = Arc::new(Mutex::new(Vec::new()));
-        let sink = buffer.clone();
-        tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_env_filter("libp2p_quinn=warn")
-            .with_writer(move || Capture(sink.clone()))
-            .init();
-        buffer
-    })
-    .clone()
-}
-
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        std::io::stderr().write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn log_lines_containing(needle: &str) -> Vec<String> {
-    let text = String::from_utf8_lossy(&logs().lock().unwrap()).to_string();
-    text.lines()
-        .filter(|l| l.contains(needle))
-        .map(str::to_owned)
-        .collect()
-}
 
 fn metric(text: &str, prefix: &str) -> f64 {
     text.lines()
@@ -75,7 +35,7 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_application_holding_inbound_streams_is_named_by_both_sides() {
-    let _ = logs();
+    let _ = captured_warnings();
     let mut dialer_registry = Registry::default();
     let mut listener_registry = Registry::default();
     let mut dialer_config = config(&Keypair::generate_ed25519(), LIMIT)
@@ -106,13 +66,13 @@ async fn an_application_holding_inbound_streams_is_named_by_both_sides() {
     // One more open has to wait: the opener says why, naming the peer.
     let blocked = dialer.open_later();
     eventually("credit-wait warning", || {
-        !log_lines_containing("waited").is_empty()
-            && log_lines_containing(&listener_id.to_string())
+        !warnings_containing("waited").is_empty()
+            && warnings_containing(&listener_id.to_string())
                 .iter()
                 .any(|l| l.contains("stream credit"))
     })
     .await;
-    let warning = log_lines_containing("stream credit").join("\n");
+    let warning = warnings_containing("stream credit").join("\n");
     assert!(warning.contains(&listener_id.to_string()), "{warning}");
     assert!(warning.contains("a leak on the peer's side"), "{warning}");
 
@@ -122,7 +82,7 @@ async fn an_application_holding_inbound_streams_is_named_by_both_sides() {
 
     // The holder's own ledger names each stream as held by the application and idle.
     eventually("idle-handle warnings", || {
-        log_lines_containing("held by the application and idle")
+        warnings_containing("held by the application and idle")
             .iter()
             .filter(|l| l.contains(&dialer_id.to_string()) && l.contains("inbound"))
             .count()
@@ -185,7 +145,7 @@ async fn an_application_holding_inbound_streams_is_named_by_both_sides() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_the_peer_stopped_are_released_while_the_application_holds_them() {
-    let _ = logs();
+    let _ = captured_warnings();
     let Pair {
         dialer,
         mut listener,

@@ -14,11 +14,7 @@ use libp2p_core::{
     Endpoint, Transport as _,
 };
 use libp2p_identity::Keypair;
-use libp2p_quinn::{tokio::Transport, Config, StreamError};
-
-fn transport() -> Transport {
-    Transport::new(Config::new(&Keypair::generate_ed25519()))
-}
+use libp2p_quinn::{Config, StreamError};
 
 #[tokio::test]
 async fn listening_on_port_zero_reports_the_real_port() {
@@ -192,7 +188,7 @@ async fn stream_errors_say_what_the_peer_did() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_stream_the_peer_never_acknowledges_is_reported() {
     use libp2p_quinn::test_util::Direction;
-    let logs = capture_warnings();
+    let logs = captured_warnings();
     let mut cfg = Config::new(&Keypair::generate_ed25519());
     cfg.stream_leak_warning = Duration::from_millis(300);
     let pair = pair_lossy(cfg, Config::new(&Keypair::generate_ed25519()), 0.0, 3).await;
@@ -225,36 +221,4 @@ async fn a_dropped_stream_the_peer_never_acknowledges_is_reported() {
     proxy.set_black_hole(Direction::ToClient, false);
     drop(inbound);
     pair.dialer.settled().await.unwrap();
-}
-
-/// Capture warning lines of this test binary.
-fn capture_warnings() -> std::sync::Arc<std::sync::Mutex<String>> {
-    use std::sync::{Arc, Mutex, OnceLock};
-    static LOGS: OnceLock<Arc<Mutex<String>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = Arc::new(Mutex::new(String::new()));
-        let sink = logs.clone();
-        tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_env_filter("libp2p_quinn=warn")
-            .with_writer(move || Sink(sink.clone()))
-            .init();
-        logs
-    })
-    .clone()
-}
-
-struct Sink(std::sync::Arc<std::sync::Mutex<String>>);
-
-impl std::io::Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap()
-            .push_str(&String::from_utf8_lossy(buf));
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }

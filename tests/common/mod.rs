@@ -27,6 +27,54 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// Install (once per test binary) a subscriber that keeps every `libp2p_quinn` warning, for
+/// tests that check what a user would read; the lines also go to stderr.
+pub fn captured_warnings() -> std::sync::Arc<std::sync::Mutex<String>> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    static LOGS: OnceLock<Arc<Mutex<String>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(String::new()));
+        let sink = logs.clone();
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_env_filter("libp2p_quinn=warn")
+            .with_writer(move || Capture(sink.clone()))
+            .init();
+        logs
+    })
+    .clone()
+}
+
+/// The captured warning lines that contain `needle`.
+pub fn warnings_containing(needle: &str) -> Vec<String> {
+    let logs = captured_warnings();
+    let text = logs.lock().unwrap();
+    text.lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+struct Capture(std::sync::Arc<std::sync::Mutex<String>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap()
+            .push_str(&String::from_utf8_lossy(buf));
+        std::io::stderr().write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A transport with a fresh identity and default settings.
+pub fn transport() -> Transport {
+    Transport::new(Config::new(&Keypair::generate_ed25519()))
+}
+
 /// A config with a low stream limit, as the leak tests want.
 pub fn config(keypair: &Keypair, limit: u32) -> Config {
     let mut config = Config::new(keypair);
