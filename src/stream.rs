@@ -127,7 +127,8 @@ impl SendHalf {
     }
 }
 
-/// The receive-side facts the watcher needs to decide whether a stream is dead.
+/// What a stream shares with its connection's watcher: the send half, and whether the receive
+/// half is done (together they say whether the stream is dead).
 pub(crate) struct Cell {
     pub(crate) send: Mutex<SendHalf>,
     /// Set once our receive half is finished, reset or stopped.
