@@ -2,21 +2,23 @@
 //! over a lossy network) between go-libp2p peers and libp2p-quinn, and says who blocks.
 //!
 //! The old Go peer (`interop/go-peer-old`: go-libp2p v0.38.2, quic-go v0.48.2) still has quic-go
-//! issue 4803: a RESET_STREAM that it sends and that gets lost is never accounted, so the stream
-//! never completes on its side and it never gives the opener its stream credit back. The harness
-//! builds it with Go 1.25.5 (`GOTOOLCHAIN=go1.25.5`), so that it can listen: built with Go >=
-//! 1.26 that quic-go panics in every inbound handshake.
+//! issue 4803: a RESET_STREAM that it sends and that gets lost (or goes out again in a PTO probe)
+//! is never accounted, so the stream never completes on its side and it never gives the opener
+//! its stream credit back. The harness builds it with Go 1.25.5 (`GOTOOLCHAIN=go1.25.5`), so
+//! that it can listen: built with Go >= 1.26, that quic-go panics in every inbound handshake.
 //!
 //! In every scenario the storming side (the incident's server) listens behind a seeded proxy
 //! that loses `--loss` of the datagrams each way, and a Go peer (the client) dials it:
 //!
 //! 1. Go to Go, the incident itself: an old Go server storms into an old Go client the Go way,
-//!    once per `--go-close` variant (`close` = CancelRead + FIN, `reset` = CancelRead +
-//!    CancelWrite). Each time the server stops our... its stream, the client answers with a
-//!    RESET_STREAM; a lost one leaks a stream in the client's quic-go for good.
-//! 2. Ours to the old Go client: we storm into it. Should it withhold credit, our
+//!    once per `--go-close` variant: `close` (CancelRead + FIN, as in the incident) and `reset`
+//!    (CancelRead + CancelWrite). The server's STOP_SENDING makes the client answer with a
+//!    RESET_STREAM (always after `reset`, sometimes after `close`); each one lost or sent again
+//!    by a PTO probe leaks a stream in the client's quic-go, and after 256 leaks the server's
+//!    opens block for good. `--go-peers current` runs the same between current Go peers.
+//! 2. Ours to the old Go client: we storm into it. When it withholds credit, our
 //!    `credit_wait_warning` (2 s here) names it and says it holds streams we closed.
-//! 3. Ours to the current Go client (v0.48.0): no open should block.
+//! 3. Ours to the current Go client (go-libp2p v0.48.0): no open should block.
 //!
 //! ```text
 //! cargo run --release --example incident_replay --features test-util
@@ -64,9 +66,13 @@ mod replay {
     #[derive(Parser, Debug)]
     #[command(about = "Replay the incident's stream storm between go-libp2p and libp2p-quinn")]
     struct Args {
-        /// Streams per storm: each storm stops early once an open blocks for good.
+        /// Streams per storm of ours (scenarios 2 and 3); a storm stops early once an open blocks.
         #[arg(long, default_value_t = 10240)]
         count: u64,
+        /// Streams per storm of the Go server (scenario 1); it stops early once opens block for
+        /// good. With `close`, the old peers block after some 70 000 (about 4 min).
+        #[arg(long, default_value_t = 200_000)]
+        go_count: u64,
         /// Datagram loss rate of the proxy, each way.
         #[arg(long, default_value_t = 0.05)]
         loss: f64,
@@ -87,10 +93,14 @@ mod replay {
         /// Streams the Go server opens in parallel in scenario 1.
         #[arg(long, default_value_t = 1)]
         go_concurrency: usize,
+        /// Which Go build plays both sides of scenario 1: old (the incident) or current (the
+        /// control: quic-go with the fix).
+        #[arg(long, default_value = "old")]
+        go_peers: String,
         /// How our storms end each stream: `request` (8 bytes, close, read the reply, drop) or
         /// `reset` (8 bytes, drop with `reset_on_drop`: the accepting side answers with a
         /// RESET_STREAM every time).
-        #[arg(long, default_value = "reset")]
+        #[arg(long, default_value = "request")]
         ours_way: String,
     }
 
@@ -126,6 +136,14 @@ mod replay {
             eprintln!("--ours-way: request or reset");
             std::process::exit(2);
         }
+        let go_peers = match args.go_peers.as_str() {
+            "old" => GoBuild::Old,
+            "current" => GoBuild::Current,
+            _ => {
+                eprintln!("--go-peers: old or current");
+                std::process::exit(2);
+            }
+        };
         // Build before the clock starts.
         go_peer_binary(GoBuild::Current);
         go_peer_binary(GoBuild::Old);
@@ -139,7 +157,7 @@ mod replay {
             if run(1) {
                 for (i, how) in go_closes(&args).into_iter().enumerate() {
                     let letter = (b'a' + i as u8) as char;
-                    summary.push(old_to_old(&args, letter, &how).await);
+                    summary.push(go_to_go(&args, go_peers, letter, &how).await);
                 }
             }
             if run(2) {
@@ -150,13 +168,15 @@ mod replay {
             }
         });
         println!(
-            "\n== summary ({} streams per storm at most, {}% loss each way, proxy seed {}, open \
-             timeout {:?}, go close {}, ours {})",
-            args.count,
+            "\n== summary ({}% loss each way, proxy seed {}, open timeout {:?}; scenario 1: {} Go \
+             peers, at most {} streams, close {}; ours: at most {} streams, way {})",
             args.loss * 100.0,
             args.seed,
             args.open_timeout,
+            args.go_peers,
+            args.go_count,
             args.go_close,
+            args.count,
             args.ours_way
         );
         for line in summary {
@@ -204,10 +224,15 @@ mod replay {
     // -----------------------------------------------------------------------------------------
     // Scenario 1: old Go server storms into old Go client
 
-    /// Scenario 1: the old Go peer listens behind the proxy and storms (ending each stream as
-    /// `how` says) into the first peer that connects: another old Go peer, which dials it.
-    async fn old_to_old(args: &Args, letter: char, how: &str) -> String {
-        let label = format!("1{letter} go-old server -> go-old client, close {how}");
+    /// Scenario 1: a Go peer of `build` listens behind the proxy and storms (ending each stream
+    /// as `how` says) into the first peer that connects: another Go peer of the same build,
+    /// which dials it.
+    async fn go_to_go(args: &Args, build: GoBuild, letter: char, how: &str) -> String {
+        let side = match build {
+            GoBuild::Old => "go-old",
+            GoBuild::Current => "go-current",
+        };
+        let label = format!("1{letter} {side} server -> {side} client, close {how}");
         println!("\n== {label}");
         let server_args = args_of(&[
             "--seed",
@@ -217,7 +242,7 @@ mod replay {
             "--mode",
             "storm",
             "--count",
-            &args.count.to_string(),
+            &args.go_count.to_string(),
             "--close",
             how,
             "--concurrency",
@@ -225,17 +250,16 @@ mod replay {
             "--open-timeout",
             &format!("{}ms", args.open_timeout.as_millis()),
         ]);
-        let mut server = GoPeer::spawn(GoBuild::Old, "go-old server", &server_args);
+        let mut server = GoPeer::spawn(build, &format!("{side} server"), &server_args);
         let listening = server.expect("listening", Duration::from_secs(30)).await;
-        // Built with Go >= 1.26 the old peer would warn here, and panic at the first handshake.
-        let version = server.last("version").cloned();
-        let go_version = version
-            .as_ref()
+        let go_version = server
+            .last("version")
             .and_then(|v| v.str("go"))
             .unwrap_or("?")
             .to_string();
+        // Built with Go >= 1.26, the old peer warns here and panics at the first handshake.
         if let Some(w) = server.last("warning") {
-            println!("   the old server cannot listen: {w:?}");
+            println!("   the server cannot listen: {:?}", w.str("what"));
         }
         let addr: Multiaddr = listening.str("addr").unwrap().parse().unwrap();
         let proxy = proxy(args, socket_of(&addr)).await;
@@ -243,8 +267,8 @@ mod replay {
             .with_p2p(go_peer_id_for_seed(OLD_SERVER_SEED))
             .unwrap();
         let mut client = GoPeer::spawn(
-            GoBuild::Old,
-            "go-old client",
+            build,
+            &format!("{side} client"),
             &args_of(&[
                 "--seed",
                 &OLD_SEED.to_string(),
@@ -255,7 +279,7 @@ mod replay {
             ]),
         );
         let outcome = follow_go_storm(&mut server, args).await;
-        let line = format!("{label} (old peers built with {go_version}): {outcome}");
+        let line = format!("{label} (built with {go_version}): {outcome}");
         println!("{line}");
         println!("   {}", proxy_line(&proxy));
         server.shutdown().await;
@@ -263,51 +287,64 @@ mod replay {
         line
     }
 
+    /// How long we follow a Go storm that neither ends nor blocks.
+    const GO_STORM_WATCH: Duration = Duration::from_secs(20 * 60);
+
     /// Follow a Go peer's storm: until its `storm` line, or until no open has succeeded for
     /// three open timeouts after one blocked (a permanent block would take `count` x the open
     /// timeout to finish).
     async fn follow_go_storm(go: &mut GoPeer, args: &Args) -> String {
         let started = Instant::now();
+        let mut last_print = started;
         let mut done = 0u64;
         let mut blocked_seen = 0u64;
-        // (stream index, time since start, streams done then) of the first blocked open.
+        // (stream index, when its open began, streams done then) of the first blocked open.
         let mut first_block: Option<(String, Duration, u64)> = None;
-        // When the latest block began with no progress since.
+        // When the latest block was reported with no progress since.
         let mut stalled_since: Option<Instant> = None;
         let grace = args.open_timeout * 3;
+        let first_block_text = |first: &Option<(String, Duration, u64)>| match first {
+            Some((index, at, done_then)) => format!(
+                "the first open to block was stream {index} (0-based), begun {:.1} s in, when \
+                 {done_then} streams were done",
+                at.as_secs_f64()
+            ),
+            None => String::new(),
+        };
         loop {
             if stalled_since.is_some_and(|t| t.elapsed() > grace) {
-                let (index, at, done_then) = first_block.clone().unwrap_or_default();
                 return format!(
-                    "BLOCKED for good: the first open to block was stream {index}, {:.1} s in, \
-                     after {done_then} streams had been done; no open succeeded in the {:?} that \
-                     followed ({blocked_seen} opens hit the {:?} open timeout); {done} of {} \
-                     streams done when we stopped watching",
-                    at.as_secs_f64(),
+                    "BLOCKED for good: {}; no open succeeded in the {:?} that followed \
+                     ({blocked_seen} opens hit the {:?} open timeout); {done} of {} streams done \
+                     when we stopped watching",
+                    first_block_text(&first_block),
                     grace,
                     args.open_timeout,
-                    args.count
+                    args.go_count
+                );
+            }
+            if started.elapsed() > GO_STORM_WATCH {
+                return format!(
+                    "no result within {GO_STORM_WATCH:?}: {done} of {} streams done, no open \
+                     blocked for good",
+                    args.go_count
                 );
             }
             let Some(line) = go.next_line(Duration::from_secs(5)).await else {
-                if go.last("storm").is_none() && started.elapsed() > Duration::from_secs(600) {
-                    return format!("no storm result within 10 min ({done} streams done)");
-                }
                 continue;
             };
             match line.event() {
                 "storm" => {
-                    let first = first_block
-                        .map(|(i, at, d)| {
-                            format!(
-                                "; first blocked open: stream {i} at {:.1} s, after {d} streams",
-                                at.as_secs_f64()
-                            )
-                        })
-                        .unwrap_or_default();
+                    let first = match &first_block {
+                        Some(_) => format!(
+                            "; it recovered from a block: {}",
+                            first_block_text(&first_block)
+                        ),
+                        None => String::new(),
+                    };
                     return format!(
-                        "streams {} ok {} failed {} blocked {}, slowest open {:.1} ms, elapsed \
-                         {:.0} ms{first}",
+                        "no block: streams {} ok {} failed {} blocked {}, slowest open {:.1} ms, \
+                         elapsed {:.0} ms{first}",
                         line.num("count"),
                         line.num("ok"),
                         line.num("failed"),
@@ -319,11 +356,14 @@ mod replay {
                 "storm_progress" => {
                     done = line.u64("done").unwrap_or(done);
                     stalled_since = None;
-                    println!(
-                        "   [{}] {done} streams done ({:.1} s)",
-                        go.label,
-                        started.elapsed().as_secs_f64()
-                    );
+                    if last_print.elapsed() >= Duration::from_secs(15) {
+                        last_print = Instant::now();
+                        println!(
+                            "   [{}] {done} streams done ({:.0} s)",
+                            go.label,
+                            started.elapsed().as_secs_f64()
+                        );
+                    }
                 }
                 "error" => {
                     let what = line.str("what").unwrap_or_default();
@@ -336,7 +376,8 @@ mod replay {
                                 .and_then(|r| r.split(' ').next())
                                 .unwrap_or("?")
                                 .to_string();
-                            first_block = Some((index, started.elapsed(), done));
+                            let began = started.elapsed().saturating_sub(args.open_timeout);
+                            first_block = Some((index, began, done));
                         }
                     }
                 }
@@ -348,16 +389,21 @@ mod replay {
     // -----------------------------------------------------------------------------------------
     // Scenarios 2 and 3: ours storms into a Go client
 
-    /// Our storm, in rounds of 16 streams, stopping after the first round with a blocked open
-    /// (a permanent block would take `count` x the open timeout to finish).
+    /// Our storm, one stream after the other, stopping at the first blocked open (a permanent
+    /// block would take `count` x the open timeout to finish). Error messages carry the
+    /// stream's index in the whole storm (0-based).
     async fn our_storm(node: &RustNode, peer: PeerId, args: &Args) -> StormReport {
         let mut total = StormReport::default();
+        let mut last_print = Instant::now();
         while total.count < args.count {
-            let n = (args.count - total.count).min(16);
+            let offset = total.count;
+            // `reset_storm` stops at a blocked open by itself; `storm_to` goes through its
+            // count, so it gets one stream at a time.
             let r = if args.ours_way == "reset" {
+                let n = (args.count - total.count).min(16);
                 reset_storm(node, peer, n, args.open_timeout).await
             } else {
-                storm_to(&node.control, peer, n, 1, args.open_timeout).await
+                storm_to(&node.control, peer, 1, 1, args.open_timeout).await
             };
             total.count += r.count;
             total.ok += r.ok;
@@ -367,12 +413,14 @@ mod replay {
             total.slowest_open = total.slowest_open.max(r.slowest_open);
             total.slowest_close = total.slowest_close.max(r.slowest_close);
             total.elapsed += r.elapsed;
+            let room = 10 - total.errors.len().min(10);
             total
                 .errors
-                .extend(r.errors.into_iter().take(10 - total.errors.len().min(10)));
-            if total.count % 1024 == 0 || r.blocked > 0 {
+                .extend(r.errors.iter().take(room).map(|e| renumber(e, offset)));
+            if last_print.elapsed() >= Duration::from_secs(15) || r.blocked > 0 {
+                last_print = Instant::now();
                 println!(
-                    "   [ours] {} streams done, {} blocked ({:.1} s)",
+                    "   [ours] {} streams done, {} blocked ({:.0} s)",
                     total.count,
                     total.blocked,
                     total.elapsed.as_secs_f64()
@@ -384,6 +432,25 @@ mod replay {
             }
         }
         total
+    }
+
+    /// "stream 3: ..." of a round that began at stream `offset` -> "stream {offset + 3}: ...".
+    fn renumber(error: &str, offset: u64) -> String {
+        let renumbered = error.strip_prefix("stream ").and_then(|rest| {
+            let (n, tail) = rest.split_once(':')?;
+            Some(format!("stream {}:{tail}", n.parse::<u64>().ok()? + offset))
+        });
+        renumbered.unwrap_or_else(|| error.to_string())
+    }
+
+    /// The index of the first stream whose open blocked, from our storm's errors.
+    fn first_blocked(report: &StormReport) -> Option<u64> {
+        report
+            .errors
+            .iter()
+            .filter(|e| e.contains("blocked for") || e.contains("timed out"))
+            .filter_map(|e| e.strip_prefix("stream ")?.split(':').next()?.parse().ok())
+            .min()
     }
 
     /// `count` streams: open, write 8 bytes, drop (with `reset_on_drop`: RESET_STREAM +
@@ -450,8 +517,12 @@ mod replay {
     /// Scenarios 2 and 3: the Go peer dials us through the proxy; we storm into it.
     async fn ours_to_go(args: &Args, which: GoBuild) -> String {
         let label = match which {
-            GoBuild::Old => "2  ours -> go-old client",
-            GoBuild::Current => "3  ours -> go-current client",
+            GoBuild::Old => "2  ours server -> go-old client",
+            GoBuild::Current => "3  ours server -> go-current client",
+        };
+        let go_label = match which {
+            GoBuild::Old => "go-old client",
+            GoBuild::Current => "go-current client",
         };
         println!("\n== {label}");
         let seed = match which {
@@ -474,7 +545,7 @@ mod replay {
             .unwrap();
         let mut go = GoPeer::spawn(
             which,
-            which.dir_name(),
+            go_label,
             &args_of(&[
                 "--seed",
                 &seed.to_string(),
@@ -491,8 +562,17 @@ mod replay {
             which.dir_name()
         );
         let warnings_before = warnings().len();
+        let storm_started = Instant::now();
         let report = our_storm(&node, go_id, args).await;
-        let mut line = format!("{label}: {}", report.line());
+        let verdict = if report.blocked > 0 {
+            match first_blocked(&report) {
+                Some(i) => format!("BLOCKED: the first open to block was stream {i} (0-based)"),
+                None => "BLOCKED".to_string(),
+            }
+        } else {
+            "no block".to_string()
+        };
+        let mut line = format!("{label}: {verdict}; {}", report.line());
         for e in &report.errors {
             println!("   error: {e}");
         }
@@ -502,18 +582,23 @@ mod replay {
                 snap.totals.tracked[1], snap.totals.tracked, snap.totals.opened
             );
         }
-        let credit_warnings: Vec<String> = warnings()[warnings_before..]
+        let credit_warnings: Vec<(Instant, String)> = warnings()[warnings_before..]
             .iter()
-            .filter(|w| w.contains("stream credit"))
+            .filter(|(_, w)| w.contains("stream credit"))
             .cloned()
             .collect();
         match credit_warnings.first() {
-            Some(w) => {
+            Some((at, w)) => {
                 let names_peer = w.contains(&go_id.to_string());
                 let blames_peer = w.contains("the peer holds streams we have closed");
+                // The warning comes CREDIT_WAIT_WARNING after the open began to wait.
+                let began = at
+                    .saturating_duration_since(storm_started)
+                    .saturating_sub(CREDIT_WAIT_WARNING);
                 line.push_str(&format!(
-                    "; our credit warning ({} of them) names the Go peer: {}, says it holds \
-                     streams we closed: {}",
+                    "; first wait for credit began {:.1} s in; our credit warning ({} of them) \
+                     names the Go peer: {}, says it holds streams we closed: {}",
+                    began.as_secs_f64(),
                     credit_warnings.len(),
                     yes_no(names_peer),
                     yes_no(blames_peer)
@@ -539,9 +624,10 @@ mod replay {
     // -----------------------------------------------------------------------------------------
     // Our warnings, kept for the summary
 
-    static WARNINGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    /// When each warning came, and its message.
+    static WARNINGS: Mutex<Vec<(Instant, String)>> = Mutex::new(Vec::new());
 
-    fn warnings() -> Vec<String> {
+    fn warnings() -> Vec<(Instant, String)> {
         WARNINGS.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -575,7 +661,7 @@ mod replay {
             WARNINGS
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .push(message.0);
+                .push((Instant::now(), message.0));
         }
     }
 }

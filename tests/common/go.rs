@@ -194,16 +194,19 @@ fn check_toolchain(toolchain: &str, src: &Path) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() || !stdout.contains(&format!("{toolchain} ")) {
         panic!(
-            "{} must be built with Go {toolchain} (quic-go v0.48.2 panics on every inbound \
+            "{} must be built with {toolchain} (quic-go v0.48.2 panics on every inbound \
              handshake when built with Go >= 1.26), but `GOTOOLCHAIN={toolchain} go version` \
-             failed ({}): {}{}\nThe go command downloads that toolchain from the module proxy \
-             (GOPROXY, checked against GOSUMDB) on first use and caches it in the module cache. \
-             Allow it network access once (or pre-fetch with `GOTOOLCHAIN={toolchain} go \
-             version`), and make sure GOPROXY is not `off`.",
+             did not run it ({}):\n{}\nThe go command downloads that toolchain from the \
+             module proxy (GOPROXY, checked against GOSUMDB) on first use and caches it in the \
+             module cache. Allow it network access once (or fetch it by hand with \
+             `GOTOOLCHAIN={toolchain} go version`), and make sure GOPROXY is not `off`.",
             src.display(),
             out.status,
-            stdout.trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
+            [stdout.trim(), String::from_utf8_lossy(&out.stderr).trim()]
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join("\n")
         );
     }
 }
