@@ -16,7 +16,14 @@
 //!
 //! and the run ends with a table of medians over the rounds, the ratios to raw quinn and to
 //! `libp2p-quic`, and the cost of the stream ledger (ours against ours with `stream_ledger`
-//! off).
+//! off). Ratios are taken within each round and then the median over rounds, because a busy
+//! machine moves whole rounds at once.
+//!
+//! Each measurement runs on a tokio runtime of its own (two workers, as the machine has two
+//! cores), dropped afterwards, so that the next one neither shares the CPU with its teardown
+//! nor sees its memory freed. Beside wall-clock rates, the churn and bulk workloads report
+//! the CPU time they cost (steadier than time on a shared machine), and bulk and scale the
+//! datagrams the kernel dropped for full UDP receive buffers (why a QUIC run slows down).
 //!
 //! Every workload is written once, over [`Dialer`], [`Conn`] and [`Server`]: a connection that
 //! opens streams boxed as libp2p's [`SubstreamBox`], and a listener that answers every inbound
@@ -137,9 +144,9 @@ impl Workload {
     pub fn metrics(self) -> &'static [Metric] {
         match self {
             Workload::Handshake => &[Metric::HandshakeP50, Metric::HandshakeP99],
-            Workload::Bulk => &[Metric::Bulk, Metric::BulkUdpDrops],
-            Workload::SeqChurn => &[Metric::SeqChurn],
-            Workload::ConcChurn => &[Metric::ConcChurn],
+            Workload::Bulk => &[Metric::Bulk, Metric::BulkCpu, Metric::BulkUdpDrops],
+            Workload::SeqChurn => &[Metric::SeqChurn, Metric::SeqChurnCpu],
+            Workload::ConcChurn => &[Metric::ConcChurn, Metric::ConcChurnCpu],
             Workload::Memory => &[
                 Metric::ConnRss,
                 Metric::ConnHeap,
@@ -163,11 +170,17 @@ pub enum Metric {
     HandshakeP50,
     HandshakeP99,
     Bulk,
+    /// CPU time of the process (both ends) per GiB of the bulk transfer. Time on a shared
+    /// machine stretches with other load; the CPU a transfer costs stays put.
+    BulkCpu,
     /// Datagrams the kernel dropped for a full socket receive buffer during the bulk transfer
     /// (`RcvbufErrors` of `/proc/net/snmp`, machine-wide): why a QUIC transfer slows down.
     BulkUdpDrops,
     SeqChurn,
+    /// CPU time of the process (both ends) per stream of the sequential churn.
+    SeqChurnCpu,
     ConcChurn,
+    ConcChurnCpu,
     /// Resident memory per idle connection, both ends together.
     ConnRss,
     /// Heap bytes in use per idle connection, both ends together: the same as `ConnRss` without
@@ -192,9 +205,12 @@ impl Metric {
             Metric::HandshakeP50 => "handshake_p50",
             Metric::HandshakeP99 => "handshake_p99",
             Metric::Bulk => "bulk",
+            Metric::BulkCpu => "bulk_cpu",
             Metric::BulkUdpDrops => "bulk_udp_drops",
             Metric::SeqChurn => "seq_churn",
+            Metric::SeqChurnCpu => "seq_churn_cpu",
             Metric::ConcChurn => "conc_churn",
+            Metric::ConcChurnCpu => "conc_churn_cpu",
             Metric::ConnRss => "idle_conn_rss",
             Metric::ConnHeap => "idle_conn_heap",
             Metric::StreamRss => "idle_stream_rss",
@@ -211,6 +227,8 @@ impl Metric {
         match self {
             Metric::HandshakeP50 | Metric::HandshakeP99 => "ms",
             Metric::Bulk => "Gbit/s",
+            Metric::BulkCpu => "cpu s/GiB",
+            Metric::SeqChurnCpu | Metric::ConcChurnCpu => "cpu us/stream",
             Metric::SeqChurn | Metric::ConcChurn | Metric::Scale => "streams/s",
             Metric::ConnRss | Metric::ConnHeap => "bytes/conn",
             Metric::StreamRss | Metric::StreamHeap => "bytes/stream",
@@ -412,6 +430,26 @@ impl Report {
             Some(percentile(values, 0.5))
         }
     }
+
+    /// `transport` against `reference`: the median over rounds of the ratio within each round.
+    /// Pairing by round cancels what a round's machine state did to both, which on a shared
+    /// machine moves whole rounds by tens of percent.
+    pub fn ratio(&self, transport: Kind, reference: Kind, metric: Metric) -> Option<f64> {
+        let ratios: Vec<f64> = self
+            .samples
+            .iter()
+            .filter(|s| s.transport == transport && s.metric == metric)
+            .filter_map(|s| {
+                let base = self.samples.iter().find(|b| {
+                    b.transport == reference && b.metric == metric && b.round == s.round
+                })?;
+                let ratio = s.value / base.value;
+                // A zero reference (RSS that grew less than a page) has no ratio.
+                ratio.is_finite().then_some(ratio)
+            })
+            .collect();
+        (!ratios.is_empty()).then(|| percentile(ratios, 0.5))
+    }
 }
 
 fn json_number(value: f64) -> String {
@@ -540,16 +578,13 @@ async fn measure(
     let result = match workload {
         Workload::Handshake => handshake(kind, keys, sizes.handshakes).await,
         Workload::Bulk => bulk(kind, keys, sizes.bulk_bytes).await,
-        Workload::SeqChurn => churn(kind, keys, sizes.churn_streams, 1, Metric::SeqChurn).await,
+        Workload::SeqChurn => {
+            let metrics = [Metric::SeqChurn, Metric::SeqChurnCpu];
+            churn(kind, keys, sizes.churn_streams, 1, metrics).await
+        }
         Workload::ConcChurn => {
-            churn(
-                kind,
-                keys,
-                sizes.churn_streams,
-                sizes.concurrency,
-                Metric::ConcChurn,
-            )
-            .await
+            let metrics = [Metric::ConcChurn, Metric::ConcChurnCpu];
+            churn(kind, keys, sizes.churn_streams, sizes.concurrency, metrics).await
         }
         Workload::Memory => memory(kind, keys, sizes.idle_conns, sizes.idle_streams).await,
         Workload::Scale => scale(kind, keys, sizes.scale_conns, sizes.scale_streams_per_conn).await,
@@ -587,6 +622,7 @@ async fn bulk(kind: Kind, keys: &Keys, bytes: u64) -> io::Result<Vec<(Metric, f6
     let (server, conn) = connected(kind, keys).await?;
     let chunk = vec![0u8; 64 * 1024];
     let drops = udp_receive_drops();
+    let cpu = cpu_time();
     let started = Instant::now();
     let mut stream = conn.opener().open().await?;
     let mut left = bytes;
@@ -598,11 +634,16 @@ async fn bulk(kind: Kind, keys: &Keys, bytes: u64) -> io::Result<Vec<(Metric, f6
     stream.close().await?;
     step("bulk reply", read_reply(&mut stream)).await?;
     let gbits = bytes as f64 * 8.0 / started.elapsed().as_secs_f64() / 1e9;
+    let cpu_per_gib = (cpu_time() - cpu).as_secs_f64() / (bytes as f64 / (1u64 << 30) as f64);
     let drops = udp_receive_drops() - drops;
     drop(stream);
     conn.close().await;
     server.shutdown().await;
-    Ok(vec![(Metric::Bulk, gbits), (Metric::BulkUdpDrops, drops)])
+    Ok(vec![
+        (Metric::Bulk, gbits),
+        (Metric::BulkCpu, cpu_per_gib),
+        (Metric::BulkUdpDrops, drops),
+    ])
 }
 
 /// `streams` request/response exchanges on one connection, `tasks` at a time.
@@ -611,10 +652,11 @@ async fn churn(
     keys: &Keys,
     streams: usize,
     tasks: usize,
-    metric: Metric,
+    [rate_metric, cpu_metric]: [Metric; 2],
 ) -> io::Result<Vec<(Metric, f64)>> {
     let (server, conn) = connected(kind, keys).await?;
     let tasks = tasks.clamp(1, streams.max(1));
+    let cpu = cpu_time();
     let started = Instant::now();
     let mut workers = JoinSet::new();
     for task in 0..tasks {
@@ -632,9 +674,10 @@ async fn churn(
         result.map_err(io::Error::other)??;
     }
     let rate = streams as f64 / started.elapsed().as_secs_f64();
+    let cpu_us = (cpu_time() - cpu).as_secs_f64() * 1e6 / streams as f64;
     conn.close().await;
     server.shutdown().await;
-    Ok(vec![(metric, rate)])
+    Ok(vec![(rate_metric, rate), (cpu_metric, cpu_us)])
 }
 
 /// Memory per idle connection and per idle open stream, both ends of each counted (client and
@@ -1458,6 +1501,19 @@ impl Memory {
     }
 }
 
+/// CPU time this process has used so far, user and system, all threads.
+fn cpu_time() -> Duration {
+    // SAFETY: an all-zero rusage is a valid value, and getrusage only writes into the one it is
+    // given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
 /// Datagrams the kernel dropped, machine-wide, because a UDP socket's receive buffer was full.
 fn udp_receive_drops() -> f64 {
     let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
@@ -1600,21 +1656,17 @@ pub fn summary(report: &Report, options: &Options) -> String {
                         "lower"
                     };
                     let mut row = vec![m.name().to_string(), better.to_string()];
-                    let base = report.summary(reference, m);
                     row.extend(transports.iter().map(|&k| {
-                        let ratio = report.summary(k, m).zip(base).map(|(v, b)| v / b);
-                        // A zero reference (RSS that grew less than a page) has no ratio.
-                        match ratio {
-                            Some(r) if r.is_finite() => format!("{r:.3}x"),
-                            _ => "-".into(),
-                        }
+                        report
+                            .ratio(k, reference, m)
+                            .map_or("-".into(), |r| format!("{r:.3}x"))
                     }));
                     row
                 })
                 .collect(),
         };
         out += &format!(
-            "\nRatio to {} (median / median)\n{ratios}",
+            "\nRatio to {} (median over rounds of the ratio within a round)\n{ratios}",
             reference.name()
         );
     }
@@ -1626,24 +1678,19 @@ pub fn summary(report: &Report, options: &Options) -> String {
                 .iter()
                 .filter(|m| !m.is_count())
                 .map(|&m| {
-                    let on = report.summary(Kind::Ours, m);
-                    let off = report.summary(Kind::OursNoLedger, m);
                     // Positive: the ledger makes it worse, in the metric's own direction.
-                    let cost = on.zip(off).map(|(on, off)| {
+                    let cost = report.ratio(Kind::Ours, Kind::OursNoLedger, m).map(|r| {
                         let worse = if m.higher_is_better() {
-                            off - on
+                            1.0 - r
                         } else {
-                            on - off
+                            r - 1.0
                         };
-                        worse / off * 100.0
+                        worse * 100.0
                     });
                     vec![
                         m.name().to_string(),
                         m.unit().to_string(),
-                        match cost {
-                            Some(c) if c.is_finite() => format!("{c:+.1}%"),
-                            _ => "-".into(),
-                        },
+                        cost.map_or("-".into(), |c| format!("{c:+.1}%")),
                     ]
                 })
                 .collect(),
