@@ -20,7 +20,7 @@ use libp2p_identity::PeerId;
 use crate::{
     ledger::{ByDirection, Direction, HalfState, Ledger, StreamInfo, Totals},
     stream::{Cell, Stream},
-    watcher::{self, Watch},
+    watcher::{self, Message, Watch},
     Config, Error,
 };
 
@@ -60,10 +60,13 @@ pub(crate) struct Shared {
     live: [AtomicU64; 2],
     /// Send halves the watcher still waits on.
     pub(crate) watched: AtomicU64,
+    /// Streams whose receive half is done while their handle is alive; see `release_candidate`.
+    candidates: Mutex<Vec<(u64, Weak<Cell>)>>,
+    candidates_pending: std::sync::atomic::AtomicBool,
     /// Since when an outbound open has been waiting for stream credit, if one is.
     credit_wait_since: Mutex<Option<Instant>>,
     ledger: Option<Mutex<Ledger>>,
-    watcher: Option<mpsc::UnboundedSender<Watch>>,
+    watcher: Option<mpsc::UnboundedSender<Message>>,
     #[cfg(feature = "metrics")]
     pub(crate) metrics: Option<crate::metrics::Metrics>,
     #[cfg(feature = "qlog")]
@@ -81,7 +84,6 @@ impl Shared {
         &self,
         id: u64,
         direction: Direction,
-        cell: &Arc<Cell>,
     ) -> Option<Arc<crate::ledger::Activity>> {
         self.live[direction.index()].fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
@@ -93,16 +95,50 @@ impl Shared {
             q.stream_event(id, direction, "both", HalfState::Open);
         }
         let activity = self.ledger()?.open(id, direction, Instant::now());
-        if let Some(watcher) = &self.watcher {
-            let stopped = cell.lock().stopped_future();
-            if watcher
-                .unbounded_send(Watch::new(id, stopped, cell.clone()))
-                .is_ok()
-            {
-                self.watched.fetch_add(1, Ordering::Relaxed);
-            }
-        }
         Some(activity)
+    }
+
+    /// Hand a send half to the watcher, once, to see the peer acknowledge it or stop it.
+    pub(crate) fn watch(&self, id: u64, cell: &Arc<Cell>) {
+        let Some(watcher) = &self.watcher else { return };
+        let mut half = cell.lock();
+        if !half.take_watch() {
+            return;
+        }
+        let stopped = half.stopped_future();
+        drop(half);
+        if watcher
+            .unbounded_send(Message::Watch(Watch::new(id, stopped, cell.clone())))
+            .is_ok()
+        {
+            self.watched.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Our receive half is done while the application holds the stream: if the peer stops our
+    /// send half, the stream is dead and should be reset. Most such streams are dropped within
+    /// moments (request/response), so the watcher looks at them in batches, a little later,
+    /// instead of watching every stream.
+    pub(crate) fn release_candidate(&self, id: u64, cell: &Arc<Cell>) {
+        let Some(watcher) = &self.watcher else { return };
+        self.candidates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((id, Arc::downgrade(cell)));
+        // Wake the watcher for the first candidate of a batch only.
+        if !self.candidates_pending.swap(true, Ordering::AcqRel) {
+            let _ = watcher.unbounded_send(Message::Candidates);
+        }
+    }
+
+    /// The candidates whose handle is still alive, for the watcher.
+    pub(crate) fn take_candidates(&self) -> Vec<(u64, Arc<Cell>)> {
+        self.candidates_pending.store(false, Ordering::Release);
+        let batch = std::mem::take(&mut *self.candidates.lock().unwrap_or_else(|e| e.into_inner()));
+        batch
+            .into_iter()
+            .filter_map(|(id, cell)| Some((id, cell.upgrade()?)))
+            .collect()
     }
 
     pub(crate) fn set_send(&self, id: u64, state: HalfState) {
@@ -345,6 +381,8 @@ impl Connection {
             credit_wait_warning: config.credit_wait_warning,
             live: Default::default(),
             watched: AtomicU64::new(0),
+            candidates: Mutex::new(Vec::new()),
+            candidates_pending: false.into(),
             credit_wait_since: Mutex::new(None),
             ledger: config.stream_ledger.then(|| Mutex::new(Ledger::new())),
             watcher: watcher_tx,

@@ -29,6 +29,10 @@ impl QuinnConfigs {
     }
 }
 
+/// The UDP buffer size we ask the kernel for, as quic-go does: Linux's default (~208 KiB) drops
+/// datagrams under bursts of handshakes or streams. The kernel caps it at `net.core.rmem_max`.
+const SOCKET_BUFFER: usize = 7 << 20;
+
 /// Bind a UDP socket to `addr`; an IPv6 socket takes IPv6 only, so that `0.0.0.0` and `::`
 /// listeners can coexist on one port.
 pub(crate) fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
@@ -40,6 +44,9 @@ pub(crate) fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
+    // Best effort: a smaller buffer only costs more retransmissions.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
     socket.bind(&addr.into())?;
     Ok(socket.into())
 }

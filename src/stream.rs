@@ -59,19 +59,17 @@ pub(crate) struct SendHalf {
     /// The watcher, waiting for this half to be freed. quinn never reports that a reset was
     /// acknowledged, so a reset wakes the watcher itself, or it would wait for ever.
     watcher: Option<std::task::Waker>,
+    /// Whether the watcher was given this half.
+    watched: bool,
 }
 
 impl SendHalf {
     /// Finish (FIN) unless the half already ended. A half the peer stopped is reset instead,
-    /// since a FIN could never be delivered.
+    /// since a FIN could never be delivered. (A stop we have not heard of yet is answered by
+    /// the watcher, or by quinn when the half is dropped.)
     fn finish(&mut self) -> Option<HalfState> {
         match self.state {
             Send::Open => {
-                // quinn accepts a finish on a stopped stream silently: look first.
-                if let Some(Ok(Some(code))) = self.stream.stopped().now_or_never() {
-                    self.state = Send::StoppedByPeer(code.into_inner());
-                    return self.reset(code.into_inner());
-                }
                 let _ = self.stream.finish();
                 self.state = Send::Finished;
                 Some(HalfState::Finished)
@@ -96,6 +94,24 @@ impl SendHalf {
             watcher.wake();
         }
         Some(HalfState::Reset)
+    }
+
+    /// Mark the half as given to the watcher; `false` if it already was, or needs no watching
+    /// because we reset it.
+    pub(crate) fn take_watch(&mut self) -> bool {
+        let take = !self.watched && !matches!(self.state, Send::Reset { .. });
+        self.watched = true;
+        take
+    }
+
+    /// Whether the peer has already acknowledged everything or stopped the half: one look,
+    /// without waiting. `None` when that is not known yet.
+    pub(crate) fn stopped_now(&self) -> Option<Option<u64>> {
+        match self.stream.stopped().now_or_never()? {
+            Ok(code) => Some(code.map(VarInt::into_inner)),
+            // The connection is gone: nothing to watch.
+            Err(_) => Some(None),
+        }
     }
 
     /// For the watcher: whether we reset this half, else remember whom to wake when we do.
@@ -195,10 +211,11 @@ impl Stream {
                 stream: send,
                 state: Send::Open,
                 watcher: None,
+                watched: false,
             }),
             recv_done: false.into(),
         });
-        let activity = shared.stream_opened(id, direction, &cell);
+        let activity = shared.stream_opened(id, direction);
         tracing::trace!(parent: &span, "opened");
         Self {
             cell,
@@ -289,17 +306,52 @@ impl Stream {
         self.shared.set_recv(self.id, ledger_state);
         // A stream the peer stopped and whose receive half is done carries nothing more either
         // way: reset our send half now, as RFC 9000 recommends, so the peer gets its credit
-        // back even while our application keeps the handle.
-        self.release_if_dead();
+        // back even while our application keeps the handle; if the stop comes later, the
+        // watcher answers it.
+        if !self.release_if_dead() {
+            self.shared.release_candidate(self.id, &self.cell);
+        }
     }
 
-    fn release_if_dead(&self) {
+    /// Reset our send half if the peer stopped it; `true` if the half has ended either way.
+    fn release_if_dead(&self) -> bool {
         let mut half = self.cell.lock();
         if let Send::StoppedByPeer(code) = half.state {
             if let Some(state) = half.reset(code) {
                 drop(half);
                 tracing::debug!(parent: &self.span, code, "peer stopped a finished stream: reset");
                 self.shared.set_send(self.id, state);
+            }
+            return true;
+        }
+        matches!(half.state, Send::Reset { .. })
+    }
+
+    /// After the handle is gone: settle the send half at once if the peer has already
+    /// acknowledged or stopped it, else let the watcher see the end.
+    fn settle_or_watch(&self) {
+        let mut half = self.cell.lock();
+        if matches!(half.state, Send::Reset { .. }) || half.watched {
+            return;
+        }
+        match half.stopped_now() {
+            Some(None) => {
+                half.watched = true;
+                drop(half);
+                self.shared.set_send(self.id, HalfState::Done);
+            }
+            Some(Some(code)) => {
+                half.stopped_by_peer(code);
+                let changed = half.reset(code);
+                drop(half);
+                self.shared.set_send(self.id, HalfState::Stopped);
+                if let Some(state) = changed {
+                    self.shared.set_send(self.id, state);
+                }
+            }
+            None => {
+                drop(half);
+                self.shared.watch(self.id, &self.cell);
             }
         }
     }
@@ -431,6 +483,9 @@ impl Drop for Stream {
         let send = self.end_send(reset);
         let recv = self.end_recv(CLOSE_CODE);
         tracing::trace!(parent: &self.span, %send, %recv, "dropped");
+        if self.activity.is_some() {
+            self.settle_or_watch();
+        }
         self.shared
             .stream_dropped(self.id, self.direction, Instant::now());
     }

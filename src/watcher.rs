@@ -21,6 +21,18 @@ use crate::{connection::Shared, ledger::HalfState, stream::Cell};
 pub(crate) type Stopped =
     Pin<Box<dyn Future<Output = Result<Option<VarInt>, StoppedError>> + Send + Sync>>;
 
+/// What streams tell their connection's watcher.
+pub(crate) enum Message {
+    /// Watch this send half until QUIC frees it.
+    Watch(Watch),
+    /// There are release candidates (`Shared::release_candidate`) to look at shortly.
+    Candidates,
+}
+
+/// How long a stream whose receive half is done may be held before the watcher takes an
+/// interest in it: long enough that request/response streams are gone by then.
+const CANDIDATE_DELAY: Duration = Duration::from_millis(20);
+
 /// A stream to watch until QUIC frees its send half.
 pub(crate) struct Watch {
     id: u64,
@@ -62,7 +74,7 @@ impl Future for Watch {
 pub(crate) async fn run(
     connection: quinn::Connection,
     shared: Weak<Shared>,
-    mut new_streams: mpsc::UnboundedReceiver<Watch>,
+    mut messages: mpsc::UnboundedReceiver<Message>,
     leak_threshold: Duration,
 ) {
     let mut watched = FuturesUnordered::new();
@@ -71,6 +83,9 @@ pub(crate) async fn run(
     scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let closed = connection.closed();
     tokio::pin!(closed);
+    let candidates_due = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(candidates_due);
+    let mut candidates_waiting = false;
     loop {
         tokio::select! {
             reason = &mut closed => {
@@ -82,7 +97,21 @@ pub(crate) async fn run(
                 }
                 return;
             }
-            Some(watch) = new_streams.next() => watched.push(watch),
+            Some(message) = messages.next() => match message {
+                Message::Watch(watch) => watched.push(watch),
+                Message::Candidates if !candidates_waiting => {
+                    candidates_waiting = true;
+                    candidates_due.as_mut().reset(tokio::time::Instant::now() + CANDIDATE_DELAY);
+                }
+                Message::Candidates => {}
+            },
+            _ = &mut candidates_due, if candidates_waiting => {
+                candidates_waiting = false;
+                let Some(shared) = shared.upgrade() else { return };
+                for (id, cell) in shared.take_candidates() {
+                    shared.watch(id, &cell);
+                }
+            }
             Some((id, cell, outcome)) = watched.next(), if !watched.is_empty() => {
                 let Some(shared) = shared.upgrade() else { return };
                 shared.watched.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
