@@ -46,6 +46,14 @@ pub struct Connection {
     closing: Option<BoxFuture<'static, quinn::ConnectionError>>,
 }
 
+/// A stream the watcher looks at again shortly.
+pub(crate) enum Later {
+    /// Read to the end, handle alive: watch it for the peer's STOP_SENDING (if still alive).
+    Held(Weak<Cell>),
+    /// Handle dropped, send half not yet acknowledged.
+    Dropped(Arc<Cell>),
+}
+
 /// What a connection's streams, its watcher task and snapshots share.
 pub(crate) struct Shared {
     pub(crate) peer: PeerId,
@@ -61,7 +69,7 @@ pub(crate) struct Shared {
     /// Send halves the watcher still waits on.
     pub(crate) watched: AtomicU64,
     /// Streams whose receive half is done while their handle is alive; see `release_candidate`.
-    candidates: Mutex<Vec<(u64, Weak<Cell>)>>,
+    candidates: Mutex<Vec<(u64, Later)>>,
     candidates_pending: std::sync::atomic::AtomicBool,
     /// Since when an outbound open has been waiting for stream credit, if one is.
     credit_wait_since: Mutex<Option<Instant>>,
@@ -120,25 +128,31 @@ impl Shared {
     /// moments (request/response), so the watcher looks at them in batches, a little later,
     /// instead of watching every stream.
     pub(crate) fn release_candidate(&self, id: u64, cell: &Arc<Cell>) {
+        self.later(id, Later::Held(Arc::downgrade(cell)));
+    }
+
+    /// A dropped stream whose send half the peer has not acknowledged yet: most acknowledgements
+    /// arrive within a round trip, so look again a little later before watching it.
+    pub(crate) fn settle_later(&self, id: u64, cell: Arc<Cell>) {
+        self.later(id, Later::Dropped(cell));
+    }
+
+    fn later(&self, id: u64, what: Later) {
         let Some(watcher) = &self.watcher else { return };
         self.candidates
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push((id, Arc::downgrade(cell)));
-        // Wake the watcher for the first candidate of a batch only.
+            .push((id, what));
+        // Wake the watcher for the first stream of a batch only.
         if !self.candidates_pending.swap(true, Ordering::AcqRel) {
             let _ = watcher.unbounded_send(Message::Candidates);
         }
     }
 
-    /// The candidates whose handle is still alive, for the watcher.
-    pub(crate) fn take_candidates(&self) -> Vec<(u64, Arc<Cell>)> {
+    /// For the watcher: the batch of streams to look at again.
+    pub(crate) fn take_candidates(&self) -> Vec<(u64, Later)> {
         self.candidates_pending.store(false, Ordering::Release);
-        let batch = std::mem::take(&mut *self.candidates.lock().unwrap_or_else(|e| e.into_inner()));
-        batch
-            .into_iter()
-            .filter_map(|(id, cell)| Some((id, cell.upgrade()?)))
-            .collect()
+        std::mem::take(&mut *self.candidates.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub(crate) fn set_send(&self, id: u64, state: HalfState) {

@@ -327,35 +327,6 @@ impl Stream {
         matches!(half.state, Send::Reset { .. })
     }
 
-    /// After the handle is gone: settle the send half at once if the peer has already
-    /// acknowledged or stopped it, else let the watcher see the end.
-    fn settle_or_watch(&self) {
-        let mut half = self.cell.lock();
-        if matches!(half.state, Send::Reset { .. }) || half.watched {
-            return;
-        }
-        match half.stopped_now() {
-            Some(None) => {
-                half.watched = true;
-                drop(half);
-                self.shared.set_send(self.id, HalfState::Done);
-            }
-            Some(Some(code)) => {
-                half.stopped_by_peer(code);
-                let changed = half.reset(code);
-                drop(half);
-                self.shared.set_send(self.id, HalfState::Stopped);
-                if let Some(state) = changed {
-                    self.shared.set_send(self.id, state);
-                }
-            }
-            None => {
-                drop(half);
-                self.shared.watch(self.id, &self.cell);
-            }
-        }
-    }
-
     fn write_failed(&self, half: &mut SendHalf, error: &quinn::WriteError) {
         if let quinn::WriteError::Stopped(code) = error {
             if half.stopped_by_peer(code.into_inner()) {
@@ -475,6 +446,48 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// Whether the peer already acknowledged or stopped a dropped stream's send half: settle it in
+/// the books at once. `false` if that is not known yet.
+fn settle_now(shared: &Shared, id: u64, cell: &Cell) -> bool {
+    let mut half = cell.lock();
+    if matches!(half.state, Send::Reset { .. }) || half.watched {
+        return true;
+    }
+    match half.stopped_now() {
+        Some(None) => {
+            half.watched = true;
+            drop(half);
+            shared.set_send(id, HalfState::Done);
+            true
+        }
+        Some(Some(code)) => {
+            half.stopped_by_peer(code);
+            let changed = half.reset(code);
+            drop(half);
+            shared.set_send(id, HalfState::Stopped);
+            if let Some(state) = changed {
+                shared.set_send(id, state);
+            }
+            true
+        }
+        None => false,
+    }
+}
+
+/// A stream's handle is gone: settle its send half now, or look again shortly.
+fn settle_after_drop(shared: &Shared, id: u64, cell: &Arc<Cell>) {
+    if !settle_now(shared, id, cell) {
+        shared.settle_later(id, cell.clone());
+    }
+}
+
+/// The watcher's second look at a dropped stream: settle it, or watch it to the end.
+pub(crate) fn settle_or_watch(shared: &Shared, id: u64, cell: &Arc<Cell>) {
+    if !settle_now(shared, id, cell) {
+        shared.watch(id, cell);
+    }
+}
+
 impl Drop for Stream {
     fn drop(&mut self) {
         // A panicking writer may have left a message half-written: reset, so the peer sees an
@@ -484,7 +497,7 @@ impl Drop for Stream {
         let recv = self.end_recv(CLOSE_CODE);
         tracing::trace!(parent: &self.span, %send, %recv, "dropped");
         if self.activity.is_some() {
-            self.settle_or_watch();
+            settle_after_drop(&self.shared, self.id, &self.cell);
         }
         self.shared
             .stream_dropped(self.id, self.direction, Instant::now());

@@ -15,7 +15,11 @@ use std::{
 use futures::{channel::mpsc, stream::FuturesUnordered, StreamExt};
 use quinn::{StoppedError, VarInt};
 
-use crate::{connection::Shared, ledger::HalfState, stream::Cell};
+use crate::{
+    connection::{Later, Shared},
+    ledger::HalfState,
+    stream::Cell,
+};
 
 /// quinn's `SendStream::stopped()` future.
 pub(crate) type Stopped =
@@ -108,8 +112,15 @@ pub(crate) async fn run(
             _ = &mut candidates_due, if candidates_waiting => {
                 candidates_waiting = false;
                 let Some(shared) = shared.upgrade() else { return };
-                for (id, cell) in shared.take_candidates() {
-                    shared.watch(id, &cell);
+                for (id, later) in shared.take_candidates() {
+                    match later {
+                        Later::Held(cell) => {
+                            if let Some(cell) = cell.upgrade() {
+                                shared.watch(id, &cell);
+                            }
+                        }
+                        Later::Dropped(cell) => crate::stream::settle_or_watch(&shared, id, &cell),
+                    }
                 }
             }
             Some((id, cell, outcome)) = watched.next(), if !watched.is_empty() => {
