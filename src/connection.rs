@@ -68,7 +68,7 @@ pub(crate) struct Shared {
     live: [AtomicU64; 2],
     /// Send halves the watcher still waits on.
     pub(crate) watched: AtomicU64,
-    /// Streams whose receive half is done while their handle is alive; see `release_candidate`.
+    /// Streams the watcher looks at again shortly; see [`Later`].
     candidates: Mutex<Vec<(u64, Later)>>,
     candidates_pending: std::sync::atomic::AtomicBool,
     /// Since when an outbound open has been waiting for stream credit, if one is.
@@ -115,11 +115,13 @@ impl Shared {
         }
         let stopped = half.stopped_future();
         drop(half);
+        // Counted before sending, so the watcher's decrement can never come first.
+        self.watched.fetch_add(1, Ordering::Relaxed);
         if watcher
             .unbounded_send(Message::Watch(Watch::new(id, stopped, cell.clone())))
-            .is_ok()
+            .is_err()
         {
-            self.watched.fetch_add(1, Ordering::Relaxed);
+            self.watched.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
