@@ -461,16 +461,28 @@ fn settle_now(shared: &Shared, id: u64, cell: &Cell) -> bool {
             true
         }
         Some(Some(code)) => {
-            half.stopped_by_peer(code);
-            let changed = half.reset(code);
             drop(half);
-            shared.set_send(id, HalfState::Stopped);
-            if let Some(state) = changed {
-                shared.set_send(id, state);
-            }
+            peer_stopped(shared, id, cell, code);
             true
         }
         None => false,
+    }
+}
+
+/// The peer stopped our send half (STOP_SENDING with `code`): record it, and if our receive
+/// half is done too (always so once the handle is gone), the stream carries nothing more
+/// either way: answer with a reset now, as RFC 9000 recommends, so the peer's slot is freed.
+pub(crate) fn peer_stopped(shared: &Shared, id: u64, cell: &Cell, code: u64) {
+    let mut half = cell.lock();
+    if half.stopped_by_peer(code) {
+        shared.set_send(id, HalfState::Stopped);
+    }
+    if cell.recv_done() {
+        if let Some(state) = half.reset(code) {
+            drop(half);
+            tracing::debug!(parent: &shared.span, id, code, "peer stopped a finished stream: reset");
+            shared.set_send(id, state);
+        }
     }
 }
 

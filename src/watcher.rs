@@ -142,19 +142,7 @@ fn settle(shared: &Shared, id: u64, cell: &Cell, outcome: Outcome) {
         Outcome::ResetByUs => {}
         Outcome::Stopped(Ok(None)) => shared.set_send(id, HalfState::Done),
         Outcome::Stopped(Ok(Some(code))) => {
-            let mut half = cell.lock();
-            if half.stopped_by_peer(code.into_inner()) {
-                shared.set_send(id, HalfState::Stopped);
-            }
-            // A stream whose receive half is done (or whose handle is gone) carries nothing
-            // more: answer the STOP_SENDING with a reset now, so the peer's slot is freed.
-            if cell.recv_done() {
-                if let Some(state) = half.reset(code.into_inner()) {
-                    drop(half);
-                    tracing::debug!(parent: &shared.span, id, "peer stopped a finished stream: reset");
-                    shared.set_send(id, state);
-                }
-            }
+            crate::stream::peer_stopped(shared, id, cell, code.into_inner())
         }
         // The connection is going away; the close branch empties the books.
         Outcome::Stopped(Err(_)) => {}
