@@ -196,6 +196,16 @@ async fn finish(go: &mut GoPeer) {
     );
 }
 
+/// As `finish`, and the Go peer reported no error on the way.
+async fn finish_clean(go: &mut GoPeer) {
+    assert!(
+        go.errors().is_empty(),
+        "Go reported errors: {:?}",
+        go.errors()
+    );
+    finish(go).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // ping
 
@@ -252,12 +262,7 @@ async fn ping(topology: Topology) {
         }
         other => panic!("no identify from the Go peer: {other:?}"),
     }
-    assert!(
-        go.errors().is_empty(),
-        "Go reported errors: {:?}",
-        go.errors()
-    );
-    finish(&mut go).await;
+    finish_clean(&mut go).await;
 }
 
 #[test]
@@ -350,12 +355,7 @@ async fn echo(topology: Topology) {
         took.as_secs_f64() * 1e3,
         snap.totals.opened
     );
-    assert!(
-        go.errors().is_empty(),
-        "Go reported errors: {:?}",
-        go.errors()
-    );
-    finish(&mut go).await;
+    finish_clean(&mut go).await;
 }
 
 #[test]
