@@ -6,8 +6,8 @@ use std::{
     net::SocketAddr,
     pin::{pin, Pin},
     sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex, MutexGuard, Weak,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard, OnceLock, Weak,
     },
     task::{Context, Poll},
     time::{Duration, Instant},
@@ -18,10 +18,11 @@ use libp2p_core::muxing::{StreamMuxer, StreamMuxerEvent};
 use libp2p_identity::PeerId;
 
 use crate::{
-    ledger::{ByDirection, Direction, HalfState, Ledger, StreamInfo, Totals},
+    ledger::{
+        ByDirection, Clock, Direction, HalfState, LeakKind, Ledger, Stamp, StreamInfo, Totals,
+    },
     stream::{Cell, Stream},
-    watcher::{self, Message, Watch},
-    Config, Error,
+    watcher, Config, Error,
 };
 
 #[cfg(feature = "qlog")]
@@ -46,35 +47,34 @@ pub struct Connection {
     closing: Option<BoxFuture<'static, quinn::ConnectionError>>,
 }
 
-/// A stream the watcher looks at again shortly.
-pub(crate) enum Later {
-    /// Read to the end, handle alive: watch it for the peer's STOP_SENDING (if still alive).
-    Held(Weak<Cell>),
-    /// Handle dropped, send half not yet acknowledged.
-    Dropped(Arc<Cell>),
-}
-
 /// What a connection's streams, its watcher task and snapshots share.
 pub(crate) struct Shared {
     pub(crate) peer: PeerId,
     pub(crate) span: tracing::Span,
     pub(crate) reset_on_drop: bool,
+    /// Times the ledger's entries.
+    pub(crate) clock: Clock,
+    /// Ourselves, for the watcher, which must not keep the connection's state alive.
+    me: Weak<Shared>,
+    /// For the watcher, spawned with the first tracked stream.
+    connection: quinn::Connection,
     remote_address: SocketAddr,
     connection_id: usize,
     #[cfg(feature = "qlog")]
     we_are_server: bool,
     stream_limit: u32,
     credit_wait_warning: Duration,
+    stream_leak_warning: Duration,
     live: [AtomicU64; 2],
     /// Send halves the watcher still waits on.
     pub(crate) watched: AtomicU64,
-    /// Streams the watcher looks at again shortly; see [`Later`].
-    candidates: Mutex<Vec<(u64, Later)>>,
-    candidates_pending: std::sync::atomic::AtomicBool,
+    /// Whether the watcher has been told of the queued streams; see [`Shared::queue`].
+    look_asked: AtomicBool,
     /// Since when an outbound open has been waiting for stream credit, if one is.
     credit_wait_since: Mutex<Option<Instant>>,
-    ledger: Option<Mutex<Ledger>>,
-    watcher: Option<mpsc::UnboundedSender<Message>>,
+    ledger: Option<Mutex<Ledger<Arc<Cell>>>>,
+    /// Asks the watcher for a look at the queued streams.
+    watcher: OnceLock<mpsc::UnboundedSender<()>>,
     #[cfg(feature = "metrics")]
     pub(crate) metrics: Option<crate::metrics::Metrics>,
     #[cfg(feature = "qlog")]
@@ -82,17 +82,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn ledger(&self) -> Option<MutexGuard<'_, Ledger>> {
+    /// The books, when the ledger is on.
+    pub(crate) fn ledger(&self) -> Option<MutexGuard<'_, Ledger<Arc<Cell>>>> {
         self.ledger
             .as_ref()
             .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    pub(crate) fn stream_opened(
-        &self,
-        id: u64,
-        direction: Direction,
-    ) -> Option<Arc<crate::ledger::Activity>> {
+    pub(crate) fn stream_opened(&self, id: u64, direction: Direction) {
         self.live[direction.index()].fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
         if let Some(m) = &self.metrics {
@@ -102,83 +99,102 @@ impl Shared {
         if let Some(q) = &self.qlog {
             q.stream_event(id, direction, "both", HalfState::Open);
         }
-        let activity = self.ledger()?.open(id, direction, Instant::now());
-        Some(activity)
+        #[cfg(not(feature = "qlog"))]
+        let _ = id;
+        if self.ledger.is_some() {
+            self.watcher();
+        }
     }
 
-    /// Hand a send half to the watcher, once, to see the peer acknowledge it or stop it.
-    pub(crate) fn watch(&self, id: u64, cell: &Arc<Cell>) {
-        let Some(watcher) = &self.watcher else { return };
-        let mut half = cell.lock();
-        if !half.take_watch() {
-            return;
-        }
-        let stopped = half.stopped_future();
-        drop(half);
-        // Counted before sending, so the watcher's decrement can never come first.
-        self.watched.fetch_add(1, Ordering::Relaxed);
-        if watcher
-            .unbounded_send(Message::Watch(Watch::new(id, stopped, cell.clone())))
-            .is_err()
+    /// The watcher task's mailbox; the task is spawned on first use.
+    fn watcher(&self) -> &mpsc::UnboundedSender<()> {
+        self.watcher.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded();
+            tokio::spawn(watcher::run(
+                self.connection.clone(),
+                self.me.clone(),
+                rx,
+                self.stream_leak_warning,
+            ));
+            tx
+        })
+    }
+
+    /// Ask the watcher to look at this stream at its next batch. The first stream queued
+    /// after a batch sends the only message for the next one.
+    pub(crate) fn queue(&self, cell: &Cell) {
+        // SeqCst pairs with `take_queued`: either the watcher sees this stream queued, or we
+        // see that it has taken the batch and ask for the next one.
+        if cell.queue()
+            && !self.look_asked.load(Ordering::SeqCst)
+            && !self.look_asked.swap(true, Ordering::SeqCst)
         {
-            self.watched.fetch_sub(1, Ordering::Relaxed);
+            let _ = self.watcher().unbounded_send(());
         }
     }
 
-    /// Our receive half is done while the application holds the stream: if the peer stops our
-    /// send half, the stream is dead and should be reset. Most such streams are dropped within
-    /// moments (request/response), so the watcher looks at them in batches, a little later,
-    /// instead of watching every stream.
-    pub(crate) fn release_candidate(&self, id: u64, cell: &Arc<Cell>) {
-        self.later(id, Later::Held(Arc::downgrade(cell)));
-    }
-
-    /// A dropped stream whose send half the peer has not acknowledged yet: most acknowledgements
-    /// arrive within a round trip, so look again a little later before watching it.
-    pub(crate) fn settle_later(&self, id: u64, cell: Arc<Cell>) {
-        self.later(id, Later::Dropped(cell));
-    }
-
-    fn later(&self, id: u64, what: Later) {
-        let Some(watcher) = &self.watcher else { return };
-        self.candidates
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((id, what));
-        // Wake the watcher for the first stream of a batch only.
-        if !self.candidates_pending.swap(true, Ordering::AcqRel) {
-            let _ = watcher.unbounded_send(Message::Candidates);
+    /// For the watcher: the streams queued since the last batch.
+    pub(crate) fn take_queued(&self) -> Vec<Arc<Cell>> {
+        self.look_asked.store(false, Ordering::SeqCst);
+        match self.ledger() {
+            Some(ledger) => ledger
+                .streams()
+                .filter(|c| c.take_queued())
+                .cloned()
+                .collect(),
+            None => Vec::new(),
         }
     }
 
-    /// For the watcher: the batch of streams to look at again.
-    pub(crate) fn take_candidates(&self) -> Vec<(u64, Later)> {
-        self.candidates_pending.store(false, Ordering::Release);
-        std::mem::take(&mut *self.candidates.lock().unwrap_or_else(|e| e.into_inner()))
+    /// Let settled streams leave the books.
+    pub(crate) fn release(&self, cells: impl IntoIterator<Item = Arc<Cell>>) {
+        let mut released = Vec::new();
+        if let Some(mut ledger) = self.ledger() {
+            for cell in cells {
+                let half = cell.lock();
+                if let Some(entry) = &half.entry {
+                    let this = |tracked: &Arc<Cell>| Arc::ptr_eq(tracked, &cell);
+                    released.extend(ledger.close(cell.key, cell.direction, entry, this));
+                }
+            }
+            ledger.shrink();
+        }
+        // Dropped outside the lock: the last reference to a stream frees its quinn halves,
+        // which takes quinn's lock.
+        drop(released);
     }
 
-    pub(crate) fn set_send(&self, id: u64, state: HalfState) {
+    /// The connection is gone: QUIC holds nothing any more.
+    pub(crate) fn connection_closed(&self) {
+        let tracked: Vec<Arc<Cell>> = match self.ledger() {
+            Some(ledger) => ledger.streams().cloned().collect(),
+            None => return,
+        };
+        self.release(tracked);
+    }
+
+    /// The send half moved to `state`, if it moved: for metrics and qlog (the ledger entry
+    /// was updated under the stream's lock).
+    pub(crate) fn send_moved(&self, id: u64, state: Option<HalfState>) {
+        let Some(state) = state else { return };
         #[cfg(feature = "metrics")]
         if let (Some(m), HalfState::Finished | HalfState::Reset) = (&self.metrics, state) {
             m.half_ended("send", state);
         }
         #[cfg(feature = "qlog")]
         self.qlog_half(id, "sending", state);
-        if let Some(mut ledger) = self.ledger() {
-            ledger.set_send(id, state);
-        }
+        let _ = (id, state);
     }
 
-    pub(crate) fn set_recv(&self, id: u64, state: HalfState) {
+    /// The receive half ended as `state`: for metrics and qlog.
+    pub(crate) fn recv_moved(&self, id: u64, state: HalfState) {
         #[cfg(feature = "metrics")]
         if let Some(m) = &self.metrics {
             m.half_ended("recv", state);
         }
         #[cfg(feature = "qlog")]
         self.qlog_half(id, "receiving", state);
-        if let Some(mut ledger) = self.ledger() {
-            ledger.set_recv(id, state);
-        }
+        let _ = (id, state);
     }
 
     #[cfg(feature = "qlog")]
@@ -195,11 +211,8 @@ impl Shared {
         }
     }
 
-    pub(crate) fn stream_dropped(&self, id: u64, direction: Direction, now: Instant) {
+    pub(crate) fn stream_dropped(&self, direction: Direction) {
         self.live[direction.index()].fetch_sub(1, Ordering::Relaxed);
-        if let Some(mut ledger) = self.ledger() {
-            ledger.handle_dropped(id, now);
-        }
         #[cfg(feature = "metrics")]
         if let Some(m) = &self.metrics {
             m.stream_dropped(direction);
@@ -222,17 +235,55 @@ impl Shared {
 
     /// Outbound streams open here: tracked by the ledger, or live handles without it.
     fn outbound_open_here(&self) -> u64 {
-        self.ledger()
-            .map(|l| l.outbound_open_here())
-            .unwrap_or_else(|| self.live_handles()[Direction::Outbound.index()])
+        match self.ledger() {
+            Some(ledger) => ledger
+                .streams()
+                .filter(|c| c.direction == Direction::Outbound)
+                .count() as u64,
+            None => self.live_handles()[Direction::Outbound.index()],
+        }
+    }
+
+    /// The totals and every tracked stream, oldest first.
+    fn books(&self, now: Stamp) -> (Totals, Vec<StreamInfo>) {
+        let Some(ledger) = self.ledger() else {
+            return (Totals::default(), Vec::new());
+        };
+        let mut totals = ledger.counts();
+        let mut streams = Vec::new();
+        for cell in ledger.streams() {
+            if let Some(entry) = &cell.lock().entry {
+                totals.add(cell.direction, entry);
+                streams.push(entry.info(cell.id, cell.direction, &cell.activity, now));
+            }
+        }
+        streams.sort_by_key(|s| std::cmp::Reverse(s.age));
+        (totals, streams)
+    }
+
+    /// Streams to report as possible leaks, each at most once.
+    pub(crate) fn suspects(&self, threshold: Duration) -> Vec<(StreamInfo, LeakKind)> {
+        let Some(ledger) = self.ledger() else {
+            return Vec::new();
+        };
+        let now = self.clock.now();
+        let mut found = Vec::new();
+        for cell in ledger.streams() {
+            if let Some(entry) = &mut cell.lock().entry {
+                if let Some(kind) = entry.suspect(&cell.activity, now, threshold) {
+                    found.push((
+                        entry.info(cell.id, cell.direction, &cell.activity, now),
+                        kind,
+                    ));
+                }
+            }
+        }
+        found
     }
 
     pub(crate) fn snapshot(&self) -> ConnectionSnapshot {
         let now = Instant::now();
-        let (totals, streams) = match self.ledger() {
-            Some(ledger) => (ledger.totals().clone(), ledger.streams(now)),
-            None => (Totals::default(), Vec::new()),
-        };
+        let (totals, streams) = self.books(self.clock.stamp(now));
         let credit_wait = self
             .credit_wait_since
             .lock()
@@ -381,42 +432,31 @@ impl Connection {
             id = connection.stable_id(),
             remote = %connection.remote_address(),
         );
-        let (watcher_tx, watcher_rx) = if config.stream_ledger {
-            let (tx, rx) = mpsc::unbounded();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
-        let shared = Arc::new(Shared {
+        let shared = Arc::new_cyclic(|me| Shared {
             peer,
             span,
             reset_on_drop: config.reset_on_drop,
+            clock: Clock::new(Instant::now()),
+            me: me.clone(),
+            connection: connection.clone(),
             remote_address: connection.remote_address(),
             connection_id: connection.stable_id(),
+            #[cfg(feature = "qlog")]
+            we_are_server: connection.side().is_server(),
             stream_limit: config.max_concurrent_stream_limit,
             credit_wait_warning: config.credit_wait_warning,
+            stream_leak_warning: config.stream_leak_warning,
             live: Default::default(),
             watched: AtomicU64::new(0),
-            candidates: Mutex::new(Vec::new()),
-            candidates_pending: false.into(),
+            look_asked: AtomicBool::new(false),
             credit_wait_since: Mutex::new(None),
-            ledger: config.stream_ledger.then(|| Mutex::new(Ledger::new())),
-            watcher: watcher_tx,
+            ledger: config.stream_ledger.then(Mutex::default),
+            watcher: OnceLock::new(),
             #[cfg(feature = "metrics")]
             metrics: config.metrics.clone(),
             #[cfg(feature = "qlog")]
-            we_are_server: connection.side().is_server(),
-            #[cfg(feature = "qlog")]
             qlog,
         });
-        if let Some(rx) = watcher_rx {
-            tokio::spawn(watcher::run(
-                connection.clone(),
-                Arc::downgrade(&shared),
-                rx,
-                config.stream_leak_warning,
-            ));
-        }
         ledgers.register(&shared);
         tracing::debug!(parent: &shared.span, "connection established");
         Self {

@@ -6,6 +6,11 @@
 //! stays in the ledger after its handle is dropped until QUIC has freed it on our side, so that
 //! "libp2p counts 15 streams, QUIC holds 256" cannot happen silently.
 //!
+//! The books are kept where the stream is: each stream's [`Entry`] lives in the state it
+//! shares with the watcher, and the per-connection [`Ledger`] only holds the streams still
+//! tracked and counts those gone. A stream touches the connection's books twice, when it is
+//! opened and when the watcher lets it go; totals are added up when somebody looks.
+//!
 //! What quinn 0.11 lets us observe, and so what the states mean:
 //!
 //! | half | state | meaning |
@@ -22,14 +27,12 @@
 //! | recv | `Done` | not used for the receive half |
 
 use std::{
-    collections::HashMap,
     fmt,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
+    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
+
+use slab::Slab;
 
 /// Which side opened a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -119,7 +122,7 @@ impl fmt::Display for HalfState {
 }
 
 /// Bytes each way of one stream, counted lock-free by the stream as it reads and writes. No
-/// clock is read on that path: the ledger notices movement when it looks (`suspects`).
+/// clock is read on that path: the ledger notices movement when it looks ([`Entry::suspect`]).
 #[derive(Debug, Default)]
 pub(crate) struct Activity {
     sent: AtomicU64,
@@ -140,25 +143,154 @@ impl Activity {
     }
 }
 
-/// One stream in the ledger.
+/// A moment in a connection's life: milliseconds since its [`Clock`] started. A quarter of
+/// an `Instant`, and precise enough for ages and leak thresholds; it stops at about 49 days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Stamp(u32);
+
+impl Stamp {
+    /// Time from `self` to `later` (zero if `later` is earlier).
+    fn until(self, later: Stamp) -> Duration {
+        Duration::from_millis(later.0.saturating_sub(self.0).into())
+    }
+}
+
+/// The clock of one connection's ledger.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock {
+    start: Instant,
+}
+
+impl Clock {
+    pub(crate) fn new(start: Instant) -> Self {
+        Self { start }
+    }
+
+    pub(crate) fn stamp(&self, at: Instant) -> Stamp {
+        let millis = at.saturating_duration_since(self.start).as_millis();
+        Stamp(u32::try_from(millis).unwrap_or(u32::MAX))
+    }
+
+    pub(crate) fn now(&self) -> Stamp {
+        self.stamp(Instant::now())
+    }
+}
+
+/// One stream's page in the books: how each half stands as our layer last saw it, and when
+/// the stream was opened, dropped and last moved.
 #[derive(Debug)]
-struct Entry {
-    direction: Direction,
+pub(crate) struct Entry {
     send: HalfState,
     recv: HalfState,
-    opened_at: Instant,
-    /// When the `Stream` handle was dropped; `None` while it is alive.
-    dropped_at: Option<Instant>,
-    activity: Arc<Activity>,
-    /// Bytes moved as of the last look, and when that count last changed.
-    seen_bytes: u64,
-    last_change: Instant,
     warned: bool,
+    opened_at: Stamp,
+    /// When the `Stream` handle was dropped; `None` while it is alive.
+    dropped_at: Option<Stamp>,
+    /// When the count of bytes moved last changed, and that count as of the last look.
+    last_change: Stamp,
+    seen_bytes: u64,
 }
 
 impl Entry {
-    fn held_by_quic(&self) -> bool {
+    /// A new stream, with both halves open and its handle alive.
+    pub(crate) fn new(now: Stamp) -> Self {
+        Self {
+            send: HalfState::Open,
+            recv: HalfState::Open,
+            opened_at: now,
+            dropped_at: None,
+            seen_bytes: 0,
+            last_change: now,
+            warned: false,
+        }
+    }
+
+    /// Our send half moved to `state`; only forward moves are taken. `true` if it moved.
+    pub(crate) fn set_send(&mut self, state: HalfState) -> bool {
+        let moved = send_may_move(self.send, state);
+        if moved {
+            self.send = state;
+        }
+        moved
+    }
+
+    /// Our receive half moved to `state`; only moves out of `Open` are taken.
+    pub(crate) fn set_recv(&mut self, state: HalfState) -> bool {
+        let moved =
+            self.recv == HalfState::Open && !matches!(state, HalfState::Open | HalfState::Done);
+        if moved {
+            self.recv = state;
+        }
+        moved
+    }
+
+    /// The application dropped the `Stream` handle.
+    pub(crate) fn handle_dropped(&mut self, now: Stamp) {
+        self.dropped_at.get_or_insert(now);
+    }
+
+    /// How long since the handle was dropped, or, while it is alive, since the stream opened.
+    pub(crate) fn quiet_for(&self, now: Stamp) -> Duration {
+        self.dropped_at.unwrap_or(self.opened_at).until(now)
+    }
+
+    pub(crate) fn handle_alive(&self) -> bool {
+        self.dropped_at.is_none()
+    }
+
+    /// Whether QUIC may still hold this stream on our side, as far as quinn lets us see.
+    pub(crate) fn held_by_quic(&self) -> bool {
         self.send.held_as_send() || self.recv.held_as_recv()
+    }
+
+    /// Whether the stream can leave the books: its handle is gone and QUIC holds nothing.
+    pub(crate) fn settled(&self) -> bool {
+        !self.handle_alive() && !self.held_by_quic()
+    }
+
+    /// Whether to report this stream as a possible leak now; each stream at most once.
+    pub(crate) fn suspect(
+        &mut self,
+        activity: &Activity,
+        now: Stamp,
+        threshold: Duration,
+    ) -> Option<LeakKind> {
+        if self.warned {
+            return None;
+        }
+        let moved = activity.total();
+        if moved != self.seen_bytes {
+            self.seen_bytes = moved;
+            self.last_change = now;
+        }
+        let kind = match self.dropped_at {
+            Some(at) if at.until(now) >= threshold => LeakKind::HeldAfterDrop,
+            None if self.last_change.until(now) >= threshold => LeakKind::IdleHandle,
+            _ => return None,
+        };
+        self.warned = true;
+        Some(kind)
+    }
+
+    /// The stream as a snapshot shows it.
+    pub(crate) fn info(
+        &self,
+        id: u64,
+        direction: Direction,
+        activity: &Activity,
+        now: Stamp,
+    ) -> StreamInfo {
+        StreamInfo {
+            id,
+            direction,
+            send: self.send,
+            recv: self.recv,
+            age: self.opened_at.until(now),
+            idle: self.last_change.until(now),
+            handle_alive: self.handle_alive(),
+            bytes_sent: activity.sent.load(Ordering::Relaxed),
+            bytes_received: activity.received.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -172,7 +304,8 @@ pub struct Totals {
     pub tracked: ByDirection,
     /// Of those, streams whose `Stream` handle is alive.
     pub live_handles: ByDirection,
-    /// Of those, streams whose handle is gone but which QUIC still holds on our side.
+    /// Of those, streams whose handle is gone but which QUIC may still hold on our side (or
+    /// whose release the watcher has yet to see).
     pub held_after_drop: ByDirection,
     /// Tracked streams per send-half state, indexed like [`HalfState`].
     pub send_states: [u64; 5],
@@ -202,6 +335,19 @@ impl Totals {
     pub fn recv_in(&self, state: HalfState) -> u64 {
         self.recv_states[state.index()]
     }
+
+    /// Count one tracked stream.
+    pub(crate) fn add(&mut self, direction: Direction, entry: &Entry) {
+        let d = direction.index();
+        self.tracked[d] += 1;
+        if entry.handle_alive() {
+            self.live_handles[d] += 1;
+        } else {
+            self.held_after_drop[d] += 1;
+        }
+        self.send_states[entry.send.index()] += 1;
+        self.recv_states[entry.recv.index()] += 1;
+    }
 }
 
 /// One stream, as a snapshot shows it.
@@ -228,13 +374,6 @@ pub struct StreamInfo {
     pub bytes_received: u64,
 }
 
-/// A stream the ledger reports as a possible leak.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Suspect {
-    pub(crate) info: StreamInfo,
-    pub(crate) kind: LeakKind,
-}
-
 /// Why a stream is reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeakKind {
@@ -254,216 +393,83 @@ impl LeakKind {
     }
 }
 
-/// The books of one connection.
+/// The books of one connection: the streams still tracked (`S` is what the connection keeps
+/// of each, holding its [`Entry`]), and counts of all that were opened and have left.
 #[derive(Debug)]
-pub struct Ledger {
-    streams: HashMap<u64, Entry>,
-    totals: Totals,
+pub(crate) struct Ledger<S> {
+    streams: Slab<S>,
+    opened: ByDirection,
+    ended_send: [ByDirection; 2],
+    ended_recv: [ByDirection; 3],
 }
 
-impl Default for Ledger {
+impl<S> Default for Ledger<S> {
     fn default() -> Self {
-        Self::new()
+        Self {
+            streams: Slab::new(),
+            opened: [0; 2],
+            ended_send: [[0; 2]; 2],
+            ended_recv: [[0; 2]; 3],
+        }
     }
 }
 
-impl Ledger {
-    /// An empty ledger.
-    pub fn new() -> Self {
-        Self {
-            streams: HashMap::new(),
-            totals: Totals::default(),
+impl<S> Ledger<S> {
+    /// A new stream: `make` is given the key that [`Ledger::close`] later takes.
+    pub(crate) fn open(&mut self, direction: Direction, make: impl FnOnce(usize) -> S) -> &S {
+        self.opened[direction.index()] += 1;
+        let slot = self.streams.vacant_entry();
+        let key = slot.key();
+        slot.insert(make(key))
+    }
+
+    /// A stream leaves the books, ending as `entry` says; `is_it` checks that `key` still
+    /// names it (keys are reused).
+    pub(crate) fn close(
+        &mut self,
+        key: usize,
+        direction: Direction,
+        entry: &Entry,
+        is_it: impl FnOnce(&S) -> bool,
+    ) -> Option<S> {
+        if !self.streams.get(key).is_some_and(is_it) {
+            return None;
         }
-    }
-
-    /// Totals, kept up to date on every transition.
-    pub fn totals(&self) -> &Totals {
-        &self.totals
-    }
-
-    /// Every tracked stream, oldest first.
-    pub fn streams(&self, now: Instant) -> Vec<StreamInfo> {
-        let mut list: Vec<_> = self
-            .streams
-            .iter()
-            .map(|(&id, entry)| info(id, entry, now))
-            .collect();
-        list.sort_by_key(|s| std::cmp::Reverse(s.age));
-        list
-    }
-
-    /// A new stream, with both halves open and its handle alive.
-    pub(crate) fn open(&mut self, id: u64, direction: Direction, now: Instant) -> Arc<Activity> {
-        let activity = Arc::new(Activity::default());
-        let entry = Entry {
-            direction,
-            send: HalfState::Open,
-            recv: HalfState::Open,
-            opened_at: now,
-            dropped_at: None,
-            activity: activity.clone(),
-            seen_bytes: 0,
-            last_change: now,
-            warned: false,
-        };
+        let stream = self.streams.remove(key);
         let d = direction.index();
-        self.totals.opened[d] += 1;
-        self.totals.tracked[d] += 1;
-        self.totals.live_handles[d] += 1;
-        self.totals.send_states[HalfState::Open.index()] += 1;
-        self.totals.recv_states[HalfState::Open.index()] += 1;
-        if let Some(old) = self.streams.insert(id, entry) {
-            // A QUIC stream id is never reused on a connection; keep the books straight anyway.
-            self.forget(&old);
-        }
-        activity
-    }
-
-    /// Our send half moved to `state` (only forward moves are taken).
-    pub(crate) fn set_send(&mut self, id: u64, state: HalfState) {
-        let Some(entry) = self.streams.get_mut(&id) else {
-            return;
-        };
-        if !send_may_move(entry.send, state) {
-            return;
-        }
-        self.totals.send_states[entry.send.index()] -= 1;
-        self.totals.send_states[state.index()] += 1;
-        entry.send = state;
-        self.settle(id);
-    }
-
-    /// Our receive half moved to `state` (only moves out of `Open` are taken).
-    pub(crate) fn set_recv(&mut self, id: u64, state: HalfState) {
-        let Some(entry) = self.streams.get_mut(&id) else {
-            return;
-        };
-        if entry.recv != HalfState::Open || state == HalfState::Open || state == HalfState::Done {
-            return;
-        }
-        self.totals.recv_states[HalfState::Open.index()] -= 1;
-        self.totals.recv_states[state.index()] += 1;
-        entry.recv = state;
-        self.settle(id);
-    }
-
-    /// The application dropped the `Stream` handle.
-    pub(crate) fn handle_dropped(&mut self, id: u64, now: Instant) {
-        let Some(entry) = self.streams.get_mut(&id) else {
-            return;
-        };
-        if entry.dropped_at.is_some() {
-            return;
-        }
-        entry.dropped_at = Some(now);
-        let d = entry.direction.index();
-        self.totals.live_handles[d] -= 1;
-        self.totals.held_after_drop[d] += 1;
-        self.settle(id);
-    }
-
-    /// The connection is gone: QUIC holds nothing any more.
-    pub(crate) fn connection_closed(&mut self) {
-        let ids: Vec<u64> = self.streams.keys().copied().collect();
-        for id in ids {
-            if let Some(entry) = self.streams.remove(&id) {
-                self.forget(&entry);
-            }
-        }
-    }
-
-    /// Outbound streams still open here (a handle alive, or a half QUIC holds on our side):
-    /// those of the peer's stream limit that our own application uses.
-    pub fn outbound_open_here(&self) -> u64 {
-        self.totals.tracked[Direction::Outbound.index()]
-    }
-
-    /// Streams to report as possible leaks: each at most once.
-    pub(crate) fn suspects(&mut self, now: Instant, threshold: Duration) -> Vec<Suspect> {
-        let mut found = Vec::new();
-        for (&id, entry) in self.streams.iter_mut() {
-            if entry.warned {
-                continue;
-            }
-            let moved = entry.activity.total();
-            if moved != entry.seen_bytes {
-                entry.seen_bytes = moved;
-                entry.last_change = now;
-            }
-            let kind = match entry.dropped_at {
-                Some(at) if now.saturating_duration_since(at) >= threshold => {
-                    LeakKind::HeldAfterDrop
-                }
-                None if now.saturating_duration_since(entry.last_change) >= threshold => {
-                    LeakKind::IdleHandle
-                }
-                _ => continue,
-            };
-            entry.warned = true;
-            found.push(Suspect {
-                info: info(id, entry, now),
-                kind,
-            });
-        }
-        found
-    }
-
-    /// Drop a stream from the books once its handle is gone and QUIC holds nothing of it here.
-    fn settle(&mut self, id: u64) {
-        let finished = self
-            .streams
-            .get(&id)
-            .is_some_and(|e| e.dropped_at.is_some() && !e.held_by_quic());
-        if finished {
-            if let Some(entry) = self.streams.remove(&id) {
-                self.forget(&entry);
-            }
-        }
-    }
-
-    /// Take a departing entry out of the totals and record how it ended.
-    fn forget(&mut self, entry: &Entry) {
-        let d = entry.direction.index();
-        self.totals.tracked[d] -= 1;
-        if entry.dropped_at.is_some() {
-            self.totals.held_after_drop[d] -= 1;
-        } else {
-            self.totals.live_handles[d] -= 1;
-        }
-        self.totals.send_states[entry.send.index()] -= 1;
-        self.totals.recv_states[entry.recv.index()] -= 1;
         let send_end = usize::from(matches!(entry.send, HalfState::Reset | HalfState::Stopped));
-        self.totals.ended_send[send_end][d] += 1;
+        self.ended_send[send_end][d] += 1;
         let recv_end = match entry.recv {
             HalfState::Reset => 1,
             HalfState::Stopped | HalfState::Open => 2,
             _ => 0,
         };
-        self.totals.ended_recv[recv_end][d] += 1;
+        self.ended_recv[recv_end][d] += 1;
+        Some(stream)
     }
 
-    /// Recompute the totals from the entries; for tests of the books' consistency.
-    #[cfg(test)]
-    fn recount(&self) -> Recount {
-        let mut out = ([0; 2], [0; 2], [0; 2], [0; 5], [0; 5]);
-        for e in self.streams.values() {
-            let d = e.direction.index();
-            out.0[d] += 1;
-            if e.dropped_at.is_some() {
-                out.2[d] += 1;
-            } else {
-                out.1[d] += 1;
-            }
-            out.3[e.send.index()] += 1;
-            out.4[e.recv.index()] += 1;
+    /// The streams still tracked.
+    pub(crate) fn streams(&self) -> impl Iterator<Item = &S> {
+        self.streams.iter().map(|(_, s)| s)
+    }
+
+    /// Totals with nothing tracked yet: add each tracked stream with [`Totals::add`].
+    pub(crate) fn counts(&self) -> Totals {
+        Totals {
+            opened: self.opened,
+            ended_send: self.ended_send,
+            ended_recv: self.ended_recv,
+            ..Totals::default()
         }
-        out
+    }
+
+    /// Give memory back once a burst of streams has left.
+    pub(crate) fn shrink(&mut self) {
+        if self.streams.is_empty() && self.streams.capacity() > 64 {
+            self.streams = Slab::new();
+        }
     }
 }
-
-/// Tracked, live, held-after-drop, send states, receive states.
-#[cfg(test)]
-type Recount = ([u64; 2], [u64; 2], [u64; 2], [u64; 5], [u64; 5]);
 
 /// Send-half transitions: forward only, and `Stopped` only from a half that could still send.
 fn send_may_move(from: HalfState, to: HalfState) -> bool {
@@ -475,20 +481,6 @@ fn send_may_move(from: HalfState, to: HalfState) -> bool {
             | (Stopped, Reset | Done)
             | (Reset, Done)
     )
-}
-
-fn info(id: u64, entry: &Entry, now: Instant) -> StreamInfo {
-    StreamInfo {
-        id,
-        direction: entry.direction,
-        send: entry.send,
-        recv: entry.recv,
-        age: now.saturating_duration_since(entry.opened_at),
-        idle: now.saturating_duration_since(entry.last_change),
-        handle_alive: entry.dropped_at.is_none(),
-        bytes_sent: entry.activity.sent.load(Ordering::Relaxed),
-        bytes_received: entry.activity.received.load(Ordering::Relaxed),
-    }
 }
 
 impl HalfState {
@@ -503,142 +495,266 @@ mod tests {
     use super::*;
     use HalfState::*;
 
-    fn consistent(ledger: &Ledger) {
-        let (tracked, live, held, send, recv) = ledger.recount();
-        let t = ledger.totals();
-        assert_eq!(t.tracked, tracked);
-        assert_eq!(t.live_handles, live);
-        assert_eq!(t.held_after_drop, held);
-        assert_eq!(t.send_states, send);
-        assert_eq!(t.recv_states, recv);
+    /// A connection's books with streams kept as plain entries, as the connection keeps them
+    /// inside each stream's shared state.
+    struct Books {
+        ledger: Ledger<(usize, Direction)>,
+        entries: std::collections::HashMap<usize, Entry>,
+    }
+
+    impl Books {
+        fn new() -> Self {
+            Self {
+                ledger: Ledger::default(),
+                entries: Default::default(),
+            }
+        }
+
+        fn open(&mut self, direction: Direction) -> usize {
+            let &(key, _) = self.ledger.open(direction, |key| (key, direction));
+            self.entries.insert(key, Entry::new(Stamp(0)));
+            key
+        }
+
+        fn entry(&mut self, key: usize) -> &mut Entry {
+            self.entries.get_mut(&key).expect("tracked")
+        }
+
+        /// What the watcher does: let settled streams go.
+        fn settle(&mut self) {
+            let settled: Vec<(usize, Direction)> = self
+                .ledger
+                .streams()
+                .copied()
+                .filter(|(key, _)| self.entries[key].settled())
+                .collect();
+            for (key, direction) in settled {
+                let entry = self.entries.remove(&key).expect("tracked");
+                assert!(self
+                    .ledger
+                    .close(key, direction, &entry, |_| true)
+                    .is_some());
+            }
+        }
+
+        fn totals(&self) -> Totals {
+            let mut totals = self.ledger.counts();
+            for (key, direction) in self.ledger.streams() {
+                totals.add(*direction, &self.entries[key]);
+            }
+            totals
+        }
+    }
+
+    /// The totals agree with themselves: every tracked stream is counted once per column.
+    fn consistent(totals: &Totals) {
+        for d in 0..2 {
+            assert_eq!(
+                totals.tracked[d],
+                totals.live_handles[d] + totals.held_after_drop[d]
+            );
+        }
+        assert_eq!(
+            totals.send_states.iter().sum::<u64>(),
+            totals.tracked_total()
+        );
+        assert_eq!(
+            totals.recv_states.iter().sum::<u64>(),
+            totals.tracked_total()
+        );
+        let ended: u64 = totals.ended_send.iter().flatten().sum();
+        assert_eq!(ended, totals.ended_recv.iter().flatten().sum::<u64>());
+        assert_eq!(
+            totals.opened.iter().sum::<u64>(),
+            totals.tracked_total() + ended
+        );
     }
 
     #[test]
     fn request_response_leaves_no_trace() {
-        let mut l = Ledger::new();
-        let now = Instant::now();
-        l.open(0, Direction::Outbound, now);
-        l.set_send(0, Finished);
-        l.set_recv(0, Finished);
-        consistent(&l);
-        l.handle_dropped(0, now);
+        let mut b = Books::new();
+        let s = b.open(Direction::Outbound);
+        b.entry(s).set_send(Finished);
+        b.entry(s).set_recv(Finished);
+        b.entry(s).handle_dropped(Stamp(0));
+        b.settle();
         // FIN not yet acknowledged: QUIC still holds the send half.
-        assert_eq!(l.totals().held_after_drop, [0, 1]);
-        consistent(&l);
-        l.set_send(0, Done);
-        assert_eq!(l.totals().tracked_total(), 0);
-        assert_eq!(l.totals().ended_send[0], [0, 1]);
-        assert_eq!(l.totals().ended_recv[0], [0, 1]);
-        consistent(&l);
+        assert_eq!(b.totals().held_after_drop, [0, 1]);
+        consistent(&b.totals());
+        b.entry(s).set_send(Done);
+        b.settle();
+        let t = b.totals();
+        assert_eq!(t.tracked_total(), 0);
+        assert_eq!(t.ended_send[0], [0, 1]);
+        assert_eq!(t.ended_recv[0], [0, 1]);
+        consistent(&t);
     }
 
     #[test]
-    fn every_send_transition_keeps_totals_consistent() {
-        let states = HalfState::all();
-        for from in states {
-            for to in states {
-                let mut l = Ledger::new();
-                l.open(4, Direction::Inbound, Instant::now());
-                // Walk to `from` along a legal path.
-                match from {
-                    Open => {}
-                    Stopped => l.set_send(4, Stopped),
-                    other => l.set_send(4, other),
+    fn every_send_transition_is_forward_only() {
+        for from in HalfState::all() {
+            for to in HalfState::all() {
+                let mut e = Entry::new(Stamp(0));
+                if from != Open {
+                    assert!(e.set_send(from));
                 }
-                l.set_send(4, to);
-                consistent(&l);
-                let now_state = l.streams(Instant::now())[0].send;
-                if send_may_move(from, to) {
-                    assert_eq!(now_state, to, "{from} -> {to}");
-                } else {
-                    assert_eq!(now_state, from, "{from} -> {to} must be refused");
-                }
+                let moved = e.set_send(to);
+                assert_eq!(moved, send_may_move(from, to), "{from} -> {to}");
+                assert_eq!(e.send, if moved { to } else { from }, "{from} -> {to}");
             }
         }
     }
 
     #[test]
-    fn every_recv_transition_keeps_totals_consistent() {
+    fn every_recv_transition_leaves_open_once() {
         for to in HalfState::all() {
-            let mut l = Ledger::new();
-            l.open(1, Direction::Inbound, Instant::now());
-            l.set_recv(1, to);
-            consistent(&l);
+            let mut e = Entry::new(Stamp(0));
+            e.set_recv(to);
             let expected = if to == Done { Open } else { to };
-            assert_eq!(l.streams(Instant::now())[0].recv, expected);
+            assert_eq!(e.recv, expected);
             // Once out of `Open`, the receive half does not move again.
-            l.set_recv(1, Reset);
-            consistent(&l);
+            assert_eq!(e.set_recv(Reset), expected == Open);
             if expected != Open {
-                assert_eq!(l.streams(Instant::now())[0].recv, expected);
+                assert_eq!(e.recv, expected);
             }
         }
+    }
+
+    #[test]
+    fn totals_equal_the_sum_of_the_streams_through_every_state() {
+        let mut b = Books::new();
+        let mut keys = Vec::new();
+        for send in HalfState::all() {
+            for recv in HalfState::all() {
+                for dropped in [false, true] {
+                    let direction = if dropped {
+                        Direction::Inbound
+                    } else {
+                        Direction::Outbound
+                    };
+                    let k = b.open(direction);
+                    b.entry(k).set_send(send);
+                    b.entry(k).set_recv(recv);
+                    if dropped {
+                        b.entry(k).handle_dropped(Stamp(0));
+                    }
+                    keys.push(k);
+                    consistent(&b.totals());
+                }
+            }
+        }
+        b.settle();
+        let t = b.totals();
+        consistent(&t);
+        // Dropped streams whose send half is reset or done and whose receive half is not open
+        // have left; every other stream is still tracked.
+        let left = t.ended_send.iter().flatten().sum::<u64>();
+        assert_eq!(
+            left,
+            2 * 3,
+            "send Reset or Done x recv Finished, Reset or Stopped"
+        );
+        assert_eq!(t.opened, [25, 25]);
     }
 
     #[test]
     fn dropped_stream_stays_until_quic_frees_it() {
-        let mut l = Ledger::new();
-        let now = Instant::now();
-        l.open(8, Direction::Inbound, now);
-        l.handle_dropped(8, now);
-        assert_eq!(l.totals().held_after_drop, [1, 0]);
-        l.set_recv(8, Stopped);
-        assert_eq!(l.totals().tracked_total(), 1, "send half still open");
-        l.set_send(8, Finished);
-        assert_eq!(l.totals().tracked_total(), 1, "FIN not acknowledged");
-        l.set_send(8, Done);
-        assert_eq!(l.totals().tracked_total(), 0);
-        assert_eq!(l.totals().ended_recv[2], [1, 0]);
-        consistent(&l);
+        let mut b = Books::new();
+        let s = b.open(Direction::Inbound);
+        b.entry(s).handle_dropped(Stamp(0));
+        b.entry(s).set_recv(Stopped);
+        b.settle();
+        assert_eq!(b.totals().held_after_drop, [1, 0], "send half still open");
+        b.entry(s).set_send(Finished);
+        b.settle();
+        assert_eq!(b.totals().tracked_total(), 1, "FIN not acknowledged");
+        b.entry(s).set_send(Done);
+        b.settle();
+        assert_eq!(b.totals().tracked_total(), 0);
+        assert_eq!(b.totals().ended_recv[2], [1, 0]);
+        consistent(&b.totals());
     }
 
     #[test]
     fn reset_frees_without_acknowledgement() {
-        let mut l = Ledger::new();
-        let now = Instant::now();
-        l.open(8, Direction::Inbound, now);
-        l.set_send(8, Stopped);
-        l.set_recv(8, Finished);
-        l.handle_dropped(8, now);
+        let mut b = Books::new();
+        let s = b.open(Direction::Inbound);
+        b.entry(s).set_send(Stopped);
+        b.entry(s).set_recv(Finished);
+        b.entry(s).handle_dropped(Stamp(0));
+        b.settle();
         assert_eq!(
-            l.totals().tracked_total(),
+            b.totals().tracked_total(),
             1,
             "STOP_SENDING still owes a reset"
         );
-        l.set_send(8, Reset);
-        assert_eq!(l.totals().tracked_total(), 0);
-        assert_eq!(l.totals().ended_send[1], [1, 0]);
+        b.entry(s).set_send(Reset);
+        b.settle();
+        assert_eq!(b.totals().tracked_total(), 0);
+        assert_eq!(b.totals().ended_send[1], [1, 0]);
     }
 
     #[test]
-    fn closed_connection_empties_the_books() {
-        let mut l = Ledger::new();
-        let now = Instant::now();
-        for id in 0..10 {
-            l.open(id, Direction::Outbound, now);
+    fn stamps_measure_milliseconds_and_stop_at_the_end_of_their_range() {
+        let start = Instant::now();
+        let clock = Clock::new(start);
+        let a = clock.stamp(start + Duration::from_millis(1500));
+        let b = clock.stamp(start + Duration::from_millis(4000));
+        assert_eq!(a.until(b), Duration::from_millis(2500));
+        assert_eq!(b.until(a), Duration::ZERO);
+        if let Some(before) = start.checked_sub(Duration::from_millis(1)) {
+            assert_eq!(clock.stamp(before), Stamp(0));
         }
-        l.handle_dropped(3, now);
-        l.connection_closed();
-        assert_eq!(l.totals().tracked_total(), 0);
-        assert_eq!(l.totals().live_handles, [0, 0]);
-        assert_eq!(l.totals().opened, [0, 10]);
-        consistent(&l);
+        let far = clock.stamp(start + Duration::from_secs(60 * 86_400));
+        assert_eq!(far, Stamp(u32::MAX));
+    }
+
+    #[test]
+    fn keys_are_reused_and_memory_given_back() {
+        let mut b = Books::new();
+        let keys: Vec<usize> = (0..100).map(|_| b.open(Direction::Outbound)).collect();
+        for &k in &keys {
+            b.entry(k).set_send(Reset);
+            b.entry(k).set_recv(Stopped);
+            b.entry(k).handle_dropped(Stamp(0));
+        }
+        b.settle();
+        assert_eq!(b.totals().tracked_total(), 0);
+        b.ledger.shrink();
+        assert_eq!(b.ledger.streams.capacity(), 0);
+        assert_eq!(b.open(Direction::Inbound), 0);
+        assert_eq!(b.totals().opened, [1, 100]);
     }
 
     #[test]
     fn suspects_are_reported_once() {
-        let mut l = Ledger::new();
-        let t0 = Instant::now();
-        l.open(0, Direction::Inbound, t0);
-        l.open(4, Direction::Inbound, t0);
-        l.handle_dropped(4, t0);
-        let later = t0 + Duration::from_secs(120);
-        let mut found = l.suspects(later, Duration::from_secs(60));
-        found.sort_by_key(|s| s.info.id);
-        assert_eq!(found.len(), 2);
-        assert_eq!(found[0].kind, LeakKind::IdleHandle);
-        assert_eq!(found[1].kind, LeakKind::HeldAfterDrop);
-        assert!(found[1].info.age >= Duration::from_secs(120));
-        assert!(l.suspects(later, Duration::from_secs(60)).is_empty());
+        let start = Instant::now();
+        let clock = Clock::new(start);
+        let at = |secs| clock.stamp(start + Duration::from_secs(secs));
+        let t0 = at(0);
+        let activity = Activity::default();
+        let mut idle = Entry::new(t0);
+        let mut held = Entry::new(t0);
+        held.handle_dropped(t0);
+        let (soon, later) = (at(30), at(120));
+        let threshold = Duration::from_secs(60);
+        assert_eq!(idle.suspect(&activity, soon, threshold), None);
+        // Data moved: the idle clock starts again at the look that saw it.
+        activity.sent(5);
+        assert_eq!(idle.suspect(&activity, soon, threshold), None);
+        assert_eq!(
+            idle.suspect(&activity, at(90), threshold),
+            Some(LeakKind::IdleHandle)
+        );
+        assert_eq!(
+            held.suspect(&activity, later, threshold),
+            Some(LeakKind::HeldAfterDrop)
+        );
+        assert_eq!(
+            held.info(4, Direction::Inbound, &activity, later).age,
+            Duration::from_secs(120)
+        );
+        assert_eq!(idle.suspect(&activity, later, threshold), None);
+        assert_eq!(held.suspect(&activity, later, threshold), None);
     }
 }

@@ -3,14 +3,17 @@
 //! QUIC gives a peer its stream credit back only when *both* halves of a stream are done on the
 //! other side (`docs/stream-lifecycle.md`). libp2p thinks of a stream as one thing that is
 //! closed once. This module is where the two views meet: every way a `Stream` goes away ends
-//! both halves explicitly, and every end is written into the connection's ledger.
+//! both halves explicitly, and every end is written into the stream's page of the ledger.
 
 use std::{
     io,
     pin::Pin,
-    sync::{Arc, Mutex, MutexGuard},
-    task::{Context, Poll},
-    time::Instant,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    task::{Context, Poll, Waker},
+    time::Duration,
 };
 
 use futures::{AsyncRead, AsyncWrite, FutureExt};
@@ -19,7 +22,8 @@ use quinn::VarInt;
 use crate::{
     connection::Shared,
     error::StreamError,
-    ledger::{Activity, Direction, HalfState},
+    ledger::{Activity, Direction, Entry, HalfState, Stamp},
+    watcher::Watch,
 };
 
 /// The error code of the RESET_STREAM and STOP_SENDING frames we send on our own initiative
@@ -51,16 +55,31 @@ enum Recv {
     Stopped,
 }
 
-/// The send half and its state: shared with the connection's watcher, which answers a peer's
-/// STOP_SENDING with a reset while the application still holds the handle.
+impl Recv {
+    fn as_half(self) -> HalfState {
+        match self {
+            Recv::Open => HalfState::Open,
+            Recv::Finished => HalfState::Finished,
+            Recv::ResetByPeer(_) => HalfState::Reset,
+            Recv::Stopped => HalfState::Stopped,
+        }
+    }
+}
+
+/// The send half, its state, and the stream's page in the ledger, under one lock: shared with
+/// the connection's watcher, which answers a peer's STOP_SENDING with a reset while the
+/// application still holds the handle, and sees the peer acknowledge a dropped stream.
 pub(crate) struct SendHalf {
     stream: quinn::SendStream,
     state: Send,
     /// The watcher, waiting for this half to be freed. quinn never reports that a reset was
     /// acknowledged, so a reset wakes the watcher itself, or it would wait for ever.
-    watcher: Option<std::task::Waker>,
-    /// Whether the watcher was given this half.
+    watcher: Option<Waker>,
+    /// Whether the watcher waits on this half.
     watched: bool,
+    /// The stream's page in the ledger; `None` with the ledger off. Kept under the same lock
+    /// as the state, so that a change and its record are one step.
+    pub(crate) entry: Option<Entry>,
 }
 
 impl SendHalf {
@@ -72,7 +91,7 @@ impl SendHalf {
             Send::Open => {
                 let _ = self.stream.finish();
                 self.state = Send::Finished;
-                Some(HalfState::Finished)
+                self.record(HalfState::Finished)
             }
             Send::StoppedByPeer(code) => self.reset(code),
             Send::Finished | Send::Reset { .. } => None,
@@ -80,7 +99,7 @@ impl SendHalf {
     }
 
     /// Reset unless the half was already reset.
-    pub(crate) fn reset(&mut self, code: u64) -> Option<HalfState> {
+    fn reset(&mut self, code: u64) -> Option<HalfState> {
         let stopped_by_peer = match self.state {
             Send::Reset { .. } => return None,
             Send::StoppedByPeer(code) => Some(code),
@@ -93,29 +112,63 @@ impl SendHalf {
         if let Some(watcher) = self.watcher.take() {
             watcher.wake();
         }
-        Some(HalfState::Reset)
+        self.record(HalfState::Reset)
     }
 
-    /// Mark the half as given to the watcher; `false` if it already was, or needs no watching
-    /// because we reset it.
-    pub(crate) fn take_watch(&mut self) -> bool {
-        let take = !self.watched && !matches!(self.state, Send::Reset { .. });
-        self.watched = true;
-        take
-    }
-
-    /// Whether the peer has already acknowledged everything or stopped the half: one look,
-    /// without waiting. `None` when that is not known yet.
-    pub(crate) fn stopped_now(&self) -> Option<Option<u64>> {
-        match self.stream.stopped().now_or_never()? {
-            Ok(code) => Some(code.map(VarInt::into_inner)),
-            // The connection is gone: nothing to watch.
-            Err(_) => Some(None),
+    /// Record the peer's STOP_SENDING; `true` if this is news.
+    fn stopped_by_peer(&mut self, code: u64) -> bool {
+        match self.state {
+            Send::Open | Send::Finished => {
+                self.state = Send::StoppedByPeer(code);
+                self.record(HalfState::Stopped);
+                true
+            }
+            _ => false,
         }
     }
 
+    /// The peer acknowledged everything we sent, FIN included: QUIC freed the half.
+    fn acknowledged(&mut self) {
+        self.record(HalfState::Done);
+    }
+
+    /// Write a move of the send half into the ledger; the state, for metrics and qlog.
+    fn record(&mut self, state: HalfState) -> Option<HalfState> {
+        if let Some(entry) = &mut self.entry {
+            entry.set_send(state);
+        }
+        Some(state)
+    }
+
+    /// End the half if it is still open: finish it, or reset it when `reset` is set.
+    fn end(&mut self, reset: bool) -> Option<HalfState> {
+        if reset && self.state == Send::Open {
+            self.reset(CLOSE_CODE.into())
+        } else {
+            self.finish()
+        }
+    }
+
+    /// How the half ended, as [`Closed`] reports it.
+    fn ended_as(&self) -> HalfState {
+        match self.state {
+            Send::Reset { .. } | Send::StoppedByPeer(_) => HalfState::Reset,
+            Send::Open | Send::Finished => HalfState::Finished,
+        }
+    }
+
+    /// A watch of this half for the watcher: until the peer acknowledges everything or stops
+    /// it. `None` if it is watched already, or needs no watching because we reset it.
+    fn watch(&mut self, cell: &Arc<Cell>) -> Option<Watch> {
+        if self.watched || matches!(self.state, Send::Reset { .. }) {
+            return None;
+        }
+        self.watched = true;
+        Some(Watch::new(self.stream.stopped().boxed(), cell.clone()))
+    }
+
     /// For the watcher: whether we reset this half, else remember whom to wake when we do.
-    pub(crate) fn reset_or_register(&mut self, waker: &std::task::Waker) -> bool {
+    pub(crate) fn reset_or_register(&mut self, waker: &Waker) -> bool {
         if matches!(self.state, Send::Reset { .. }) {
             return true;
         }
@@ -125,30 +178,23 @@ impl SendHalf {
         false
     }
 
-    /// Resolves when the peer has acknowledged everything we sent (`Ok(None)`) or stopped the
-    /// half (`Ok(Some(code))`); the watcher turns that into ledger entries.
-    pub(crate) fn stopped_future(&self) -> crate::watcher::Stopped {
-        Box::pin(self.stream.stopped())
-    }
-
-    /// Record the peer's STOP_SENDING; `true` if this is news.
-    pub(crate) fn stopped_by_peer(&mut self, code: u64) -> bool {
-        match self.state {
-            Send::Open | Send::Finished => {
-                self.state = Send::StoppedByPeer(code);
-                true
-            }
-            _ => false,
-        }
+    fn settled(&self) -> bool {
+        self.entry.as_ref().is_some_and(Entry::settled)
     }
 }
 
-/// What a stream shares with its connection's watcher: the send half, and whether the receive
-/// half is done (together they say whether the stream is dead).
+/// What a stream shares with its connection's watcher and ledger.
 pub(crate) struct Cell {
-    pub(crate) send: Mutex<SendHalf>,
+    pub(crate) id: u64,
+    pub(crate) direction: Direction,
+    /// The stream's key in the connection's ledger (meaningless with the ledger off).
+    pub(crate) key: usize,
+    send: Mutex<SendHalf>,
+    pub(crate) activity: Activity,
     /// Set once our receive half is finished, reset or stopped.
-    recv_done: std::sync::atomic::AtomicBool,
+    recv_done: AtomicBool,
+    /// Whether the watcher is to look at this stream at its next batch.
+    queued: AtomicBool,
 }
 
 impl Cell {
@@ -157,8 +203,14 @@ impl Cell {
         self.send.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn recv_done(&self) -> bool {
-        self.recv_done.load(std::sync::atomic::Ordering::Acquire)
+    /// Ask for a look at the watcher's next batch; `true` if the stream was not queued yet.
+    pub(crate) fn queue(&self) -> bool {
+        !self.queued.swap(true, Ordering::SeqCst)
+    }
+
+    /// For the watcher: whether the stream was queued, clearing the mark.
+    pub(crate) fn take_queued(&self) -> bool {
+        self.queued.load(Ordering::SeqCst) && self.queued.swap(false, Ordering::SeqCst)
     }
 }
 
@@ -179,11 +231,10 @@ pub struct Stream {
     cell: Arc<Cell>,
     recv: quinn::RecvStream,
     recv_state: Recv,
-    id: u64,
-    direction: Direction,
     shared: Arc<Shared>,
-    activity: Option<Arc<Activity>>,
-    span: tracing::Span,
+    /// The stream's span (`id`, `direction`, under the connection's), kept only while a
+    /// subscriber wants it: most of the time nobody does, and a span is 40 bytes per stream.
+    span: Option<Box<tracing::Span>>,
 }
 
 /// How each half of a [`Stream`] stands after [`Stream::close_both`].
@@ -206,37 +257,54 @@ impl Stream {
     ) -> Self {
         let id = VarInt::from(send.id()).into_inner();
         let span = tracing::debug_span!(parent: &shared.span, "stream", id, %direction);
-        let cell = Arc::new(Cell {
-            send: Mutex::new(SendHalf {
-                stream: send,
-                state: Send::Open,
-                watcher: None,
-                watched: false,
-            }),
-            recv_done: false.into(),
-        });
-        let activity = shared.stream_opened(id, direction);
+        let cell = |key, entry| {
+            Arc::new(Cell {
+                id,
+                direction,
+                key,
+                send: Mutex::new(SendHalf {
+                    stream: send,
+                    state: Send::Open,
+                    watcher: None,
+                    watched: false,
+                    entry,
+                }),
+                activity: Activity::default(),
+                recv_done: AtomicBool::new(false),
+                queued: AtomicBool::new(false),
+            })
+        };
+        let cell = match shared.ledger() {
+            Some(mut ledger) => {
+                let entry = Entry::new(shared.clock.now());
+                ledger.open(direction, |key| cell(key, Some(entry))).clone()
+            }
+            None => cell(usize::MAX, None),
+        };
+        shared.stream_opened(id, direction);
         tracing::trace!(parent: &span, "opened");
         Self {
             cell,
             recv,
             recv_state: Recv::Open,
-            id,
-            direction,
             shared,
-            activity,
-            span,
+            span: (!span.is_disabled()).then(|| Box::new(span)),
         }
+    }
+
+    /// The stream's span, or the connection's when no subscriber wants the stream's.
+    fn span(&self) -> &tracing::Span {
+        self.span.as_deref().unwrap_or(&self.shared.span)
     }
 
     /// The QUIC stream id.
     pub fn id(&self) -> u64 {
-        self.id
+        self.cell.id
     }
 
     /// Who opened this stream.
     pub fn direction(&self) -> Direction {
-        self.direction
+        self.cell.direction
     }
 
     /// The unified close: end both halves now and say how each ended. Our send half is
@@ -244,7 +312,7 @@ impl Stream {
     /// unless it was read to the end. This is what dropping the stream does, made explicit;
     /// go-libp2p's `Close()` does the same.
     pub fn close_both(&mut self) -> Closed {
-        let send = self.end_send(false);
+        let send = self.end_send();
         let recv = self.end_recv(CLOSE_CODE);
         Closed { send, recv }
     }
@@ -253,86 +321,70 @@ impl Stream {
     /// `code`. The peer's reads and writes fail with that code.
     pub fn reset(&mut self, code: u32) {
         let changed = self.cell.lock().reset(code.into());
-        if let Some(state) = changed {
-            self.shared.set_send(self.id, state);
-        }
+        self.shared.send_moved(self.cell.id, changed);
         self.end_recv(code);
     }
 
-    /// End our send half if it is still open: finish it, or reset it when `reset` is set.
-    fn end_send(&mut self, reset: bool) -> HalfState {
+    /// End our send half if it is still open: finish it (FIN).
+    fn end_send(&mut self) -> HalfState {
         let mut half = self.cell.lock();
-        let changed = if reset && half.state == Send::Open {
-            half.reset(CLOSE_CODE.into())
-        } else {
-            half.finish()
-        };
-        let state = match half.state {
-            Send::Reset { .. } | Send::StoppedByPeer(_) => HalfState::Reset,
-            Send::Open | Send::Finished => HalfState::Finished,
-        };
+        let changed = half.end(false);
+        let state = half.ended_as();
         drop(half);
-        if let Some(changed) = changed {
-            self.shared.set_send(self.id, changed);
-        }
+        self.shared.send_moved(self.cell.id, changed);
         state
     }
 
     /// Stop our receive half if it was not read to the end.
     fn end_recv(&mut self, code: u32) -> HalfState {
-        match self.recv_state {
-            Recv::Open => {
-                let _ = self.recv.stop(VarInt::from_u32(code));
-                self.set_recv(Recv::Stopped);
-                HalfState::Stopped
-            }
-            Recv::Finished => HalfState::Finished,
-            Recv::ResetByPeer(_) => HalfState::Reset,
-            Recv::Stopped => HalfState::Stopped,
+        if self.recv_state == Recv::Open {
+            let _ = self.recv.stop(VarInt::from_u32(code));
+            self.recv_ended(Recv::Stopped);
         }
+        self.recv_state.as_half()
     }
 
-    fn set_recv(&mut self, state: Recv) {
+    /// Our receive half ended. A stream the peer stopped and whose receive half is done
+    /// carries nothing more either way: reset our send half now, as RFC 9000 recommends, so
+    /// the peer gets its credit back even while our application keeps the handle. If the stop
+    /// may still come, the watcher is asked to look out for it.
+    fn recv_ended(&mut self, state: Recv) {
         self.recv_state = state;
-        self.cell
-            .recv_done
-            .store(true, std::sync::atomic::Ordering::Release);
-        let ledger_state = match state {
-            Recv::Open => return,
-            Recv::Finished => HalfState::Finished,
-            Recv::ResetByPeer(_) => HalfState::Reset,
-            Recv::Stopped => HalfState::Stopped,
-        };
-        self.shared.set_recv(self.id, ledger_state);
-        // A stream the peer stopped and whose receive half is done carries nothing more either
-        // way: reset our send half now, as RFC 9000 recommends, so the peer gets its credit
-        // back even while our application keeps the handle; if the stop comes later, the
-        // watcher answers it.
-        if !self.release_if_dead() {
-            self.shared.release_candidate(self.id, &self.cell);
-        }
-    }
-
-    /// Reset our send half if the peer stopped it; `true` if the half has ended either way.
-    fn release_if_dead(&self) -> bool {
+        self.cell.recv_done.store(true, Ordering::Release);
+        let recorded = state.as_half();
+        self.shared.recv_moved(self.cell.id, recorded);
         let mut half = self.cell.lock();
-        if let Send::StoppedByPeer(code) = half.state {
-            if let Some(state) = half.reset(code) {
-                drop(half);
-                tracing::debug!(parent: &self.span, code, "peer stopped a finished stream: reset");
-                self.shared.set_send(self.id, state);
-            }
-            return true;
+        if let Some(entry) = &mut half.entry {
+            entry.set_recv(recorded);
         }
-        matches!(half.state, Send::Reset { .. })
+        let released = release_if_stopped(&mut half);
+        let send_ended = matches!(half.state, Send::Reset { .. });
+        let tracked = half.entry.is_some();
+        drop(half);
+        if released.is_some() {
+            tracing::debug!(parent: self.span(), "peer stopped a finished stream: reset");
+            self.shared.send_moved(self.cell.id, released);
+        }
+        if tracked && !send_ended {
+            self.shared.queue(&self.cell);
+        }
     }
 
-    fn write_failed(&self, half: &mut SendHalf, error: &quinn::WriteError) {
-        if let quinn::WriteError::Stopped(code) = error {
-            if half.stopped_by_peer(code.into_inner()) {
-                self.shared.set_send(self.id, HalfState::Stopped);
+    fn write_failed(&self, half: &mut SendHalf, error: &quinn::WriteError) -> Option<HalfState> {
+        match error {
+            quinn::WriteError::Stopped(code) if half.stopped_by_peer(code.into_inner()) => {
+                Some(HalfState::Stopped)
             }
+            _ => None,
         }
+    }
+}
+
+/// Reset a send half the peer has stopped; what it moved to, if it moved.
+fn release_if_stopped(half: &mut SendHalf) -> Option<HalfState> {
+    match half.state {
+        Send::StoppedByPeer(code) => half.reset(code),
+        _ => None,
     }
 }
 
@@ -353,21 +405,19 @@ impl AsyncRead for Stream {
         }
         match futures::ready!(this.recv.poll_read(cx, buf)) {
             Ok(0) if !buf.is_empty() => {
-                this.set_recv(Recv::Finished);
+                this.recv_ended(Recv::Finished);
                 Poll::Ready(Ok(0))
             }
             Ok(n) => {
-                if let Some(activity) = &this.activity {
-                    activity.received(n);
-                }
+                this.cell.activity.received(n);
                 Poll::Ready(Ok(n))
             }
             Err(e) => {
                 let e = StreamError::from(e);
                 if let StreamError::ResetByPeer(code) = e {
-                    this.set_recv(Recv::ResetByPeer(code));
+                    this.recv_ended(Recv::ResetByPeer(code));
                 }
-                tracing::debug!(parent: &this.span, error = %e, "read failed");
+                tracing::debug!(parent: this.span(), error = %e, "read failed");
                 Poll::Ready(Err(e.into()))
             }
         }
@@ -394,19 +444,21 @@ impl AsyncWrite for Stream {
         }
         match futures::ready!(Pin::new(&mut half.stream).poll_write(cx, buf)) {
             Ok(n) => {
-                if let Some(activity) = &this.activity {
-                    activity.sent(n);
-                }
+                this.cell.activity.sent(n);
                 Poll::Ready(Ok(n))
             }
             Err(e) => {
-                this.write_failed(&mut half, &e);
+                let stopped = this.write_failed(&mut half, &e);
+                let released = if this.recv_state != Recv::Open {
+                    release_if_stopped(&mut half)
+                } else {
+                    None
+                };
                 drop(half);
-                if this.recv_state != Recv::Open {
-                    this.release_if_dead();
-                }
+                this.shared.send_moved(this.cell.id, stopped);
+                this.shared.send_moved(this.cell.id, released);
                 let e = StreamError::from(e);
-                tracing::debug!(parent: &this.span, error = %e, "write failed");
+                tracing::debug!(parent: this.span(), error = %e, "write failed");
                 Poll::Ready(Err(e.into()))
             }
         }
@@ -422,81 +474,21 @@ impl AsyncWrite for Stream {
     fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &*self;
         let mut half = this.cell.lock();
+        let changed = match half.state {
+            Send::Open => half.finish(),
+            _ => None,
+        };
         let result = match half.state {
-            Send::Open => {
-                let changed = half.finish();
-                let state = half.state;
-                drop(half);
-                if let Some(changed) = changed {
-                    this.shared.set_send(this.id, changed);
-                }
-                match state {
-                    Send::StoppedByPeer(code) => Err(StreamError::StoppedByPeer(code)),
-                    _ => Ok(()),
-                }
-            }
-            Send::Finished => Ok(()),
+            Send::Open | Send::Finished => Ok(()),
             Send::StoppedByPeer(code)
             | Send::Reset {
                 stopped_by_peer: Some(code),
             } => Err(StreamError::StoppedByPeer(code)),
             Send::Reset { .. } => Err(StreamError::Closed),
         };
+        drop(half);
+        this.shared.send_moved(this.cell.id, changed);
         Poll::Ready(result.map_err(Into::into))
-    }
-}
-
-/// Whether the peer already acknowledged or stopped a dropped stream's send half: settle it in
-/// the books at once. `false` if that is not known yet.
-fn settle_now(shared: &Shared, id: u64, cell: &Cell) -> bool {
-    let mut half = cell.lock();
-    if matches!(half.state, Send::Reset { .. }) || half.watched {
-        return true;
-    }
-    match half.stopped_now() {
-        Some(None) => {
-            half.watched = true;
-            drop(half);
-            shared.set_send(id, HalfState::Done);
-            true
-        }
-        Some(Some(code)) => {
-            drop(half);
-            peer_stopped(shared, id, cell, code);
-            true
-        }
-        None => false,
-    }
-}
-
-/// The peer stopped our send half (STOP_SENDING with `code`): record it, and if our receive
-/// half is done too (always so once the handle is gone), the stream carries nothing more
-/// either way: answer with a reset now, as RFC 9000 recommends, so the peer's slot is freed.
-pub(crate) fn peer_stopped(shared: &Shared, id: u64, cell: &Cell, code: u64) {
-    let mut half = cell.lock();
-    if half.stopped_by_peer(code) {
-        shared.set_send(id, HalfState::Stopped);
-    }
-    if cell.recv_done() {
-        if let Some(state) = half.reset(code) {
-            drop(half);
-            tracing::debug!(parent: &shared.span, id, code, "peer stopped a finished stream: reset");
-            shared.set_send(id, state);
-        }
-    }
-}
-
-/// A stream's handle is gone: settle its send half now, or look again shortly.
-fn settle_after_drop(shared: &Shared, id: u64, cell: &Arc<Cell>) {
-    if !settle_now(shared, id, cell) {
-        shared.settle_later(id, cell.clone());
-    }
-}
-
-/// The watcher's second look at a dropped stream: settle it, or watch it to the end.
-pub(crate) fn settle_or_watch(shared: &Shared, id: u64, cell: &Arc<Cell>) {
-    if !settle_now(shared, id, cell) {
-        shared.watch(id, cell);
     }
 }
 
@@ -505,22 +497,120 @@ impl Drop for Stream {
         // A panicking writer may have left a message half-written: reset, so the peer sees an
         // error rather than a clean end of stream.
         let reset = std::thread::panicking() || self.shared.reset_on_drop;
-        let send = self.end_send(reset);
         let recv = self.end_recv(CLOSE_CODE);
-        tracing::trace!(parent: &self.span, %send, %recv, "dropped");
-        if self.activity.is_some() {
-            settle_after_drop(&self.shared, self.id, &self.cell);
+        let mut half = self.cell.lock();
+        let changed = half.end(reset);
+        let send = half.ended_as();
+        let tracked = match &mut half.entry {
+            Some(entry) => {
+                entry.handle_dropped(self.shared.clock.now());
+                true
+            }
+            None => false,
+        };
+        drop(half);
+        tracing::trace!(parent: self.span(), %send, %recv, "dropped");
+        self.shared.send_moved(self.cell.id, changed);
+        self.shared.stream_dropped(self.cell.direction);
+        // The watcher sees whether QUIC has freed the stream, and lets it go from the books.
+        if tracked {
+            self.shared.queue(&self.cell);
         }
-        self.shared
-            .stream_dropped(self.id, self.direction, Instant::now());
+    }
+}
+
+/// What the watcher's look at a queued stream found.
+pub(crate) enum Look {
+    /// Nothing is left of it: it can leave the books.
+    Settled,
+    /// Young still: look again at the next batch; most streams settle within a round trip.
+    Again,
+    /// Its send half is to be watched until QUIC frees it or the peer stops it.
+    Watch(Watch),
+    /// Nothing to do now; something else will queue it again or settle it.
+    Wait,
+}
+
+/// How long a stream is looked at again, batch after batch, before it is watched instead:
+/// a look is one quick question to quinn, a watch a future, a registration and a wake-up.
+const PATIENCE: Duration = Duration::from_millis(250);
+
+/// The watcher's look at a queued stream: has the peer acknowledged everything we sent, or
+/// stopped our send half (answered with a reset once our receive half is done)? A dropped
+/// stream with nothing left is settled; one still held by QUIC, or a live stream whose receive
+/// half is done, is looked at again while young and watched after that.
+pub(crate) fn look(shared: &Shared, cell: &Arc<Cell>, now: Stamp) -> Look {
+    let mut half = cell.lock();
+    let Some(entry) = &half.entry else {
+        return Look::Wait;
+    };
+    if half.watched {
+        // The watch settles it when it ends.
+        return Look::Wait;
+    }
+    if !entry.settled() && !matches!(half.state, Send::Reset { .. }) {
+        match half.stream.stopped().now_or_never() {
+            Some(Ok(None)) if half.state == Send::Finished => half.acknowledged(),
+            // Gone with the connection: the watcher empties the books.
+            Some(Err(_)) => return Look::Wait,
+            Some(Ok(Some(code))) => {
+                drop(half);
+                peer_stopped(shared, cell, code.into_inner());
+                half = cell.lock();
+            }
+            Some(Ok(None)) | None => {}
+        }
+    }
+    let Some(entry) = &half.entry else {
+        return Look::Wait;
+    };
+    if entry.settled() {
+        Look::Settled
+    } else if entry.quiet_for(now) < PATIENCE {
+        Look::Again
+    } else {
+        half.watch(cell).map_or(Look::Wait, Look::Watch)
+    }
+}
+
+/// The watcher saw a watched send half end: acknowledged (`Ok(None)`), stopped by the peer
+/// (`Ok(Some(code))`), reset by us or lost with the connection (`Err(())`). Records it and
+/// says whether the stream can leave the books.
+pub(crate) fn watch_ended(shared: &Shared, cell: &Cell, ended: Result<Option<u64>, ()>) -> bool {
+    match ended {
+        Ok(None) => cell.lock().acknowledged(),
+        Ok(Some(code)) => peer_stopped(shared, cell, code),
+        Err(()) => {}
+    }
+    let mut half = cell.lock();
+    half.watched = false;
+    half.settled()
+}
+
+/// The peer stopped our send half (STOP_SENDING with `code`): record it, and if our receive
+/// half is done too (always so once the handle is gone), the stream carries nothing more
+/// either way: answer with a reset now, as RFC 9000 recommends, so the peer's slot is freed.
+fn peer_stopped(shared: &Shared, cell: &Cell, code: u64) {
+    let mut half = cell.lock();
+    let stopped = half.stopped_by_peer(code).then_some(HalfState::Stopped);
+    let released = if cell.recv_done.load(Ordering::Acquire) {
+        release_if_stopped(&mut half)
+    } else {
+        None
+    };
+    drop(half);
+    shared.send_moved(cell.id, stopped);
+    if released.is_some() {
+        tracing::debug!(parent: &shared.span, id = cell.id, code, "peer stopped a finished stream: reset");
+        shared.send_moved(cell.id, released);
     }
 }
 
 impl std::fmt::Debug for Stream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Stream")
-            .field("id", &self.id)
-            .field("direction", &self.direction)
+            .field("id", &self.cell.id)
+            .field("direction", &self.cell.direction)
             .field("recv", &self.recv_state)
             .finish_non_exhaustive()
     }

@@ -1,84 +1,74 @@
 //! The per-connection watcher task: it sees what QUIC frees after the application has let go,
-//! answers a peer's STOP_SENDING on streams that are otherwise done, and raises leak warnings.
+//! answers a peer's STOP_SENDING on streams that are otherwise done, lets settled streams leave
+//! the ledger, and raises leak warnings.
 //!
 //! It exists because the interesting moments of a stream's life happen when nobody polls it:
 //! the peer acknowledges our FIN after the handle was dropped, or stops our send half while
-//! our application holds a stream it has finished reading.
+//! our application holds a stream it has finished reading. Streams ask for a look
+//! ([`Shared::queue`]); the watcher looks at them in batches, a little later, when most
+//! request/response streams are long gone and acknowledged, so that the application's hot
+//! path never waits on it. It is spawned with the connection's first tracked stream.
 
 use std::{
-    future::Future,
     pin::Pin,
     sync::{Arc, Weak},
-    time::{Duration, Instant},
+    task::{Context, Poll},
+    time::Duration,
 };
 
-use futures::{channel::mpsc, stream::FuturesUnordered, StreamExt};
+use futures::{channel::mpsc, future::BoxFuture, stream::FuturesUnordered, Future, StreamExt};
 use quinn::{StoppedError, VarInt};
 
 use crate::{
-    connection::{Later, Shared},
-    ledger::HalfState,
-    stream::Cell,
+    connection::Shared,
+    ledger::{HalfState, LeakKind},
+    stream::{self, Cell, Look},
 };
 
-/// quinn's `SendStream::stopped()` future.
-pub(crate) type Stopped =
-    Pin<Box<dyn Future<Output = Result<Option<VarInt>, StoppedError>> + Send + Sync>>;
+/// How long after a stream asks for a look the watcher takes it: long enough that the
+/// acknowledgements of a request/response stream have arrived by then.
+const LOOK_DELAY: Duration = Duration::from_millis(20);
 
-/// What streams tell their connection's watcher.
-pub(crate) enum Message {
-    /// Watch this send half until QUIC frees it.
-    Watch(Watch),
-    /// There are release candidates (`Shared::release_candidate`) to look at shortly.
-    Candidates,
-}
-
-/// How long a stream whose receive half is done may be held before the watcher takes an
-/// interest in it: long enough that request/response streams are gone by then.
-const CANDIDATE_DELAY: Duration = Duration::from_millis(20);
-
-/// A stream to watch until QUIC frees its send half.
+/// A send half watched until QUIC frees it, the peer stops it, or we reset it.
 pub(crate) struct Watch {
-    id: u64,
-    stopped: Stopped,
+    /// quinn's `SendStream::stopped()`.
+    stopped: BoxFuture<'static, Result<Option<VarInt>, StoppedError>>,
     cell: Arc<Cell>,
 }
 
 impl Watch {
-    pub(crate) fn new(id: u64, stopped: Stopped, cell: Arc<Cell>) -> Self {
-        Self { id, stopped, cell }
+    pub(crate) fn new(
+        stopped: BoxFuture<'static, Result<Option<VarInt>, StoppedError>>,
+        cell: Arc<Cell>,
+    ) -> Self {
+        Self { stopped, cell }
     }
-}
-
-/// How a watched send half ended, as far as the watcher needs to know.
-pub(crate) enum Outcome {
-    /// quinn's `stopped()`: all acknowledged (`Ok(None)`), or stopped by the peer.
-    Stopped(Result<Option<VarInt>, StoppedError>),
-    /// We reset it; quinn will not report the acknowledgement, so stop watching.
-    ResetByUs,
 }
 
 impl Future for Watch {
-    type Output = (u64, Arc<Cell>, Outcome);
+    /// The cell, and how its half ended: acknowledged (`Ok(None)`), stopped by the peer with a
+    /// code, or reset by us or lost with the connection (`Err(())`).
+    type Output = (Arc<Cell>, Result<Option<u64>, ()>);
 
-    fn poll(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        // Checked first, so that a half reset before we ever looked never registers with quinn.
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Checked first, so that a half reset before we ever looked never registers with
+        // quinn: quinn would not report the reset's acknowledgement.
         if self.cell.lock().reset_or_register(cx.waker()) {
-            return std::task::Poll::Ready((self.id, self.cell.clone(), Outcome::ResetByUs));
+            return Poll::Ready((self.cell.clone(), Err(())));
         }
         let result = futures::ready!(self.stopped.as_mut().poll(cx));
-        std::task::Poll::Ready((self.id, self.cell.clone(), Outcome::Stopped(result)))
+        let ended = result
+            .map(|code| code.map(VarInt::into_inner))
+            .map_err(|_| ());
+        Poll::Ready((self.cell.clone(), ended))
     }
 }
 
-/// Run until the connection closes.
+/// Run until the connection closes. `looks` carries one message per batch of queued streams.
 pub(crate) async fn run(
     connection: quinn::Connection,
     shared: Weak<Shared>,
-    mut messages: mpsc::UnboundedReceiver<Message>,
+    mut looks: mpsc::UnboundedReceiver<()>,
     leak_threshold: Duration,
 ) {
     let mut watched = FuturesUnordered::new();
@@ -87,46 +77,33 @@ pub(crate) async fn run(
     scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let closed = connection.closed();
     tokio::pin!(closed);
-    let candidates_due = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(candidates_due);
-    let mut candidates_waiting = false;
+    let look_due = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(look_due);
+    let mut look_waiting = false;
     loop {
         tokio::select! {
             reason = &mut closed => {
                 if let Some(shared) = shared.upgrade() {
                     tracing::debug!(parent: &shared.span, %reason, "connection closed");
-                    if let Some(mut ledger) = shared.ledger() {
-                        ledger.connection_closed();
-                    }
+                    shared.connection_closed();
                 }
                 return;
             }
-            Some(message) = messages.next() => match message {
-                Message::Watch(watch) => watched.push(watch),
-                Message::Candidates if !candidates_waiting => {
-                    candidates_waiting = true;
-                    candidates_due.as_mut().reset(tokio::time::Instant::now() + CANDIDATE_DELAY);
-                }
-                Message::Candidates => {}
-            },
-            _ = &mut candidates_due, if candidates_waiting => {
-                candidates_waiting = false;
-                let Some(shared) = shared.upgrade() else { return };
-                for (id, later) in shared.take_candidates() {
-                    match later {
-                        Later::Held(cell) => {
-                            if let Some(cell) = cell.upgrade() {
-                                shared.watch(id, &cell);
-                            }
-                        }
-                        Later::Dropped(cell) => crate::stream::settle_or_watch(&shared, id, &cell),
-                    }
-                }
+            Some(()) = looks.next(), if !look_waiting => {
+                look_waiting = true;
+                look_due.as_mut().reset(tokio::time::Instant::now() + LOOK_DELAY);
             }
-            Some((id, cell, outcome)) = watched.next(), if !watched.is_empty() => {
+            _ = &mut look_due, if look_waiting => {
+                look_waiting = false;
+                let Some(shared) = shared.upgrade() else { return };
+                look(&shared, &mut watched);
+            }
+            Some((cell, ended)) = watched.next(), if !watched.is_empty() => {
                 let Some(shared) = shared.upgrade() else { return };
                 shared.watched.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                settle(&shared, id, &cell, outcome);
+                if stream::watch_ended(&shared, &cell, ended) {
+                    shared.release([cell]);
+                }
             }
             _ = scan.tick() => {
                 let Some(shared) = shared.upgrade() else { return };
@@ -136,26 +113,33 @@ pub(crate) async fn run(
     }
 }
 
-fn settle(shared: &Shared, id: u64, cell: &Cell, outcome: Outcome) {
-    match outcome {
-        // The reset is already in the books.
-        Outcome::ResetByUs => {}
-        Outcome::Stopped(Ok(None)) => shared.set_send(id, HalfState::Done),
-        Outcome::Stopped(Ok(Some(code))) => {
-            crate::stream::peer_stopped(shared, id, cell, code.into_inner())
+/// Look at every queued stream: let the settled go, watch those QUIC still holds.
+fn look(shared: &Shared, watched: &mut FuturesUnordered<Watch>) {
+    let now = shared.clock.now();
+    let mut settled = Vec::new();
+    let mut again = Vec::new();
+    for cell in shared.take_queued() {
+        match stream::look(shared, &cell, now) {
+            Look::Settled => settled.push(cell),
+            Look::Again => again.push(cell),
+            Look::Watch(watch) => {
+                // Counted before it is polled, so that its decrement can never come first.
+                shared
+                    .watched
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                watched.push(watch);
+            }
+            Look::Wait => {}
         }
-        // The connection is going away; the close branch empties the books.
-        Outcome::Stopped(Err(_)) => {}
     }
+    for cell in &again {
+        shared.queue(cell);
+    }
+    shared.release(settled);
 }
 
 fn report_leaks(shared: &Shared, threshold: Duration) {
-    let suspects = match shared.ledger() {
-        Some(mut ledger) => ledger.suspects(Instant::now(), threshold),
-        None => return,
-    };
-    for suspect in suspects {
-        let s = &suspect.info;
+    for (s, kind) in shared.suspects(threshold) {
         let open_halves = match (s.send, s.recv) {
             (HalfState::Open, HalfState::Open) => "both halves",
             (HalfState::Open, _) => "the send half",
@@ -163,9 +147,9 @@ fn report_leaks(shared: &Shared, threshold: Duration) {
             _ if s.handle_alive => "no half, yet the handle is kept",
             _ => "no half (waiting for the peer's acknowledgement)",
         };
-        let what = match suspect.kind {
-            crate::ledger::LeakKind::HeldAfterDrop => "dropped but still held by QUIC",
-            crate::ledger::LeakKind::IdleHandle => "held by the application and idle",
+        let what = match kind {
+            LeakKind::HeldAfterDrop => "dropped but still held by QUIC",
+            LeakKind::IdleHandle => "held by the application and idle",
         };
         tracing::warn!(
             parent: &shared.span,
@@ -175,7 +159,7 @@ fn report_leaks(shared: &Shared, threshold: Duration) {
             age = ?s.age,
             send = %s.send,
             recv = %s.recv,
-            kind = suspect.kind.as_str(),
+            kind = kind.as_str(),
             "possible stream leak: {} stream {} to {} is {} after {:?}; open: {}",
             s.direction,
             s.id,
@@ -186,7 +170,7 @@ fn report_leaks(shared: &Shared, threshold: Duration) {
         );
         #[cfg(feature = "metrics")]
         if let Some(m) = &shared.metrics {
-            m.leak_warning(suspect.kind);
+            m.leak_warning(kind);
         }
     }
 }
