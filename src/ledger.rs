@@ -6,8 +6,8 @@
 //! stays in the ledger after its handle is dropped until QUIC has freed it on our side, so that
 //! "libp2p counts 15 streams, QUIC holds 256" cannot happen silently.
 //!
-//! The books are kept where the stream is: each stream's [`Entry`] lives in the state it
-//! shares with the watcher, and the per-connection [`Ledger`] only holds the streams still
+//! The books are kept where the stream is: each stream's entry lives in the state it
+//! shares with the watcher, and the per-connection ledger only holds the streams still
 //! tracked and counts those gone. A stream touches the connection's books twice, when it is
 //! opened and when the watcher lets it go; totals are added up when somebody looks.
 //!
