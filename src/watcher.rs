@@ -16,6 +16,8 @@ use std::{
     time::Duration,
 };
 
+use tokio::time::Instant;
+
 use futures::{channel::mpsc, future::BoxFuture, stream::FuturesUnordered, Future, StreamExt};
 use quinn::{StoppedError, VarInt};
 
@@ -73,13 +75,13 @@ pub(crate) async fn run(
 ) {
     let mut watched = FuturesUnordered::new();
     let scan_every = (leak_threshold / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
-    let mut scan = tokio::time::interval(scan_every);
-    scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let closed = connection.closed();
     tokio::pin!(closed);
-    let look_due = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(look_due);
-    let mut look_waiting = false;
+    // One timer serves both the next leak scan and, when streams are queued, the next look.
+    let mut next_scan = Instant::now() + scan_every;
+    let mut next_look: Option<Instant> = None;
+    let timer = tokio::time::sleep_until(next_scan);
+    tokio::pin!(timer);
     loop {
         tokio::select! {
             reason = &mut closed => {
@@ -89,14 +91,23 @@ pub(crate) async fn run(
                 }
                 return;
             }
-            Some(()) = looks.next(), if !look_waiting => {
-                look_waiting = true;
-                look_due.as_mut().reset(tokio::time::Instant::now() + LOOK_DELAY);
+            Some(()) = looks.next(), if next_look.is_none() => {
+                let at = Instant::now() + LOOK_DELAY;
+                next_look = Some(at);
+                timer.as_mut().reset(at.min(next_scan));
             }
-            _ = &mut look_due, if look_waiting => {
-                look_waiting = false;
+            () = &mut timer => {
                 let Some(shared) = shared.upgrade() else { return };
-                look(&shared, &mut watched);
+                let now = Instant::now();
+                if next_look.is_some_and(|at| at <= now) {
+                    next_look = None;
+                    look(&shared, &mut watched);
+                }
+                if next_scan <= now {
+                    next_scan = now + scan_every;
+                    report_leaks(&shared, leak_threshold);
+                }
+                timer.as_mut().reset(next_look.map_or(next_scan, |at| at.min(next_scan)));
             }
             Some((cell, ended)) = watched.next(), if !watched.is_empty() => {
                 let Some(shared) = shared.upgrade() else { return };
@@ -104,10 +115,6 @@ pub(crate) async fn run(
                 if stream::watch_ended(&shared, &cell, ended) {
                     shared.release([cell]);
                 }
-            }
-            _ = scan.tick() => {
-                let Some(shared) = shared.upgrade() else { return };
-                report_leaks(&shared, leak_threshold);
             }
         }
     }
