@@ -358,33 +358,30 @@ impl Stream {
             entry.set_recv(recorded);
         }
         let released = release_if_stopped(&mut half);
-        let send_ended = matches!(half.state, Send::Reset { .. });
+        let send_reset = matches!(half.state, Send::Reset { .. });
         let tracked = half.entry.is_some();
         drop(half);
-        if released.is_some() {
-            tracing::debug!(parent: self.span(), "peer stopped a finished stream: reset");
-            self.shared.send_moved(self.cell.id, released);
-        }
-        if tracked && !send_ended {
+        report_release(&self.shared, &self.cell, released);
+        if tracked && !send_reset {
             self.shared.queue(&self.cell);
-        }
-    }
-
-    fn write_failed(&self, half: &mut SendHalf, error: &quinn::WriteError) -> Option<HalfState> {
-        match error {
-            quinn::WriteError::Stopped(code) if half.stopped_by_peer(code.into_inner()) => {
-                Some(HalfState::Stopped)
-            }
-            _ => None,
         }
     }
 }
 
-/// Reset a send half the peer has stopped; what it moved to, if it moved.
+/// Our receive half is done: if the peer has stopped our send half, the stream carries nothing
+/// more either way, so reset it now, as RFC 9000 recommends, and the peer's slot is freed.
+/// What the half moved to, if it moved: for [`report_release`], once the lock is let go.
 fn release_if_stopped(half: &mut SendHalf) -> Option<HalfState> {
     match half.state {
         Send::StoppedByPeer(code) => half.reset(code),
         _ => None,
+    }
+}
+
+fn report_release(shared: &Shared, cell: &Cell, released: Option<HalfState>) {
+    if released.is_some() {
+        tracing::debug!(parent: &shared.span, id = cell.id, "peer stopped a finished stream: reset");
+        shared.send_moved(cell.id, released);
     }
 }
 
@@ -448,15 +445,10 @@ impl AsyncWrite for Stream {
                 Poll::Ready(Ok(n))
             }
             Err(e) => {
-                let stopped = this.write_failed(&mut half, &e);
-                let released = if this.recv_state != Recv::Open {
-                    release_if_stopped(&mut half)
-                } else {
-                    None
-                };
                 drop(half);
-                this.shared.send_moved(this.cell.id, stopped);
-                this.shared.send_moved(this.cell.id, released);
+                if let quinn::WriteError::Stopped(code) = &e {
+                    peer_stopped(&this.shared, &this.cell, code.into_inner());
+                }
                 let e = StreamError::from(e);
                 tracing::debug!(parent: this.span(), error = %e, "write failed");
                 Poll::Ready(Err(e.into()))
@@ -588,8 +580,7 @@ pub(crate) fn watch_ended(shared: &Shared, cell: &Cell, ended: Result<Option<u64
 }
 
 /// The peer stopped our send half (STOP_SENDING with `code`): record it, and if our receive
-/// half is done too (always so once the handle is gone), the stream carries nothing more
-/// either way: answer with a reset now, as RFC 9000 recommends, so the peer's slot is freed.
+/// half is done too (always so once the handle is gone), answer with a reset now.
 fn peer_stopped(shared: &Shared, cell: &Cell, code: u64) {
     let mut half = cell.lock();
     let stopped = half.stopped_by_peer(code).then_some(HalfState::Stopped);
@@ -600,10 +591,7 @@ fn peer_stopped(shared: &Shared, cell: &Cell, code: u64) {
     };
     drop(half);
     shared.send_moved(cell.id, stopped);
-    if released.is_some() {
-        tracing::debug!(parent: &shared.span, id = cell.id, code, "peer stopped a finished stream: reset");
-        shared.send_moved(cell.id, released);
-    }
+    report_release(shared, cell, released);
 }
 
 impl std::fmt::Debug for Stream {
