@@ -7,13 +7,13 @@ use std::{
     pin::{pin, Pin},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex, MutexGuard, OnceLock, Weak,
+        Arc, Mutex, MutexGuard, Weak,
     },
     task::{Context, Poll},
     time::{Duration, Instant},
 };
 
-use futures::{channel::mpsc, future::BoxFuture, FutureExt};
+use futures::{future::BoxFuture, FutureExt};
 use libp2p_core::muxing::{StreamMuxer, StreamMuxerEvent};
 use libp2p_identity::PeerId;
 
@@ -22,7 +22,8 @@ use crate::{
         ByDirection, Clock, Direction, HalfState, LeakKind, Ledger, Stamp, StreamInfo, Totals,
     },
     stream::{Cell, Stream},
-    watcher, Config, Error,
+    watcher::{Message, Watcher},
+    Config, Error,
 };
 
 #[cfg(feature = "qlog")]
@@ -56,7 +57,7 @@ pub(crate) struct Shared {
     pub(crate) clock: Clock,
     /// Ourselves, for the watcher, which must not keep the connection's state alive.
     me: Weak<Shared>,
-    /// For the watcher, spawned with the first tracked stream.
+    /// For the watcher, which waits for its end once the first stream is tracked.
     connection: quinn::Connection,
     remote_address: SocketAddr,
     connection_id: usize,
@@ -67,14 +68,16 @@ pub(crate) struct Shared {
     stream_leak_warning: Duration,
     live: [AtomicU64; 2],
     /// Send halves the watcher still waits on.
-    pub(crate) watched: AtomicU64,
+    watched: AtomicU64,
     /// Whether the watcher has been told of the queued streams; see [`Shared::queue`].
     look_asked: AtomicBool,
+    /// Whether the watcher knows this connection: told with its first tracked stream.
+    tracked: AtomicBool,
     /// Since when an outbound open has been waiting for stream credit, if one is.
     credit_wait_since: Mutex<Option<Instant>>,
     ledger: Option<Mutex<Ledger<Arc<Cell>>>>,
-    /// Asks the watcher for a look at the queued streams.
-    watcher: OnceLock<mpsc::UnboundedSender<()>>,
+    /// The transport's watcher.
+    watcher: Watcher,
     #[cfg(feature = "metrics")]
     pub(crate) metrics: Option<crate::metrics::Metrics>,
     #[cfg(feature = "qlog")]
@@ -101,23 +104,21 @@ impl Shared {
         }
         #[cfg(not(feature = "qlog"))]
         let _ = id;
-        if self.ledger.is_some() {
-            self.watcher();
+        if self.ledger.is_some()
+            && !self.tracked.load(Ordering::Relaxed)
+            && !self.tracked.swap(true, Ordering::Relaxed)
+        {
+            self.tell_watcher(Message::Track(self.weak(), self.connection.clone()));
         }
     }
 
-    /// The watcher task's mailbox; the task is spawned on first use.
-    fn watcher(&self) -> &mpsc::UnboundedSender<()> {
-        self.watcher.get_or_init(|| {
-            let (tx, rx) = mpsc::unbounded();
-            tokio::spawn(watcher::run(
-                self.connection.clone(),
-                self.me.clone(),
-                rx,
-                self.stream_leak_warning,
-            ));
-            tx
-        })
+    /// A handle to ourselves that does not keep us alive.
+    pub(crate) fn weak(&self) -> Weak<Shared> {
+        self.me.clone()
+    }
+
+    fn tell_watcher(&self, message: Message) {
+        self.watcher.send(message, self.stream_leak_warning);
     }
 
     /// Ask the watcher to look at this stream at its next batch. The first stream queued
@@ -129,7 +130,7 @@ impl Shared {
             && !self.look_asked.load(Ordering::SeqCst)
             && !self.look_asked.swap(true, Ordering::SeqCst)
         {
-            let _ = self.watcher().unbounded_send(());
+            self.tell_watcher(Message::Look(self.weak()));
         }
     }
 
@@ -261,8 +262,20 @@ impl Shared {
         (totals, streams)
     }
 
-    /// Streams to report as possible leaks, each at most once.
-    pub(crate) fn suspects(&self, threshold: Duration) -> Vec<(StreamInfo, LeakKind)> {
+    /// A send half is watched from now on.
+    pub(crate) fn watch_started(&self) {
+        self.watched.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A watched send half's watch ended.
+    pub(crate) fn watch_ended(&self) {
+        self.watched.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Streams to report as possible leaks (quiet for the configured `stream_leak_warning`),
+    /// each at most once.
+    pub(crate) fn suspects(&self) -> Vec<(StreamInfo, LeakKind)> {
+        let threshold = self.stream_leak_warning;
         let Some(ledger) = self.ledger() else {
             return Vec::new();
         };
@@ -383,6 +396,8 @@ impl ConnectionSnapshot {
 #[derive(Clone, Default)]
 pub struct Ledgers {
     connections: Arc<Mutex<Vec<Weak<Shared>>>>,
+    /// The watcher of these connections' streams.
+    watcher: Watcher,
 }
 
 impl Ledgers {
@@ -449,9 +464,10 @@ impl Connection {
             live: Default::default(),
             watched: AtomicU64::new(0),
             look_asked: AtomicBool::new(false),
+            tracked: AtomicBool::new(false),
             credit_wait_since: Mutex::new(None),
             ledger: config.stream_ledger.then(Mutex::default),
-            watcher: OnceLock::new(),
+            watcher: ledgers.watcher.clone(),
             #[cfg(feature = "metrics")]
             metrics: config.metrics.clone(),
             #[cfg(feature = "qlog")]

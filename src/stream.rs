@@ -159,12 +159,16 @@ impl SendHalf {
 
     /// A watch of this half for the watcher: until the peer acknowledges everything or stops
     /// it. `None` if it is watched already, or needs no watching because we reset it.
-    fn watch(&mut self, cell: &Arc<Cell>) -> Option<Watch> {
+    fn watch(&mut self, cell: &Arc<Cell>, shared: &Shared) -> Option<Watch> {
         if self.watched || matches!(self.state, Send::Reset { .. }) {
             return None;
         }
         self.watched = true;
-        Some(Watch::new(self.stream.stopped().boxed(), cell.clone()))
+        Some(Watch::new(
+            self.stream.stopped().boxed(),
+            cell.clone(),
+            shared.weak(),
+        ))
     }
 
     /// For the watcher: whether we reset this half, else remember whom to wake when we do.
@@ -561,7 +565,7 @@ pub(crate) fn look(shared: &Shared, cell: &Arc<Cell>, now: Stamp) -> Look {
     } else if entry.quiet_for(now) < PATIENCE {
         Look::Again
     } else {
-        half.watch(cell).map_or(Look::Wait, Look::Watch)
+        half.watch(cell, shared).map_or(Look::Wait, Look::Watch)
     }
 }
 

@@ -1,24 +1,29 @@
-//! The per-connection watcher task: it sees what QUIC frees after the application has let go,
-//! answers a peer's STOP_SENDING on streams that are otherwise done, lets settled streams leave
-//! the ledger, and raises leak warnings.
+//! The watcher: one task per transport that sees what QUIC frees after the application has let
+//! go, answers a peer's STOP_SENDING on streams that are otherwise done, lets settled streams
+//! leave the ledger, and raises leak warnings, for all of the transport's connections.
 //!
 //! It exists because the interesting moments of a stream's life happen when nobody polls it:
 //! the peer acknowledges our FIN after the handle was dropped, or stops our send half while
 //! our application holds a stream it has finished reading. Streams ask for a look
 //! ([`Shared::queue`]); the watcher looks at them in batches, a little later, when most
 //! request/response streams are long gone and acknowledged, so that the application's hot
-//! path never waits on it. It is spawned with the connection's first tracked stream.
+//! path never waits on it. One task serves every connection, so that a batch gathers the
+//! streams of all of them: with many connections each doing a little, a watcher per
+//! connection would wake once per stream. It is spawned with the transport's first tracked
+//! stream and ends when the transport and all its connections are gone.
 
 use std::{
     pin::Pin,
-    sync::{Arc, Weak},
+    sync::{Arc, OnceLock, Weak},
     task::{Context, Poll},
     time::Duration,
 };
 
 use tokio::time::Instant;
 
-use futures::{channel::mpsc, future::BoxFuture, stream::FuturesUnordered, Future, StreamExt};
+use futures::{
+    channel::mpsc, future::BoxFuture, stream::FuturesUnordered, Future, FutureExt, StreamExt,
+};
 use quinn::{StoppedError, VarInt};
 
 use crate::{
@@ -31,87 +36,142 @@ use crate::{
 /// acknowledgements of a request/response stream have arrived by then.
 const LOOK_DELAY: Duration = Duration::from_millis(20);
 
+/// What connections tell the watcher.
+pub(crate) enum Message {
+    /// A connection's first tracked stream: watch the connection for its end, and scan it for
+    /// leaks from now on.
+    Track(Weak<Shared>, quinn::Connection),
+    /// A connection has queued streams for the next batch.
+    Look(Weak<Shared>),
+}
+
+/// A transport's handle to its watcher task, spawned on first use. Cheap to clone.
+#[derive(Clone, Default)]
+pub(crate) struct Watcher {
+    mailbox: Arc<OnceLock<mpsc::UnboundedSender<Message>>>,
+}
+
+impl Watcher {
+    /// Tell the watcher, spawning it if this is the first message. `leak_threshold` sets how
+    /// often it scans for leaks; the spawning connection's is taken for all.
+    pub(crate) fn send(&self, message: Message, leak_threshold: Duration) {
+        let mailbox = self.mailbox.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded();
+            tokio::spawn(run(rx, leak_threshold));
+            tx
+        });
+        // Fails only once the task is gone with its runtime; nothing is left to watch then.
+        let _ = mailbox.unbounded_send(message);
+    }
+}
+
 /// A send half watched until QUIC frees it, the peer stops it, or we reset it.
 pub(crate) struct Watch {
     /// quinn's `SendStream::stopped()`.
     stopped: BoxFuture<'static, Result<Option<VarInt>, StoppedError>>,
     cell: Arc<Cell>,
+    shared: Weak<Shared>,
 }
 
 impl Watch {
     pub(crate) fn new(
         stopped: BoxFuture<'static, Result<Option<VarInt>, StoppedError>>,
         cell: Arc<Cell>,
+        shared: Weak<Shared>,
     ) -> Self {
-        Self { stopped, cell }
+        Self {
+            stopped,
+            cell,
+            shared,
+        }
     }
 }
 
 impl Future for Watch {
-    /// The cell, and how its half ended: acknowledged (`Ok(None)`), stopped by the peer with a
-    /// code, or reset by us or lost with the connection (`Err(())`).
-    type Output = (Arc<Cell>, Result<Option<u64>, ()>);
+    /// The connection, the stream, and how its half ended: acknowledged (`Ok(None)`), stopped
+    /// by the peer with a code, or reset by us or lost with the connection (`Err(())`).
+    type Output = (Weak<Shared>, Arc<Cell>, Result<Option<u64>, ()>);
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // Checked first, so that a half reset before we ever looked never registers with
         // quinn: quinn would not report the reset's acknowledgement.
-        if self.cell.lock().reset_or_register(cx.waker()) {
-            return Poll::Ready((self.cell.clone(), Err(())));
-        }
-        let result = futures::ready!(self.stopped.as_mut().poll(cx));
-        let ended = result
-            .map(|code| code.map(VarInt::into_inner))
-            .map_err(|_| ());
-        Poll::Ready((self.cell.clone(), ended))
+        let ended = if self.cell.lock().reset_or_register(cx.waker()) {
+            Err(())
+        } else {
+            futures::ready!(self.stopped.as_mut().poll(cx))
+                .map(|code| code.map(VarInt::into_inner))
+                .map_err(|_| ())
+        };
+        Poll::Ready((self.shared.clone(), self.cell.clone(), ended))
     }
 }
 
-/// Run until the connection closes. `looks` carries one message per batch of queued streams.
-pub(crate) async fn run(
-    connection: quinn::Connection,
-    shared: Weak<Shared>,
-    mut looks: mpsc::UnboundedReceiver<()>,
-    leak_threshold: Duration,
-) {
-    let mut watched = FuturesUnordered::new();
+/// A connection's end, as the watcher waits for it.
+type Closed = BoxFuture<'static, (Weak<Shared>, quinn::ConnectionError)>;
+
+/// Run until the mailbox closes (the transport and every connection are gone) and nothing is
+/// left to watch.
+async fn run(mut mailbox: mpsc::UnboundedReceiver<Message>, leak_threshold: Duration) {
     let scan_every = (leak_threshold / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
-    let closed = connection.closed();
-    tokio::pin!(closed);
+    // The connections with tracked streams, and their ends.
+    let mut tracked: Vec<Weak<Shared>> = Vec::new();
+    let mut closed: FuturesUnordered<Closed> = FuturesUnordered::new();
+    let mut watched: FuturesUnordered<Watch> = FuturesUnordered::new();
+    // The connections that queued streams for the next batch.
+    let mut batch: Vec<Weak<Shared>> = Vec::new();
+    let mut open = true;
     // One timer serves both the next leak scan and, when streams are queued, the next look.
     let mut next_scan = Instant::now() + scan_every;
     let mut next_look: Option<Instant> = None;
     let timer = tokio::time::sleep_until(next_scan);
     tokio::pin!(timer);
-    loop {
+    while open || !closed.is_empty() || !watched.is_empty() {
         tokio::select! {
-            reason = &mut closed => {
+            message = mailbox.next(), if open => match message {
+                Some(Message::Track(shared, connection)) => {
+                    tracked.push(shared.clone());
+                    closed.push(async move { (shared, connection.closed().await) }.boxed());
+                }
+                Some(Message::Look(shared)) => {
+                    batch.push(shared);
+                    if next_look.is_none() {
+                        let at = Instant::now() + LOOK_DELAY;
+                        next_look = Some(at);
+                        timer.as_mut().reset(at.min(next_scan));
+                    }
+                }
+                None => open = false,
+            },
+            () = &mut timer => {
+                let now = Instant::now();
+                if next_look.is_some_and(|at| at <= now) {
+                    next_look = None;
+                    for shared in batch.drain(..).filter_map(|s| s.upgrade()) {
+                        look(&shared, &mut watched);
+                    }
+                }
+                if next_scan <= now {
+                    next_scan = now + scan_every;
+                    tracked.retain(|s| match s.upgrade() {
+                        Some(shared) => {
+                            report_leaks(&shared);
+                            true
+                        }
+                        None => false,
+                    });
+                }
+                timer.as_mut().reset(next_look.map_or(next_scan, |at| at.min(next_scan)));
+            }
+            Some((shared, reason)) = closed.next(), if !closed.is_empty() => {
+                tracked.retain(|s| !s.ptr_eq(&shared));
                 if let Some(shared) = shared.upgrade() {
                     tracing::debug!(parent: &shared.span, %reason, "connection closed");
                     shared.connection_closed();
                 }
-                return;
             }
-            Some(()) = looks.next(), if next_look.is_none() => {
-                let at = Instant::now() + LOOK_DELAY;
-                next_look = Some(at);
-                timer.as_mut().reset(at.min(next_scan));
-            }
-            () = &mut timer => {
-                let Some(shared) = shared.upgrade() else { return };
-                let now = Instant::now();
-                if next_look.is_some_and(|at| at <= now) {
-                    next_look = None;
-                    look(&shared, &mut watched);
-                }
-                if next_scan <= now {
-                    next_scan = now + scan_every;
-                    report_leaks(&shared, leak_threshold);
-                }
-                timer.as_mut().reset(next_look.map_or(next_scan, |at| at.min(next_scan)));
-            }
-            Some((cell, ended)) = watched.next(), if !watched.is_empty() => {
-                let Some(shared) = shared.upgrade() else { return };
-                shared.watched.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            Some((shared, cell, ended)) = watched.next(), if !watched.is_empty() => {
+                let Some(shared) = shared.upgrade() else { continue };
+                shared.watch_ended();
                 if stream::watch_ended(&shared, &cell, ended) {
                     shared.release([cell]);
                 }
@@ -120,7 +180,7 @@ pub(crate) async fn run(
     }
 }
 
-/// Look at every queued stream: let the settled go, watch those QUIC still holds.
+/// Look at every stream a connection queued: let the settled go, watch those QUIC still holds.
 fn look(shared: &Shared, watched: &mut FuturesUnordered<Watch>) {
     let now = shared.clock.now();
     let mut settled = Vec::new();
@@ -131,9 +191,7 @@ fn look(shared: &Shared, watched: &mut FuturesUnordered<Watch>) {
             Look::Again => again.push(cell),
             Look::Watch(watch) => {
                 // Counted before it is polled, so that its decrement can never come first.
-                shared
-                    .watched
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                shared.watch_started();
                 watched.push(watch);
             }
             Look::Wait => {}
@@ -145,8 +203,8 @@ fn look(shared: &Shared, watched: &mut FuturesUnordered<Watch>) {
     shared.release(settled);
 }
 
-fn report_leaks(shared: &Shared, threshold: Duration) {
-    for (s, kind) in shared.suspects(threshold) {
+fn report_leaks(shared: &Shared) {
+    for (s, kind) in shared.suspects() {
         let open_halves = match (s.send, s.recv) {
             (HalfState::Open, HalfState::Open) => "both halves",
             (HalfState::Open, _) => "the send half",

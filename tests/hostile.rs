@@ -306,6 +306,65 @@ async fn a_thousand_connect_disconnect_cycles_leave_nothing_behind() {
     cycle(&mut dialer, &mut listener, &addr).await;
 }
 
+/// One watcher task serves all of a transport's connections (a task per connection would wake
+/// once per stream when each connection does little), and it ends with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_watcher_task_serves_every_connection_and_ends_with_them() {
+    const CONNECTIONS: usize = 20;
+    let handle = tokio::runtime::Handle::current();
+    let tasks_at_start = handle.metrics().num_alive_tasks();
+    let listener_config = Config::new(&Keypair::generate_ed25519());
+    let dialer_config = Config::new(&Keypair::generate_ed25519());
+    let (listener_id, dialer_id) = (
+        listener_config.local_peer_id(),
+        dialer_config.local_peer_id(),
+    );
+    let mut listener = Transport::new(listener_config);
+    let addr = listen(&mut listener, "/ip4/127.0.0.1/udp/0/quic-v1").await;
+    let mut dialer = Transport::new(dialer_config);
+    let mut pairs = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let dial = dialer.dial(addr.clone(), reuse_opts()).unwrap();
+        let (dialed, (_, accepted)) = futures::join!(bounded("dial", dial), accept(&mut listener));
+        let (_, dialed) = dialed.expect("dial");
+        pairs.push((
+            Peer::new(dialer_id, listener_id, dialed, dialer.ledgers()),
+            Peer::new(listener_id, dialer_id, accepted, listener.ledgers()),
+        ));
+    }
+    let tasks_before_streams = handle.metrics().num_alive_tasks();
+    for (opener, acceptor) in &mut pairs {
+        exchange(opener, acceptor).await;
+    }
+    let tasks_with_streams = handle.metrics().num_alive_tasks();
+    // Both transports' watchers, and no more.
+    assert!(
+        tasks_with_streams <= tasks_before_streams + 2,
+        "tasks grew with streams on {CONNECTIONS} connections: \
+         {tasks_before_streams} -> {tasks_with_streams}"
+    );
+    for (opener, acceptor) in &pairs {
+        assert!(opener
+            .settled()
+            .await
+            .is_some_and(|s| s.totals.opened == [0, 1]));
+        assert!(acceptor
+            .settled()
+            .await
+            .is_some_and(|s| s.totals.opened == [1, 0]));
+    }
+
+    drop(pairs);
+    drop((dialer, listener));
+    // The endpoints drain their closed connections, then every task of ours is gone.
+    bounded("every task ends", async {
+        while handle.metrics().num_alive_tasks() > tasks_at_start {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
 fn reuse_opts() -> libp2p_core::transport::DialOpts {
     libp2p_core::transport::DialOpts {
         role: libp2p_core::Endpoint::Dialer,
