@@ -155,6 +155,7 @@ impl Workload {
             ],
             Workload::Scale => &[
                 Metric::Scale,
+                Metric::ScaleCpu,
                 Metric::ScaleFailed,
                 Metric::ScaleStuck,
                 Metric::ScaleDialFailed,
@@ -189,6 +190,8 @@ pub enum Metric {
     StreamRss,
     StreamHeap,
     Scale,
+    /// CPU time of the process (both ends) per exchange of the scale workload.
+    ScaleCpu,
     /// Opens or exchanges that failed on the established connections of the scale workload.
     ScaleFailed,
     /// Opens that waited longer than [`STUCK`] during the scale workload.
@@ -216,6 +219,7 @@ impl Metric {
             Metric::StreamRss => "idle_stream_rss",
             Metric::StreamHeap => "idle_stream_heap",
             Metric::Scale => "scale",
+            Metric::ScaleCpu => "scale_cpu",
             Metric::ScaleFailed => "scale_failed",
             Metric::ScaleStuck => "scale_stuck",
             Metric::ScaleDialFailed => "scale_dial_failed",
@@ -228,7 +232,7 @@ impl Metric {
             Metric::HandshakeP50 | Metric::HandshakeP99 => "ms",
             Metric::Bulk => "Gbit/s",
             Metric::BulkCpu => "cpu s/GiB",
-            Metric::SeqChurnCpu | Metric::ConcChurnCpu => "cpu us/stream",
+            Metric::SeqChurnCpu | Metric::ConcChurnCpu | Metric::ScaleCpu => "cpu us/stream",
             Metric::SeqChurn | Metric::ConcChurn | Metric::Scale => "streams/s",
             Metric::ConnRss | Metric::ConnHeap => "bytes/conn",
             Metric::StreamRss | Metric::StreamHeap => "bytes/stream",
@@ -307,7 +311,7 @@ impl Options {
                 // Under the stream limit of 256, so all of them can be open on one connection.
                 idle_streams: 200,
                 scale_conns: 500,
-                scale_streams_per_conn: 20,
+                scale_streams_per_conn: 100,
             },
         }
     }
@@ -766,6 +770,7 @@ async fn scale(
     let stuck = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let drops = udp_receive_drops();
+    let cpu = cpu_time();
     let started = Instant::now();
     let mut workers = JoinSet::new();
     for conn in &connected {
@@ -791,13 +796,16 @@ async fn scale(
     while let Some(result) = workers.join_next().await {
         result.map_err(io::Error::other)?;
     }
-    let rate = completed.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    let completed = completed.load(Ordering::Relaxed) as f64;
+    let rate = completed / started.elapsed().as_secs_f64();
+    let cpu_us = (cpu_time() - cpu).as_secs_f64() * 1e6 / completed.max(1.0);
     let drops = udp_receive_drops() - drops;
 
     future::join_all(connected.into_iter().map(Conn::close)).await;
     server.shutdown().await;
     Ok(vec![
         (Metric::Scale, rate),
+        (Metric::ScaleCpu, cpu_us),
         (Metric::ScaleFailed, errors.load(Ordering::Relaxed) as f64),
         (Metric::ScaleStuck, stuck.load(Ordering::Relaxed) as f64),
         (Metric::ScaleDialFailed, dial_failed.len() as f64),
