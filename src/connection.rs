@@ -134,35 +134,30 @@ impl Shared {
         }
     }
 
-    /// For the watcher: the streams queued since the last batch.
-    pub(crate) fn take_queued(&self) -> Vec<Arc<Cell>> {
+    /// For the watcher: add the streams queued since the last batch to `into`.
+    pub(crate) fn take_queued(&self, into: &mut Vec<Arc<Cell>>) {
         self.look_asked.store(false, Ordering::SeqCst);
-        match self.ledger() {
-            Some(ledger) => ledger
-                .streams()
-                .filter(|c| c.take_queued())
-                .cloned()
-                .collect(),
-            None => Vec::new(),
+        if let Some(ledger) = self.ledger() {
+            into.extend(ledger.streams().filter(|c| c.take_queued()).cloned());
         }
     }
 
-    /// Let settled streams leave the books.
-    pub(crate) fn release(&self, cells: impl IntoIterator<Item = Arc<Cell>>) {
-        let mut released = Vec::new();
-        if let Some(mut ledger) = self.ledger() {
-            for cell in cells {
-                let half = cell.lock();
-                if let Some(entry) = &half.entry {
-                    let this = |tracked: &Arc<Cell>| Arc::ptr_eq(tracked, &cell);
-                    released.extend(ledger.close(cell.key, cell.direction, entry, this));
-                }
+    /// Let settled streams leave the books. The caller holds a reference to each and lets
+    /// go of it after this, outside our lock: the last reference to a stream frees its quinn
+    /// halves, which takes quinn's lock.
+    pub(crate) fn release<'a>(&self, cells: impl IntoIterator<Item = &'a Arc<Cell>>) {
+        let Some(mut ledger) = self.ledger() else {
+            return;
+        };
+        for cell in cells {
+            let half = cell.lock();
+            if let Some(entry) = &half.entry {
+                let this = |tracked: &Arc<Cell>| Arc::ptr_eq(tracked, cell);
+                // Never the last reference: the caller's is.
+                drop(ledger.close(cell.key, cell.direction, entry, this));
             }
-            ledger.shrink();
         }
-        // Dropped outside the lock: the last reference to a stream frees its quinn halves,
-        // which takes quinn's lock.
-        drop(released);
+        ledger.shrink();
     }
 
     /// The connection is gone: QUIC holds nothing any more.
@@ -171,7 +166,7 @@ impl Shared {
             Some(ledger) => ledger.streams().cloned().collect(),
             None => return,
         };
-        self.release(tracked);
+        self.release(&tracked);
     }
 
     /// The send half moved to `state`, if it moved: for metrics and qlog (the ledger entry

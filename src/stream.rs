@@ -77,6 +77,8 @@ pub(crate) struct SendHalf {
     watcher: Option<Waker>,
     /// Whether the watcher waits on this half.
     watched: bool,
+    /// Whether the watcher has looked at this half before; see [`SendHalf::probe`].
+    looked: bool,
     /// The stream's page in the ledger; `None` with the ledger off. Kept under the same lock
     /// as the state, so that a change and its record are one step.
     pub(crate) entry: Option<Entry>,
@@ -185,6 +187,23 @@ impl SendHalf {
     fn settled(&self) -> bool {
         self.entry.as_ref().is_some_and(Entry::settled)
     }
+
+    /// What quinn says of this half now: `Some(Ok(None))` freed (all acknowledged),
+    /// `Some(Ok(Some(code)))` stopped by the peer, `Some(Err(_))` lost with the connection,
+    /// `None` still held. The first look only asks whether QUIC has freed it, which takes
+    /// quinn's lock once; most halves are freed by then. Later looks also ask whether the peer
+    /// stopped it, which costs quinn a notifier kept until the half ends.
+    fn probe(&mut self) -> Option<Result<Option<VarInt>, quinn::StoppedError>> {
+        if self.stream.priority().is_err() {
+            // quinn forgets a send half once it is freed; we have not reset this one, so the
+            // peer acknowledged everything.
+            return Some(Ok(None));
+        }
+        if !std::mem::replace(&mut self.looked, true) {
+            return None;
+        }
+        self.stream.stopped().now_or_never()
+    }
 }
 
 /// What a stream shares with its connection's watcher and ledger.
@@ -271,6 +290,7 @@ impl Stream {
                     state: Send::Open,
                     watcher: None,
                     watched: false,
+                    looked: false,
                     entry,
                 }),
                 activity: Activity::default(),
@@ -545,7 +565,7 @@ pub(crate) fn look(shared: &Shared, cell: &Arc<Cell>, now: Stamp) -> Look {
         return Look::Wait;
     }
     if !entry.settled() && !matches!(half.state, Send::Reset { .. }) {
-        match half.stream.stopped().now_or_never() {
+        match half.probe() {
             Some(Ok(None)) if half.state == Send::Finished => half.acknowledged(),
             // Gone with the connection: the watcher empties the books.
             Some(Err(_)) => return Look::Wait,

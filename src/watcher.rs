@@ -19,12 +19,12 @@ use std::{
     time::Duration,
 };
 
-use tokio::time::Instant;
-
-use futures::{
-    channel::mpsc, future::BoxFuture, stream::FuturesUnordered, Future, FutureExt, StreamExt,
-};
+use futures::{future::BoxFuture, stream::FuturesUnordered, Future, FutureExt, StreamExt};
 use quinn::{StoppedError, VarInt};
+use tokio::{
+    sync::mpsc::{UnboundedReceiver, UnboundedSender},
+    time::Instant,
+};
 
 use crate::{
     connection::Shared,
@@ -48,7 +48,7 @@ pub(crate) enum Message {
 /// A transport's handle to its watcher task, spawned on first use. Cheap to clone.
 #[derive(Clone, Default)]
 pub(crate) struct Watcher {
-    mailbox: Arc<OnceLock<mpsc::UnboundedSender<Message>>>,
+    mailbox: Arc<OnceLock<UnboundedSender<Message>>>,
 }
 
 impl Watcher {
@@ -56,12 +56,12 @@ impl Watcher {
     /// often it scans for leaks; the spawning connection's is taken for all.
     pub(crate) fn send(&self, message: Message, leak_threshold: Duration) {
         let mailbox = self.mailbox.get_or_init(|| {
-            let (tx, rx) = mpsc::unbounded();
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             tokio::spawn(run(rx, leak_threshold));
             tx
         });
         // Fails only once the task is gone with its runtime; nothing is left to watch then.
-        let _ = mailbox.unbounded_send(message);
+        let _ = mailbox.send(message);
     }
 }
 
@@ -111,7 +111,7 @@ type Closed = BoxFuture<'static, (Weak<Shared>, quinn::ConnectionError)>;
 
 /// Run until the mailbox closes (the transport and every connection are gone) and nothing is
 /// left to watch.
-async fn run(mut mailbox: mpsc::UnboundedReceiver<Message>, leak_threshold: Duration) {
+async fn run(mut mailbox: UnboundedReceiver<Message>, leak_threshold: Duration) {
     let scan_every = (leak_threshold / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
     // The connections with tracked streams, and their ends.
     let mut tracked: Vec<Weak<Shared>> = Vec::new();
@@ -119,6 +119,7 @@ async fn run(mut mailbox: mpsc::UnboundedReceiver<Message>, leak_threshold: Dura
     let mut watched: FuturesUnordered<Watch> = FuturesUnordered::new();
     // The connections that queued streams for the next batch.
     let mut batch: Vec<Weak<Shared>> = Vec::new();
+    let mut scratch = Scratch::default();
     let mut open = true;
     // One timer serves both the next leak scan and, when streams are queued, the next look.
     let mut next_scan = Instant::now() + scan_every;
@@ -127,7 +128,7 @@ async fn run(mut mailbox: mpsc::UnboundedReceiver<Message>, leak_threshold: Dura
     tokio::pin!(timer);
     while open || !closed.is_empty() || !watched.is_empty() {
         tokio::select! {
-            message = mailbox.next(), if open => match message {
+            message = mailbox.recv(), if open => match message {
                 Some(Message::Track(shared, connection)) => {
                     tracked.push(shared.clone());
                     closed.push(async move { (shared, connection.closed().await) }.boxed());
@@ -147,7 +148,7 @@ async fn run(mut mailbox: mpsc::UnboundedReceiver<Message>, leak_threshold: Dura
                 if next_look.is_some_and(|at| at <= now) {
                     next_look = None;
                     for shared in batch.drain(..).filter_map(|s| s.upgrade()) {
-                        look(&shared, &mut watched);
+                        look(&shared, &mut watched, &mut scratch);
                     }
                 }
                 if next_scan <= now {
@@ -173,22 +174,29 @@ async fn run(mut mailbox: mpsc::UnboundedReceiver<Message>, leak_threshold: Dura
                 let Some(shared) = shared.upgrade() else { continue };
                 shared.watch_ended();
                 if stream::watch_ended(&shared, &cell, ended) {
-                    shared.release([cell]);
+                    shared.release([&cell]);
                 }
             }
         }
     }
 }
 
+/// The watcher's buffers for one connection's part of a batch, kept from batch to batch.
+#[derive(Default)]
+struct Scratch {
+    queued: Vec<Arc<Cell>>,
+    settled: Vec<Arc<Cell>>,
+}
+
 /// Look at every stream a connection queued: let the settled go, watch those QUIC still holds.
-fn look(shared: &Shared, watched: &mut FuturesUnordered<Watch>) {
+fn look(shared: &Shared, watched: &mut FuturesUnordered<Watch>, scratch: &mut Scratch) {
     let now = shared.clock.now();
-    let mut settled = Vec::new();
-    let mut again = Vec::new();
-    for cell in shared.take_queued() {
+    shared.take_queued(&mut scratch.queued);
+    for cell in scratch.queued.drain(..) {
         match stream::look(shared, &cell, now) {
-            Look::Settled => settled.push(cell),
-            Look::Again => again.push(cell),
+            Look::Settled => scratch.settled.push(cell),
+            // Queued for the next batch: this one is taken already.
+            Look::Again => shared.queue(&cell),
             Look::Watch(watch) => {
                 // Counted before it is polled, so that its decrement can never come first.
                 shared.watch_started();
@@ -197,10 +205,8 @@ fn look(shared: &Shared, watched: &mut FuturesUnordered<Watch>) {
             Look::Wait => {}
         }
     }
-    for cell in &again {
-        shared.queue(cell);
-    }
-    shared.release(settled);
+    shared.release(&scratch.settled);
+    scratch.settled.clear();
 }
 
 fn report_leaks(shared: &Shared) {
