@@ -52,20 +52,16 @@ pub struct Connection {
 pub(crate) struct Shared {
     pub(crate) peer: PeerId,
     pub(crate) span: tracing::Span,
-    pub(crate) reset_on_drop: bool,
+    /// The transport's configuration.
+    pub(crate) config: Arc<Config>,
     /// Times the ledger's entries.
     pub(crate) clock: Clock,
     /// Ourselves, for the watcher, which must not keep the connection's state alive.
     me: Weak<Shared>,
     /// For the watcher, which waits for its end once the first stream is tracked.
     connection: quinn::Connection,
-    remote_address: SocketAddr,
-    connection_id: usize,
     #[cfg(feature = "qlog")]
     we_are_server: bool,
-    stream_limit: u32,
-    credit_wait_warning: Duration,
-    stream_leak_warning: Duration,
     live: [AtomicU64; 2],
     /// Send halves the watcher still waits on.
     watched: AtomicU64,
@@ -78,8 +74,6 @@ pub(crate) struct Shared {
     ledger: Option<Mutex<Ledger<Arc<Cell>>>>,
     /// The transport's watcher.
     watcher: Watcher,
-    #[cfg(feature = "metrics")]
-    pub(crate) metrics: Option<crate::metrics::Metrics>,
     #[cfg(feature = "qlog")]
     qlog: Option<crate::qlog::QlogFile>,
 }
@@ -95,7 +89,7 @@ impl Shared {
     pub(crate) fn stream_opened(&self, id: u64, direction: Direction) {
         self.live[direction.index()].fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
-        if let Some(m) = &self.metrics {
+        if let Some(m) = &self.config.metrics {
             m.stream_opened(direction);
         }
         #[cfg(feature = "qlog")]
@@ -118,7 +112,7 @@ impl Shared {
     }
 
     fn tell_watcher(&self, message: Message) {
-        self.watcher.send(message, self.stream_leak_warning);
+        self.watcher.send(message, self.config.stream_leak_warning);
     }
 
     /// Ask the watcher to look at this stream at its next batch. The first stream queued
@@ -174,7 +168,7 @@ impl Shared {
     pub(crate) fn send_moved(&self, id: u64, state: Option<HalfState>) {
         let Some(state) = state else { return };
         #[cfg(feature = "metrics")]
-        if let (Some(m), HalfState::Finished | HalfState::Reset) = (&self.metrics, state) {
+        if let (Some(m), HalfState::Finished | HalfState::Reset) = (&self.config.metrics, state) {
             m.half_ended("send", state);
         }
         #[cfg(feature = "qlog")]
@@ -185,7 +179,7 @@ impl Shared {
     /// The receive half ended as `state`: for metrics and qlog.
     pub(crate) fn recv_moved(&self, id: u64, state: HalfState) {
         #[cfg(feature = "metrics")]
-        if let Some(m) = &self.metrics {
+        if let Some(m) = &self.config.metrics {
             m.half_ended("recv", state);
         }
         #[cfg(feature = "qlog")]
@@ -210,7 +204,7 @@ impl Shared {
     pub(crate) fn stream_dropped(&self, direction: Direction) {
         self.live[direction.index()].fetch_sub(1, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
-        if let Some(m) = &self.metrics {
+        if let Some(m) = &self.config.metrics {
             m.stream_dropped(direction);
         }
     }
@@ -270,7 +264,7 @@ impl Shared {
     /// Streams to report as possible leaks (quiet for the configured `stream_leak_warning`),
     /// each at most once.
     pub(crate) fn suspects(&self) -> Vec<(StreamInfo, LeakKind)> {
-        let threshold = self.stream_leak_warning;
+        let threshold = self.config.stream_leak_warning;
         let Some(ledger) = self.ledger() else {
             return Vec::new();
         };
@@ -299,15 +293,17 @@ impl Shared {
             .map(|since| now.saturating_duration_since(since));
         // While an open waits, the peer holds all the credit it granted us: those of our
         // streams not open here are closed on our side but not yet credited back.
-        let held_by_peer_closed_here = credit_wait
-            .map(|_| u64::from(self.stream_limit).saturating_sub(self.outbound_open_here()));
+        let held_by_peer_closed_here = credit_wait.map(|_| {
+            u64::from(self.config.max_concurrent_stream_limit)
+                .saturating_sub(self.outbound_open_here())
+        });
         ConnectionSnapshot {
             credit_wait,
             held_by_peer_closed_here,
             peer: self.peer,
-            connection_id: self.connection_id,
-            remote_address: self.remote_address,
-            stream_limit: self.stream_limit,
+            connection_id: self.connection.stable_id(),
+            remote_address: self.connection.remote_address(),
+            stream_limit: self.config.max_concurrent_stream_limit,
             live_handles: self.live_handles(),
             watched_send_halves: self.watched.load(Ordering::Relaxed),
             totals,
@@ -320,7 +316,7 @@ impl Shared {
         let open_here = self.outbound_open_here();
         // The peer's limit is not visible through quinn; libp2p peers share the default, so we
         // take our own as the estimate.
-        let limit = u64::from(self.stream_limit);
+        let limit = u64::from(self.config.max_concurrent_stream_limit);
         let closed_not_credited = limit.saturating_sub(open_here);
         let verdict = if closed_not_credited > open_here {
             "the peer holds streams we have closed: a leak on the peer's side"
@@ -343,7 +339,7 @@ impl Shared {
             verdict,
         );
         #[cfg(feature = "metrics")]
-        if let Some(m) = &self.metrics {
+        if let Some(m) = &self.config.metrics {
             m.credit_wait_warning();
         }
     }
@@ -430,7 +426,7 @@ impl Connection {
     fn new(
         connection: quinn::Connection,
         peer: PeerId,
-        config: &Config,
+        config: Arc<Config>,
         ledgers: &Ledgers,
         qlog: Option<Qlog>,
     ) -> Self {
@@ -445,17 +441,11 @@ impl Connection {
         let shared = Arc::new_cyclic(|me| Shared {
             peer,
             span,
-            reset_on_drop: config.reset_on_drop,
             clock: Clock::new(Instant::now()),
             me: me.clone(),
             connection: connection.clone(),
-            remote_address: connection.remote_address(),
-            connection_id: connection.stable_id(),
             #[cfg(feature = "qlog")]
             we_are_server: connection.side().is_server(),
-            stream_limit: config.max_concurrent_stream_limit,
-            credit_wait_warning: config.credit_wait_warning,
-            stream_leak_warning: config.stream_leak_warning,
             live: Default::default(),
             watched: AtomicU64::new(0),
             look_asked: AtomicBool::new(false),
@@ -463,10 +453,9 @@ impl Connection {
             credit_wait_since: Mutex::new(None),
             ledger: config.stream_ledger.then(Mutex::default),
             watcher: ledgers.watcher.clone(),
-            #[cfg(feature = "metrics")]
-            metrics: config.metrics.clone(),
             #[cfg(feature = "qlog")]
             qlog,
+            config,
         });
         ledgers.register(&shared);
         tracing::debug!(parent: &shared.span, "connection established");
@@ -581,7 +570,7 @@ async fn open_with_warning(
     shared.set_credit_wait(Some(started));
     // Cleared however this future ends, including when the caller drops it.
     let _clear = scopeguard(|| shared.set_credit_wait(None));
-    let result = match tokio::time::timeout(shared.credit_wait_warning, &mut open).await {
+    let result = match tokio::time::timeout(shared.config.credit_wait_warning, &mut open).await {
         Ok(result) => result,
         Err(_) => {
             shared.warn_credit_wait(started.elapsed());
@@ -589,7 +578,7 @@ async fn open_with_warning(
         }
     };
     #[cfg(feature = "metrics")]
-    if let Some(m) = &shared.metrics {
+    if let Some(m) = &shared.config.metrics {
         m.credit_waited(started.elapsed());
     }
     Ok(result?)
@@ -620,7 +609,7 @@ impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
             .field("peer", &self.shared.peer)
-            .field("id", &self.shared.connection_id)
+            .field("id", &self.connection.stable_id())
             .finish_non_exhaustive()
     }
 }
@@ -665,7 +654,7 @@ impl Connecting {
             }
             Ok((
                 peer,
-                Connection::new(connection, peer, &config, &ledgers, qlog),
+                Connection::new(connection, peer, config, &ledgers, qlog),
             ))
         };
         Self {

@@ -512,7 +512,7 @@ impl Drop for Stream {
     fn drop(&mut self) {
         // A panicking writer may have left a message half-written: reset, so the peer sees an
         // error rather than a clean end of stream.
-        let reset = std::thread::panicking() || self.shared.reset_on_drop;
+        let reset = std::thread::panicking() || self.shared.config.reset_on_drop;
         let recv = self.end_recv(CLOSE_CODE);
         let mut half = self.cell.lock();
         let changed = half.end(reset);

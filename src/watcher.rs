@@ -240,7 +240,7 @@ fn report_leaks(shared: &Shared) {
             open_halves,
         );
         #[cfg(feature = "metrics")]
-        if let Some(m) = &shared.metrics {
+        if let Some(m) = &shared.config.metrics {
             m.leak_warning(kind);
         }
     }
