@@ -3,6 +3,7 @@
 //! ```text
 //! cargo bench --bench bench -- [--rounds N] [--quick] [--only WORKLOAD,...]
 //!                              [--transports TRANSPORT,...] [--bulk-mib N] [--streams N]
+//!                              [--scale CONNSxSTREAMS]
 //! ```
 //!
 //! Everything runs in one process and round-robin: each round runs every workload on every
@@ -335,7 +336,7 @@ impl Options {
     }
 
     const USAGE: &'static str = "usage: bench [--rounds N] [--quick] [--only WORKLOAD,...] \
-        [--transports TRANSPORT,...] [--bulk-mib N] [--streams N]\n  \
+        [--transports TRANSPORT,...] [--bulk-mib N] [--streams N] [--scale CONNSxSTREAMS]\n  \
         workloads: handshake, bulk, seq_churn, conc_churn, memory, scale\n  \
         transports: ours, ours-no-ledger, libp2p-quic, raw-quinn, tcp-noise-yamux";
 
@@ -358,6 +359,14 @@ impl Options {
                 "--rounds" => options.rounds = parse_number(&value()?)?,
                 "--bulk-mib" => options.sizes.bulk_bytes = parse_number::<u64>(&value()?)? << 20,
                 "--streams" => options.sizes.churn_streams = parse_number(&value()?)?,
+                "--scale" => {
+                    let value = value()?;
+                    let (conns, streams) = value
+                        .split_once('x')
+                        .ok_or(format!("--scale wants CONNSxSTREAMS, not {value:?}"))?;
+                    options.sizes.scale_conns = parse_number(conns)?;
+                    options.sizes.scale_streams_per_conn = parse_number(streams)?;
+                }
                 "--only" => {
                     options.workloads = parse_list(&value()?, &Workload::ALL, |w| w.name())?
                 }
@@ -711,7 +720,9 @@ async fn memory(
     let after = Memory::settled().await;
     let per_conn = after.growth_since(&before, conns);
 
-    // Idle streams, all on the first connection.
+    // Idle streams, all on the first connection. Its first stream pays for what every later
+    // one shares (a watcher task, a lazily made channel): one exchange belongs to the baseline.
+    step("exchange", exchange(&first.opener())).await?;
     let before = Memory::settled().await;
     let opener = first.opener();
     let mut held = Vec::with_capacity(streams);
@@ -723,7 +734,7 @@ async fn memory(
         stream.flush().await?;
         held.push(stream);
     }
-    server.wait_for_streams(streams).await?;
+    server.wait_for_streams(streams + 1).await?;
     let after = Memory::settled().await;
     let per_stream = after.growth_since(&before, streams);
 
