@@ -2,7 +2,7 @@
 //! of it.
 //!
 //! Plain data and no I/O (after quinn-proto's example): the [`Stream`](crate::Stream) guard and
-//! the connection's watcher task report what they observe, the ledger keeps the books. A stream
+//! the transport's watcher task report what they observe, the ledger keeps the books. A stream
 //! stays in the ledger after its handle is dropped until QUIC has freed it on our side, so that
 //! "libp2p counts 15 streams, QUIC holds 256" cannot happen silently.
 //!
