@@ -147,8 +147,10 @@ async fn run(mut mailbox: UnboundedReceiver<Message>, leak_threshold: Duration) 
                 let now = Instant::now();
                 if next_look.is_some_and(|at| at <= now) {
                     next_look = None;
+                    // The ledger's clock is the system's, whatever tokio's timer says.
+                    let at = std::time::Instant::now();
                     for shared in batch.drain(..).filter_map(|s| s.upgrade()) {
-                        look(&shared, &mut watched, &mut scratch);
+                        look(&shared, at, &mut watched, &mut scratch);
                     }
                 }
                 if next_scan <= now {
@@ -189,8 +191,13 @@ struct Scratch {
 }
 
 /// Look at every stream a connection queued: let the settled go, watch those QUIC still holds.
-fn look(shared: &Shared, watched: &mut FuturesUnordered<Watch>, scratch: &mut Scratch) {
-    let now = shared.clock.now();
+fn look(
+    shared: &Shared,
+    now: std::time::Instant,
+    watched: &mut FuturesUnordered<Watch>,
+    scratch: &mut Scratch,
+) {
+    let now = shared.clock.stamp(now);
     shared.take_queued(&mut scratch.queued);
     for cell in scratch.queued.drain(..) {
         match stream::look(shared, &cell, now) {
@@ -205,8 +212,10 @@ fn look(shared: &Shared, watched: &mut FuturesUnordered<Watch>, scratch: &mut Sc
             Look::Wait => {}
         }
     }
-    shared.release(&scratch.settled);
-    scratch.settled.clear();
+    if !scratch.settled.is_empty() {
+        shared.release(&scratch.settled);
+        scratch.settled.clear();
+    }
 }
 
 fn report_leaks(shared: &Shared) {
