@@ -7,6 +7,9 @@ use quinn::{
     MtuDiscoveryConfig, VarInt,
 };
 
+/// How long a stream may sit unchanged before the ledger warns of a leak, by default.
+pub(crate) const DEFAULT_STREAM_LEAK_WARNING: Duration = Duration::from_secs(60);
+
 /// Configuration of the transport.
 ///
 /// The defaults equal those of rust-libp2p's `libp2p-quic`, so that both interoperate unchanged
@@ -91,7 +94,7 @@ impl Config {
             reset_on_drop: false,
             stream_ledger: true,
             credit_wait_warning: Duration::from_secs(5),
-            stream_leak_warning: Duration::from_secs(60),
+            stream_leak_warning: DEFAULT_STREAM_LEAK_WARNING,
             keypair: keypair.clone(),
             client_tls: Arc::new(client_tls),
             server_tls: Arc::new(server_tls),

@@ -48,7 +48,7 @@ pub struct Connection {
     closing: Option<BoxFuture<'static, quinn::ConnectionError>>,
 }
 
-/// What a connection's streams, its watcher task and snapshots share.
+/// What a connection's streams, the transport's watcher task and snapshots share.
 pub(crate) struct Shared {
     pub(crate) peer: PeerId,
     pub(crate) span: tracing::Span,
@@ -58,7 +58,8 @@ pub(crate) struct Shared {
     pub(crate) clock: Clock,
     /// Ourselves, for the watcher, which must not keep the connection's state alive.
     me: Weak<Shared>,
-    /// For the watcher, which waits for its end once the first stream is tracked.
+    /// For the watcher, which waits for its end once the first stream is tracked, and for
+    /// snapshots (the address, the id).
     connection: quinn::Connection,
     #[cfg(feature = "qlog")]
     we_are_server: bool,
@@ -112,7 +113,7 @@ impl Shared {
     }
 
     fn tell_watcher(&self, message: Message) {
-        self.watcher.send(message, self.config.stream_leak_warning);
+        self.watcher.send(message);
     }
 
     /// Ask the watcher to look at this stream at its next batch. The first stream queued
@@ -251,13 +252,13 @@ impl Shared {
         (totals, streams)
     }
 
-    /// A send half is watched from now on.
-    pub(crate) fn watch_started(&self) {
+    /// The watcher watches one more send half.
+    pub(crate) fn watching(&self) {
         self.watched.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A watched send half's watch ended.
-    pub(crate) fn watch_ended(&self) {
+    /// The watcher watches one send half less.
+    pub(crate) fn unwatched(&self) {
         self.watched.fetch_sub(1, Ordering::Relaxed);
     }
 
@@ -392,6 +393,14 @@ pub struct Ledgers {
 }
 
 impl Ledgers {
+    /// The ledgers of a transport with this configuration.
+    pub(crate) fn new(config: &Config) -> Self {
+        Self {
+            connections: Arc::default(),
+            watcher: Watcher::new(config.stream_leak_warning),
+        }
+    }
+
     fn register(&self, shared: &Arc<Shared>) {
         let mut list = self.connections.lock().unwrap_or_else(|e| e.into_inner());
         list.retain(|w| w.strong_count() > 0);

@@ -188,11 +188,17 @@ impl SendHalf {
         self.entry.as_ref().is_some_and(Entry::settled)
     }
 
+    /// Whether the application has dropped the stream's handle (as the ledger knows it).
+    fn handle_dropped(&self) -> bool {
+        self.entry.as_ref().is_some_and(|e| !e.handle_alive())
+    }
+
     /// What quinn says of this half now: `Some(Ok(None))` freed (all acknowledged),
     /// `Some(Ok(Some(code)))` stopped by the peer, `Some(Err(_))` lost with the connection,
     /// `None` still held. The first look only asks whether QUIC has freed it, which takes
     /// quinn's lock once; most halves are freed by then. Later looks also ask whether the peer
-    /// stopped it, which costs quinn a notifier kept until the half ends.
+    /// stopped it, which costs quinn a notifier kept until it reports the half acknowledged
+    /// or stopped.
     fn probe(&mut self) -> Option<Result<Option<VarInt>, quinn::StoppedError>> {
         if self.stream.priority().is_err() {
             // quinn forgets a send half once it is freed; we have not reset this one, so the
@@ -567,7 +573,10 @@ pub(crate) fn look(shared: &Shared, cell: &Arc<Cell>, now: Stamp) -> Look {
     if !entry.settled() && !matches!(half.state, Send::Reset { .. }) {
         match half.probe() {
             Some(Ok(None)) if half.state == Send::Finished => half.acknowledged(),
-            // Gone with the connection: the watcher empties the books.
+            // Gone with the connection: QUIC holds nothing any more. The watcher empties the
+            // books when it sees the connection close, but a stream opened as it closed may
+            // come after that: a dropped one leaves now, a held one once it is dropped.
+            Some(Err(_)) if half.handle_dropped() => return Look::Settled,
             Some(Err(_)) => return Look::Wait,
             Some(Ok(Some(code))) => {
                 drop(half);
@@ -589,18 +598,31 @@ pub(crate) fn look(shared: &Shared, cell: &Arc<Cell>, now: Stamp) -> Look {
     }
 }
 
-/// The watcher saw a watched send half end: acknowledged (`Ok(None)`), stopped by the peer
-/// (`Ok(Some(code))`), reset by us or lost with the connection (`Err(())`). Records it and
-/// says whether the stream can leave the books.
-pub(crate) fn watch_ended(shared: &Shared, cell: &Cell, ended: Result<Option<u64>, ()>) -> bool {
+/// How the watch of a send half ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WatchEnd {
+    /// The peer acknowledged everything we sent, FIN included.
+    Acknowledged,
+    /// The peer sent STOP_SENDING with this code.
+    StoppedByPeer(u64),
+    /// We reset the half (quinn would never report that reset's acknowledgement).
+    ResetByUs,
+    /// The connection is gone.
+    ConnectionLost,
+}
+
+/// The watcher saw a watched send half end: records it and says whether the stream can leave
+/// the books.
+pub(crate) fn watch_ended(shared: &Shared, cell: &Cell, ended: WatchEnd) -> bool {
     match ended {
-        Ok(None) => cell.lock().acknowledged(),
-        Ok(Some(code)) => peer_stopped(shared, cell, code),
-        Err(()) => {}
+        WatchEnd::Acknowledged => cell.lock().acknowledged(),
+        WatchEnd::StoppedByPeer(code) => peer_stopped(shared, cell, code),
+        WatchEnd::ResetByUs | WatchEnd::ConnectionLost => {}
     }
     let mut half = cell.lock();
     half.watched = false;
-    half.settled()
+    // With the connection gone QUIC holds nothing: as in `look`.
+    half.settled() || (ended == WatchEnd::ConnectionLost && half.handle_dropped())
 }
 
 /// The peer stopped our send half (STOP_SENDING with `code`): record it, and if our receive

@@ -48,10 +48,10 @@ impl Transport {
     pub fn new(config: Config) -> Self {
         Self {
             quinn: QuinnConfigs::new(&config),
+            ledgers: Ledgers::new(&config),
             config: Arc::new(config),
             listeners: SelectAll::new(),
             dialers: HashMap::new(),
-            ledgers: Ledgers::default(),
             waker: None,
         }
     }

@@ -13,8 +13,12 @@
 //! stream and ends when the transport and all its connections are gone.
 
 use std::{
+    collections::VecDeque,
     pin::Pin,
-    sync::{Arc, OnceLock, Weak},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, OnceLock, Weak,
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -29,39 +33,73 @@ use tokio::{
 use crate::{
     connection::Shared,
     ledger::{HalfState, LeakKind},
-    stream::{self, Cell, Look},
+    stream::{self, Cell, Look, WatchEnd},
 };
 
-/// How long after a stream asks for a look the watcher takes it: long enough that the
+/// How long after a connection asks for a look the watcher takes it: long enough that the
 /// acknowledgements of a request/response stream have arrived by then.
 const LOOK_DELAY: Duration = Duration::from_millis(20);
+
+/// The shortest time between two batches: a connection that asks just after one waits for the
+/// next rather than getting a batch of its own, so that batches gather many connections.
+const BATCH_GAP: Duration = Duration::from_millis(10);
 
 /// What connections tell the watcher.
 pub(crate) enum Message {
     /// A connection's first tracked stream: watch the connection for its end, and scan it for
     /// leaks from now on.
     Track(Weak<Shared>, quinn::Connection),
-    /// A connection has queued streams for the next batch.
+    /// A connection has queued streams for a look.
     Look(Weak<Shared>),
 }
 
-/// A transport's handle to its watcher task, spawned on first use. Cheap to clone.
-#[derive(Clone, Default)]
+/// A transport's handle to its watcher task, spawned on first use. Cheap to clone; the task
+/// runs while any clone is alive (the transport, its `Ledgers` handles, every connection) or
+/// anything is left to watch.
+#[derive(Clone)]
 pub(crate) struct Watcher {
-    mailbox: Arc<OnceLock<UnboundedSender<Message>>>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    mailbox: OnceLock<UnboundedSender<Message>>,
+    /// The transport's `stream_leak_warning`: how often the task scans for leaks.
+    leak_threshold: Duration,
+    /// Whether we have said that the task is gone.
+    gone: AtomicBool,
 }
 
 impl Watcher {
-    /// Tell the watcher, spawning it if this is the first message. `leak_threshold` sets how
-    /// often it scans for leaks; the spawning connection's is taken for all.
-    pub(crate) fn send(&self, message: Message, leak_threshold: Duration) {
-        let mailbox = self.mailbox.get_or_init(|| {
+    pub(crate) fn new(leak_threshold: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                mailbox: OnceLock::new(),
+                leak_threshold,
+                gone: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Tell the watcher, spawning it if this is the first message.
+    pub(crate) fn send(&self, message: Message) {
+        let inner = &*self.inner;
+        let mailbox = inner.mailbox.get_or_init(|| {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            tokio::spawn(run(rx, leak_threshold));
+            tokio::spawn(run(rx, inner.leak_threshold));
             tx
         });
-        // Fails only once the task is gone with its runtime; nothing is left to watch then.
-        let _ = mailbox.send(message);
+        if mailbox.send(message).is_err() && !inner.gone.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "the stream watcher task is gone (its runtime shut down, or it panicked): \
+                 dropped streams no longer leave the ledger and leaks are no longer reported"
+            );
+        }
+    }
+}
+
+impl Default for Watcher {
+    fn default() -> Self {
+        Self::new(crate::config::DEFAULT_STREAM_LEAK_WARNING)
     }
 }
 
@@ -88,19 +126,20 @@ impl Watch {
 }
 
 impl Future for Watch {
-    /// The connection, the stream, and how its half ended: acknowledged (`Ok(None)`), stopped
-    /// by the peer with a code, or reset by us or lost with the connection (`Err(())`).
-    type Output = (Weak<Shared>, Arc<Cell>, Result<Option<u64>, ()>);
+    /// The connection, the stream, and how its send half's watch ended.
+    type Output = (Weak<Shared>, Arc<Cell>, WatchEnd);
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // Checked first, so that a half reset before we ever looked never registers with
         // quinn: quinn would not report the reset's acknowledgement.
         let ended = if self.cell.lock().reset_or_register(cx.waker()) {
-            Err(())
+            WatchEnd::ResetByUs
         } else {
-            futures::ready!(self.stopped.as_mut().poll(cx))
-                .map(|code| code.map(VarInt::into_inner))
-                .map_err(|_| ())
+            match futures::ready!(self.stopped.as_mut().poll(cx)) {
+                Ok(None) => WatchEnd::Acknowledged,
+                Ok(Some(code)) => WatchEnd::StoppedByPeer(code.into_inner()),
+                Err(_) => WatchEnd::ConnectionLost,
+            }
         };
         Poll::Ready((self.shared.clone(), self.cell.clone(), ended))
     }
@@ -117,13 +156,13 @@ async fn run(mut mailbox: UnboundedReceiver<Message>, leak_threshold: Duration) 
     let mut tracked: Vec<Weak<Shared>> = Vec::new();
     let mut closed: FuturesUnordered<Closed> = FuturesUnordered::new();
     let mut watched: FuturesUnordered<Watch> = FuturesUnordered::new();
-    // The connections that queued streams for the next batch.
-    let mut batch: Vec<Weak<Shared>> = Vec::new();
+    // The connections that asked for a look, oldest first, with when they asked.
+    let mut asked: VecDeque<(Instant, Weak<Shared>)> = VecDeque::new();
     let mut scratch = Scratch::default();
     let mut open = true;
-    // One timer serves both the next leak scan and, when streams are queued, the next look.
+    // One timer serves both the next leak scan and the next batch of looks.
     let mut next_scan = Instant::now() + scan_every;
-    let mut next_look: Option<Instant> = None;
+    let mut last_batch = Instant::now();
     let timer = tokio::time::sleep_until(next_scan);
     tokio::pin!(timer);
     while open || !closed.is_empty() || !watched.is_empty() {
@@ -133,24 +172,22 @@ async fn run(mut mailbox: UnboundedReceiver<Message>, leak_threshold: Duration) 
                     tracked.push(shared.clone());
                     closed.push(async move { (shared, connection.closed().await) }.boxed());
                 }
-                Some(Message::Look(shared)) => {
-                    batch.push(shared);
-                    if next_look.is_none() {
-                        let at = Instant::now() + LOOK_DELAY;
-                        next_look = Some(at);
-                        timer.as_mut().reset(at.min(next_scan));
-                    }
-                }
+                Some(Message::Look(shared)) => asked.push_back((Instant::now(), shared)),
                 None => open = false,
             },
-            () = &mut timer => {
+            // Only while there is something to scan or to look at.
+            () = &mut timer, if !tracked.is_empty() || !asked.is_empty() => {
                 let now = Instant::now();
-                if next_look.is_some_and(|at| at <= now) {
-                    next_look = None;
+                // Requests are in the order they came, so the due ones are in front.
+                let due = asked.partition_point(|(at, _)| *at + LOOK_DELAY <= now);
+                if due > 0 {
+                    last_batch = now;
                     // The ledger's clock is the system's, whatever tokio's timer says.
-                    let at = std::time::Instant::now();
-                    for shared in batch.drain(..).filter_map(|s| s.upgrade()) {
-                        look(&shared, at, &mut watched, &mut scratch);
+                    let stamp = std::time::Instant::now();
+                    for (_, shared) in asked.drain(..due) {
+                        if let Some(shared) = shared.upgrade() {
+                            look(&shared, stamp, &mut watched, &mut scratch);
+                        }
                     }
                 }
                 if next_scan <= now {
@@ -163,7 +200,6 @@ async fn run(mut mailbox: UnboundedReceiver<Message>, leak_threshold: Duration) 
                         None => false,
                     });
                 }
-                timer.as_mut().reset(next_look.map_or(next_scan, |at| at.min(next_scan)));
             }
             Some((shared, reason)) = closed.next(), if !closed.is_empty() => {
                 tracked.retain(|s| !s.ptr_eq(&shared));
@@ -174,11 +210,19 @@ async fn run(mut mailbox: UnboundedReceiver<Message>, leak_threshold: Duration) 
             }
             Some((shared, cell, ended)) = watched.next(), if !watched.is_empty() => {
                 let Some(shared) = shared.upgrade() else { continue };
-                shared.watch_ended();
+                shared.unwatched();
                 if stream::watch_ended(&shared, &cell, ended) {
                     shared.release([&cell]);
                 }
             }
+        }
+        // The next batch: when the oldest request is due, but not sooner than the gap allows.
+        let next_look = asked
+            .front()
+            .map(|(at, _)| (*at + LOOK_DELAY).max(last_batch + BATCH_GAP));
+        let deadline = next_look.map_or(next_scan, |at| at.min(next_scan));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
         }
     }
 }
@@ -206,7 +250,7 @@ fn look(
             Look::Again => shared.queue(&cell),
             Look::Watch(watch) => {
                 // Counted before it is polled, so that its decrement can never come first.
-                shared.watch_started();
+                shared.watching();
                 watched.push(watch);
             }
             Look::Wait => {}

@@ -288,7 +288,7 @@ async fn a_thousand_connect_disconnect_cycles_leave_nothing_behind() {
     for _ in 0..1000 {
         cycle(&mut dialer, &mut listener, &addr).await;
     }
-    // Bounded wait for the watcher tasks of the last connections to end.
+    // Bounded wait for quinn's connection tasks of the last connections to end.
     bounded("tasks settle", async {
         while handle.metrics().num_alive_tasks() > tasks + 4 {
             tokio::time::sleep(Duration::from_millis(20)).await;
