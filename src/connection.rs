@@ -125,7 +125,7 @@ impl Shared {
             && !self.look_asked.load(Ordering::SeqCst)
             && !self.look_asked.swap(true, Ordering::SeqCst)
         {
-            self.tell_watcher(Message::Look(self.weak()));
+            self.watcher.ask(self.weak());
         }
     }
 

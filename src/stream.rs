@@ -195,10 +195,11 @@ impl SendHalf {
 
     /// What quinn says of this half now: `Some(Ok(None))` freed (all acknowledged),
     /// `Some(Ok(Some(code)))` stopped by the peer, `Some(Err(_))` lost with the connection,
-    /// `None` still held. The first look only asks whether QUIC has freed it, which takes
-    /// quinn's lock once; most halves are freed by then. Later looks also ask whether the peer
-    /// stopped it, which costs quinn a notifier kept until it reports the half acknowledged
-    /// or stopped.
+    /// `None` still held. Whether QUIC has freed it takes quinn's lock once; most halves are
+    /// freed by the first look. Whether the peer stopped it costs quinn a notifier, kept until
+    /// it reports the half acknowledged or stopped, so it is asked from the second look on.
+    /// (Even of a dropped half: if the peer's STOP_SENDING came before our FIN, quinn's
+    /// `finish` quietly queued none, and only our reset frees the half.)
     fn probe(&mut self) -> Option<Result<Option<VarInt>, quinn::StoppedError>> {
         if self.stream.priority().is_err() {
             // quinn forgets a send half once it is freed; we have not reset this one, so the

@@ -17,7 +17,7 @@ use std::{
     pin::Pin,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, OnceLock, Weak,
+        Arc, Mutex, MutexGuard, OnceLock, Weak,
     },
     task::{Context, Poll},
     time::Duration,
@@ -26,7 +26,10 @@ use std::{
 use futures::{future::BoxFuture, stream::FuturesUnordered, Future, FutureExt, StreamExt};
 use quinn::{StoppedError, VarInt};
 use tokio::{
-    sync::mpsc::{UnboundedReceiver, UnboundedSender},
+    sync::{
+        mpsc::{UnboundedReceiver, UnboundedSender},
+        Notify,
+    },
     time::Instant,
 };
 
@@ -36,21 +39,18 @@ use crate::{
     stream::{self, Cell, Look, WatchEnd},
 };
 
-/// How long after a connection asks for a look the watcher takes it: long enough that the
-/// acknowledgements of a request/response stream have arrived by then.
-const LOOK_DELAY: Duration = Duration::from_millis(20);
+/// How often the watcher takes the connections that asked for a look, while any have.
+const TICK: Duration = Duration::from_millis(10);
 
-/// The shortest time between two batches: a connection that asks just after one waits for the
-/// next rather than getting a batch of its own, so that batches gather many connections.
-const BATCH_GAP: Duration = Duration::from_millis(10);
+/// How many ticks a request waits before its look: 20–30 ms after it was made, long enough
+/// that the acknowledgements of a request/response stream have arrived by then.
+const AGE_TICKS: usize = 2;
 
-/// What connections tell the watcher.
+/// What connections tell the watcher through its mailbox.
 pub(crate) enum Message {
     /// A connection's first tracked stream: watch the connection for its end, and scan it for
     /// leaks from now on.
     Track(Weak<Shared>, quinn::Connection),
-    /// A connection has queued streams for a look.
-    Look(Weak<Shared>),
 }
 
 /// A transport's handle to its watcher task, spawned on first use. Cheap to clone; the task
@@ -63,10 +63,28 @@ pub(crate) struct Watcher {
 
 struct Inner {
     mailbox: OnceLock<UnboundedSender<Message>>,
+    requests: Arc<Requests>,
     /// The transport's `stream_leak_warning`: how often the task scans for leaks.
     leak_threshold: Duration,
     /// Whether we have said that the task is gone.
     gone: AtomicBool,
+}
+
+/// The connections that asked for a look since the watcher's last tick. A plain list under a
+/// lock rather than the mailbox: a busy transport asks thousands of times a second, and only
+/// the first request after a tick needs to wake the task.
+#[derive(Default)]
+struct Requests {
+    asked: Mutex<Vec<Weak<Shared>>>,
+    wake: Notify,
+    /// Set when the task ends, however it ends (its runtime shut down, or it panicked).
+    ended: AtomicBool,
+}
+
+impl Requests {
+    fn asked(&self) -> MutexGuard<'_, Vec<Weak<Shared>>> {
+        self.asked.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Watcher {
@@ -74,6 +92,7 @@ impl Watcher {
         Self {
             inner: Arc::new(Inner {
                 mailbox: OnceLock::new(),
+                requests: Arc::default(),
                 leak_threshold,
                 gone: AtomicBool::new(false),
             }),
@@ -85,10 +104,33 @@ impl Watcher {
         let inner = &*self.inner;
         let mailbox = inner.mailbox.get_or_init(|| {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            tokio::spawn(run(rx, inner.leak_threshold));
+            tokio::spawn(run(rx, inner.requests.clone(), inner.leak_threshold));
             tx
         });
-        if mailbox.send(message).is_err() && !inner.gone.swap(true, Ordering::Relaxed) {
+        if mailbox.send(message).is_err() {
+            self.say_gone();
+        }
+    }
+
+    /// A connection has queued streams for a look (its first tracked stream has been sent
+    /// with [`Message::Track`], which spawned the task).
+    pub(crate) fn ask(&self, shared: Weak<Shared>) {
+        let requests = &*self.inner.requests;
+        if requests.ended.load(Ordering::Acquire) {
+            return self.say_gone();
+        }
+        let first = {
+            let mut asked = requests.asked();
+            asked.push(shared);
+            asked.len() == 1
+        };
+        if first {
+            requests.wake.notify_one();
+        }
+    }
+
+    fn say_gone(&self) {
+        if !self.inner.gone.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 "the stream watcher task is gone (its runtime shut down, or it panicked): \
                  dropped streams no longer leave the ledger and leaks are no longer reported"
@@ -150,45 +192,62 @@ type Closed = BoxFuture<'static, (Weak<Shared>, quinn::ConnectionError)>;
 
 /// Run until the mailbox closes (the transport and every connection are gone) and nothing is
 /// left to watch.
-async fn run(mut mailbox: UnboundedReceiver<Message>, leak_threshold: Duration) {
+async fn run(
+    mut mailbox: UnboundedReceiver<Message>,
+    requests: Arc<Requests>,
+    leak_threshold: Duration,
+) {
+    // However the task ends, later requests are not left to pile up.
+    let _ended = Ended(requests.clone());
     let scan_every = (leak_threshold / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
     // The connections with tracked streams, and their ends.
     let mut tracked: Vec<Weak<Shared>> = Vec::new();
     let mut closed: FuturesUnordered<Closed> = FuturesUnordered::new();
     let mut watched: FuturesUnordered<Watch> = FuturesUnordered::new();
-    // The connections that asked for a look, oldest first, with when they asked.
-    let mut asked: VecDeque<(Instant, Weak<Shared>)> = VecDeque::new();
+    // The requests of the last ticks, oldest first, and emptied lists to reuse.
+    let mut ticks: VecDeque<Vec<Weak<Shared>>> = VecDeque::new();
+    let mut spare: Vec<Vec<Weak<Shared>>> = Vec::new();
     let mut scratch = Scratch::default();
     let mut open = true;
-    // One timer serves both the next leak scan and the next batch of looks.
+    // One timer serves both the next leak scan and, while requests wait, the next tick.
     let mut next_scan = Instant::now() + scan_every;
-    let mut last_batch = Instant::now();
+    let mut next_tick: Option<Instant> = None;
     let timer = tokio::time::sleep_until(next_scan);
     tokio::pin!(timer);
     while open || !closed.is_empty() || !watched.is_empty() {
+        let deadline = next_tick.map_or(next_scan, |at| at.min(next_scan));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
         tokio::select! {
             message = mailbox.recv(), if open => match message {
                 Some(Message::Track(shared, connection)) => {
                     tracked.push(shared.clone());
                     closed.push(async move { (shared, connection.closed().await) }.boxed());
                 }
-                Some(Message::Look(shared)) => asked.push_back((Instant::now(), shared)),
                 None => open = false,
             },
+            () = requests.wake.notified() => {
+                next_tick.get_or_insert_with(|| Instant::now() + TICK);
+            }
             // Only while there is something to scan or to look at.
-            () = &mut timer, if !tracked.is_empty() || !asked.is_empty() => {
+            () = &mut timer, if !tracked.is_empty() || next_tick.is_some() => {
                 let now = Instant::now();
-                // Requests are in the order they came, so the due ones are in front.
-                let due = asked.partition_point(|(at, _)| *at + LOOK_DELAY <= now);
-                if due > 0 {
-                    last_batch = now;
-                    // The ledger's clock is the system's, whatever tokio's timer says.
-                    let stamp = std::time::Instant::now();
-                    for (_, shared) in asked.drain(..due) {
-                        if let Some(shared) = shared.upgrade() {
+                if next_tick.is_some_and(|at| at <= now) {
+                    let mut fresh = spare.pop().unwrap_or_default();
+                    std::mem::swap(&mut fresh, &mut *requests.asked());
+                    ticks.push_back(fresh);
+                    if ticks.len() > AGE_TICKS {
+                        let mut due = ticks.pop_front().unwrap_or_default();
+                        // The ledger's clock is the system's, whatever tokio's timer says.
+                        let stamp = std::time::Instant::now();
+                        for shared in due.drain(..).filter_map(|s| s.upgrade()) {
                             look(&shared, stamp, &mut watched, &mut scratch);
                         }
+                        spare.push(due);
                     }
+                    // Tick on while requests wait; a request after the last tick wakes us.
+                    next_tick = ticks.iter().any(|t| !t.is_empty()).then(|| now + TICK);
                 }
                 if next_scan <= now {
                     next_scan = now + scan_every;
@@ -216,14 +275,16 @@ async fn run(mut mailbox: UnboundedReceiver<Message>, leak_threshold: Duration) 
                 }
             }
         }
-        // The next batch: when the oldest request is due, but not sooner than the gap allows.
-        let next_look = asked
-            .front()
-            .map(|(at, _)| (*at + LOOK_DELAY).max(last_batch + BATCH_GAP));
-        let deadline = next_look.map_or(next_scan, |at| at.min(next_scan));
-        if timer.deadline() != deadline {
-            timer.as_mut().reset(deadline);
-        }
+    }
+}
+
+/// Marks the requests as no longer served when the task ends.
+struct Ended(Arc<Requests>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.ended.store(true, Ordering::Release);
+        self.0.asked().clear();
     }
 }
 
