@@ -77,8 +77,6 @@ pub(crate) struct SendHalf {
     watcher: Option<Waker>,
     /// Whether the watcher waits on this half.
     watched: bool,
-    /// Whether the watcher has looked at this half before; see [`SendHalf::probe`].
-    looked: bool,
     /// The stream's page in the ledger; `None` with the ledger off. Kept under the same lock
     /// as the state, so that a change and its record are one step.
     pub(crate) entry: Option<Entry>,
@@ -197,16 +195,17 @@ impl SendHalf {
     /// `Some(Ok(Some(code)))` stopped by the peer, `Some(Err(_))` lost with the connection,
     /// `None` still held. Whether QUIC has freed it takes quinn's lock once; most halves are
     /// freed by the first look. Whether the peer stopped it costs quinn a notifier, kept until
-    /// it reports the half acknowledged or stopped, so it is asked from the second look on.
-    /// (Even of a dropped half: if the peer's STOP_SENDING came before our FIN, quinn's
-    /// `finish` quietly queued none, and only our reset frees the half.)
-    fn probe(&mut self) -> Option<Result<Option<VarInt>, quinn::StoppedError>> {
+    /// it reports the half acknowledged or stopped, so it is asked only with `ask_stop`, of
+    /// halves that stayed held a while. (Even of a dropped half: if the peer's STOP_SENDING
+    /// came before our FIN, quinn's `finish` quietly queued none, and only our reset frees the
+    /// half.)
+    fn probe(&mut self, ask_stop: bool) -> Option<Result<Option<VarInt>, quinn::StoppedError>> {
         if self.stream.priority().is_err() {
             // quinn forgets a send half once it is freed; we have not reset this one, so the
             // peer acknowledged everything.
             return Some(Ok(None));
         }
-        if !std::mem::replace(&mut self.looked, true) {
+        if !ask_stop {
             return None;
         }
         self.stream.stopped().now_or_never()
@@ -297,7 +296,6 @@ impl Stream {
                     state: Send::Open,
                     watcher: None,
                     watched: false,
-                    looked: false,
                     entry,
                 }),
                 activity: Activity::default(),
@@ -554,6 +552,10 @@ pub(crate) enum Look {
     Wait,
 }
 
+/// How long a stream stays held before a look asks quinn whether the peer stopped it, not
+/// only whether it is freed: most streams are freed before, by acknowledgements.
+const ASK_STOP_AFTER: Duration = Duration::from_millis(50);
+
 /// How long a stream is looked at again, batch after batch, before it is watched instead:
 /// a look is one quick question to quinn, a watch a future, a registration and a wake-up.
 const PATIENCE: Duration = Duration::from_millis(250);
@@ -572,7 +574,8 @@ pub(crate) fn look(shared: &Shared, cell: &Arc<Cell>, now: Stamp) -> Look {
         return Look::Wait;
     }
     if !entry.settled() && !matches!(half.state, Send::Reset { .. }) {
-        match half.probe() {
+        let ask_stop = entry.quiet_for(now) >= ASK_STOP_AFTER;
+        match half.probe(ask_stop) {
             Some(Ok(None)) if half.state == Send::Finished => half.acknowledged(),
             // Gone with the connection: QUIC holds nothing any more. The watcher empties the
             // books when it sees the connection close, but a stream opened as it closed may
