@@ -22,7 +22,7 @@ use crate::{
         ByDirection, Clock, Direction, HalfState, LeakKind, Ledger, Stamp, StreamInfo, Totals,
     },
     stream::{Cell, Stream},
-    watcher::{Message, Watcher},
+    watcher::Watcher,
     Config, Error,
 };
 
@@ -103,17 +103,13 @@ impl Shared {
             && !self.tracked.load(Ordering::Relaxed)
             && !self.tracked.swap(true, Ordering::Relaxed)
         {
-            self.tell_watcher(Message::Track(self.weak(), self.connection.clone()));
+            self.watcher.track(self.weak(), self.connection.clone());
         }
     }
 
     /// A handle to ourselves that does not keep us alive.
     pub(crate) fn weak(&self) -> Weak<Shared> {
         self.me.clone()
-    }
-
-    fn tell_watcher(&self, message: Message) {
-        self.watcher.send(message);
     }
 
     /// Ask the watcher to look at this stream at its next batch. The first stream queued

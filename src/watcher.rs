@@ -46,12 +46,9 @@ const TICK: Duration = Duration::from_millis(10);
 /// that the acknowledgements of a request/response stream have arrived by then.
 const AGE_TICKS: usize = 2;
 
-/// What connections tell the watcher through its mailbox.
-pub(crate) enum Message {
-    /// A connection's first tracked stream: watch the connection for its end, and scan it for
-    /// leaks from now on.
-    Track(Weak<Shared>, quinn::Connection),
-}
+/// What the mailbox carries: a connection with its first tracked stream, to wait for its end
+/// and scan for leaks from now on.
+type Track = (Weak<Shared>, quinn::Connection);
 
 /// A transport's handle to its watcher task, spawned on first use. Cheap to clone; the task
 /// runs while any clone is alive (the transport, its `Ledgers` handles, every connection) or
@@ -62,7 +59,7 @@ pub(crate) struct Watcher {
 }
 
 struct Inner {
-    mailbox: OnceLock<UnboundedSender<Message>>,
+    mailbox: OnceLock<UnboundedSender<Track>>,
     requests: Arc<Requests>,
     /// The transport's `stream_leak_warning`: how often the task scans for leaks.
     leak_threshold: Duration,
@@ -99,21 +96,22 @@ impl Watcher {
         }
     }
 
-    /// Tell the watcher, spawning it if this is the first message.
-    pub(crate) fn send(&self, message: Message) {
+    /// A connection's first tracked stream: watch the connection from now on, spawning the
+    /// task if this is the transport's first.
+    pub(crate) fn track(&self, shared: Weak<Shared>, connection: quinn::Connection) {
         let inner = &*self.inner;
         let mailbox = inner.mailbox.get_or_init(|| {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             tokio::spawn(run(rx, inner.requests.clone(), inner.leak_threshold));
             tx
         });
-        if mailbox.send(message).is_err() {
+        if mailbox.send((shared, connection)).is_err() {
             self.say_gone();
         }
     }
 
     /// A connection has queued streams for a look (its first tracked stream has been sent
-    /// with [`Message::Track`], which spawned the task).
+    /// with [`Watcher::track`], which spawned the task).
     pub(crate) fn ask(&self, shared: Weak<Shared>) {
         let requests = &*self.inner.requests;
         if requests.ended.load(Ordering::Acquire) {
@@ -193,7 +191,7 @@ type Closed = BoxFuture<'static, (Weak<Shared>, quinn::ConnectionError)>;
 /// Run until the mailbox closes (the transport and every connection are gone) and nothing is
 /// left to watch.
 async fn run(
-    mut mailbox: UnboundedReceiver<Message>,
+    mut mailbox: UnboundedReceiver<Track>,
     requests: Arc<Requests>,
     leak_threshold: Duration,
 ) {
@@ -221,7 +219,7 @@ async fn run(
         }
         tokio::select! {
             message = mailbox.recv(), if open => match message {
-                Some(Message::Track(shared, connection)) => {
+                Some((shared, connection)) => {
                     tracked.push(shared.clone());
                     closed.push(async move { (shared, connection.closed().await) }.boxed());
                 }
