@@ -133,14 +133,22 @@ impl Shared {
         }
     }
 
-    /// Let settled streams leave the books. The caller holds a reference to each and lets
-    /// go of it after this, outside our lock: the last reference to a stream frees its quinn
-    /// halves, which takes quinn's lock.
-    pub(crate) fn release<'a>(&self, cells: impl IntoIterator<Item = &'a Arc<Cell>>) {
+    /// Let settled streams leave the books. `settled` holds the caller's reference to each,
+    /// and afterwards the streams the caller is to drop, outside our lock (the last reference
+    /// to a stream frees its quinn halves, which takes quinn's lock).
+    ///
+    /// The streams that leave are kept for the connection's next openers to free
+    /// ([`Stream::new`] takes one each time): memory freed on the thread that allocates is
+    /// reused at once, while a batch freed on the watcher's thread overflows the allocator's
+    /// per-thread cache and contends for its arena (with glibc, most of what the ledger cost
+    /// in the `scale` benchmark). Those no opener took since the last release go back to the
+    /// caller, and the watcher's leak scan frees what is left ([`Shared::free_departed`]), so
+    /// a connection gone quiet keeps none for longer than a scan period.
+    pub(crate) fn release(&self, settled: &mut Vec<Arc<Cell>>) {
         let Some(mut ledger) = self.ledger() else {
             return;
         };
-        for cell in cells {
+        for cell in settled.iter() {
             let half = cell.lock();
             if let Some(entry) = &half.entry {
                 let this = |tracked: &Arc<Cell>| Arc::ptr_eq(tracked, cell);
@@ -148,16 +156,28 @@ impl Shared {
                 drop(ledger.close(cell.key, cell.direction, entry, this));
             }
         }
+        ledger.swap_departed(settled);
         ledger.shrink();
+    }
+
+    /// Free the streams that left the books and that no opener took.
+    pub(crate) fn free_departed(&self) {
+        let mut departed = Vec::new();
+        if let Some(mut ledger) = self.ledger() {
+            ledger.swap_departed(&mut departed);
+        }
+        drop(departed);
     }
 
     /// The connection is gone: QUIC holds nothing any more.
     pub(crate) fn connection_closed(&self) {
-        let tracked: Vec<Arc<Cell>> = match self.ledger() {
+        let mut tracked: Vec<Arc<Cell>> = match self.ledger() {
             Some(ledger) => ledger.streams().cloned().collect(),
             None => return,
         };
-        self.release(&tracked);
+        self.release(&mut tracked);
+        drop(tracked);
+        self.free_departed();
     }
 
     /// The send half moved to `state`, if it moved: for metrics and qlog (the ledger entry

@@ -398,6 +398,8 @@ impl LeakKind {
 #[derive(Debug)]
 pub(crate) struct Ledger<S> {
     streams: Slab<S>,
+    /// Streams that left the books and wait to be dropped ([`Ledger::take_departed`]).
+    departed: Vec<S>,
     opened: ByDirection,
     ended_send: [ByDirection; 2],
     ended_recv: [ByDirection; 3],
@@ -407,6 +409,7 @@ impl<S> Default for Ledger<S> {
     fn default() -> Self {
         Self {
             streams: Slab::new(),
+            departed: Vec::new(),
             opened: [0; 2],
             ended_send: [[0; 2]; 2],
             ended_recv: [[0; 2]; 3],
@@ -446,6 +449,17 @@ impl<S> Ledger<S> {
         };
         self.ended_recv[recv_end][d] += 1;
         Some(stream)
+    }
+
+    /// Streams that left the books, to be dropped by the next caller of
+    /// [`Ledger::take_departed`]; `departed` gets those that waited since the last swap.
+    pub(crate) fn swap_departed(&mut self, departed: &mut Vec<S>) {
+        std::mem::swap(&mut self.departed, departed);
+    }
+
+    /// One stream that left the books, to drop.
+    pub(crate) fn take_departed(&mut self) -> Option<S> {
+        self.departed.pop()
     }
 
     /// The streams still tracked.

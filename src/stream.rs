@@ -226,6 +226,17 @@ pub(crate) struct Cell {
     queued: AtomicBool,
 }
 
+/// Streams whose shared state is allocated, for tests: see [`crate::test_util::stream_states`].
+#[cfg(feature = "test-util")]
+pub(crate) static STATES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[cfg(feature = "test-util")]
+impl Drop for Cell {
+    fn drop(&mut self) {
+        STATES.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Cell {
     pub(crate) fn lock(&self) -> MutexGuard<'_, SendHalf> {
         // A panic while the lock was held leaves the half in a state we can still end.
@@ -287,6 +298,8 @@ impl Stream {
         let id = VarInt::from(send.id()).into_inner();
         let span = tracing::debug_span!(parent: &shared.span, "stream", id, %direction);
         let cell = |key, entry| {
+            #[cfg(feature = "test-util")]
+            STATES.fetch_add(1, Ordering::Relaxed);
             Arc::new(Cell {
                 id,
                 direction,
@@ -303,13 +316,19 @@ impl Stream {
                 queued: AtomicBool::new(false),
             })
         };
+        let mut departed = None;
         let cell = match shared.ledger() {
             Some(mut ledger) => {
+                departed = ledger.take_departed();
                 let entry = Entry::new(shared.clock.now());
                 ledger.open(direction, |key| cell(key, Some(entry))).clone()
             }
             None => cell(usize::MAX, None),
         };
+        // A stream that left the books is freed here, on an opener's thread, rather than in
+        // a batch on the watcher's (see `Shared::release`); not under our lock, since freeing
+        // its quinn halves takes quinn's.
+        drop(departed);
         shared.stream_opened(id, direction);
         tracing::trace!(parent: &span, "opened");
         Self {

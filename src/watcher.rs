@@ -252,6 +252,7 @@ async fn run(
                     tracked.retain(|s| match s.upgrade() {
                         Some(shared) => {
                             report_leaks(&shared);
+                            shared.free_departed();
                             true
                         }
                         None => false,
@@ -269,7 +270,7 @@ async fn run(
                 let Some(shared) = shared.upgrade() else { continue };
                 shared.unwatched();
                 if stream::watch_ended(&shared, &cell, ended) {
-                    shared.release([&cell]);
+                    shared.release(&mut vec![cell]);
                 }
             }
         }
@@ -316,7 +317,8 @@ fn look(
         }
     }
     if !scratch.settled.is_empty() {
-        shared.release(&scratch.settled);
+        shared.release(&mut scratch.settled);
+        // Those no opener took since the last release.
         scratch.settled.clear();
     }
 }
