@@ -183,9 +183,12 @@ pub(crate) struct Entry {
     send: HalfState,
     recv: HalfState,
     warned: bool,
+    /// Whether the `Stream` handle is alive.
+    alive: bool,
     opened_at: Stamp,
-    /// When the `Stream` handle was dropped; `None` while it is alive.
-    dropped_at: Option<Stamp>,
+    /// When the `Stream` handle was dropped; meaningless while it is alive. (Not an `Option`:
+    /// a flag beside the others keeps the entry at 24 bytes.)
+    dropped_at: Stamp,
     /// When the count of bytes moved last changed, and that count as of the last look.
     last_change: Stamp,
     seen_bytes: u64,
@@ -197,8 +200,9 @@ impl Entry {
         Self {
             send: HalfState::Open,
             recv: HalfState::Open,
+            alive: true,
             opened_at: now,
-            dropped_at: None,
+            dropped_at: now,
             seen_bytes: 0,
             last_change: now,
             warned: false,
@@ -226,16 +230,24 @@ impl Entry {
 
     /// The application dropped the `Stream` handle.
     pub(crate) fn handle_dropped(&mut self, now: Stamp) {
-        self.dropped_at.get_or_insert(now);
+        if self.alive {
+            self.alive = false;
+            self.dropped_at = now;
+        }
+    }
+
+    /// When the handle was dropped, if it was.
+    fn dropped(&self) -> Option<Stamp> {
+        (!self.alive).then_some(self.dropped_at)
     }
 
     /// How long since the handle was dropped, or, while it is alive, since the stream opened.
     pub(crate) fn quiet_for(&self, now: Stamp) -> Duration {
-        self.dropped_at.unwrap_or(self.opened_at).until(now)
+        self.dropped().unwrap_or(self.opened_at).until(now)
     }
 
     pub(crate) fn handle_alive(&self) -> bool {
-        self.dropped_at.is_none()
+        self.alive
     }
 
     /// Whether QUIC may still hold this stream on our side, as far as quinn lets us see.
@@ -263,7 +275,7 @@ impl Entry {
             self.seen_bytes = moved;
             self.last_change = now;
         }
-        let kind = match self.dropped_at {
+        let kind = match self.dropped() {
             Some(at) if at.until(now) >= threshold => LeakKind::HeldAfterDrop,
             None if self.last_change.until(now) >= threshold => LeakKind::IdleHandle,
             _ => return None,
@@ -419,10 +431,11 @@ impl<S> Default for Ledger<S> {
 
 impl<S> Ledger<S> {
     /// A new stream: `make` is given the key that [`Ledger::close`] later takes.
-    pub(crate) fn open(&mut self, direction: Direction, make: impl FnOnce(usize) -> S) -> &S {
+    pub(crate) fn open(&mut self, direction: Direction, make: impl FnOnce(u32) -> S) -> &S {
         self.opened[direction.index()] += 1;
         let slot = self.streams.vacant_entry();
-        let key = slot.key();
+        // Each tracked stream holds well over a hundred bytes: 2^32 of them cannot exist.
+        let key = u32::try_from(slot.key()).expect("fewer than 2^32 streams tracked");
         slot.insert(make(key))
     }
 
@@ -430,11 +443,12 @@ impl<S> Ledger<S> {
     /// names it (keys are reused).
     pub(crate) fn close(
         &mut self,
-        key: usize,
+        key: u32,
         direction: Direction,
         entry: &Entry,
         is_it: impl FnOnce(&S) -> bool,
     ) -> Option<S> {
+        let key = key as usize;
         if !self.streams.get(key).is_some_and(is_it) {
             return None;
         }
@@ -512,8 +526,8 @@ mod tests {
     /// A connection's books with streams kept as plain entries, as the connection keeps them
     /// inside each stream's shared state.
     struct Books {
-        ledger: Ledger<(usize, Direction)>,
-        entries: std::collections::HashMap<usize, Entry>,
+        ledger: Ledger<(u32, Direction)>,
+        entries: std::collections::HashMap<u32, Entry>,
     }
 
     impl Books {
@@ -524,19 +538,19 @@ mod tests {
             }
         }
 
-        fn open(&mut self, direction: Direction) -> usize {
+        fn open(&mut self, direction: Direction) -> u32 {
             let &(key, _) = self.ledger.open(direction, |key| (key, direction));
             self.entries.insert(key, Entry::new(Stamp(0)));
             key
         }
 
-        fn entry(&mut self, key: usize) -> &mut Entry {
+        fn entry(&mut self, key: u32) -> &mut Entry {
             self.entries.get_mut(&key).expect("tracked")
         }
 
         /// What the watcher does: let settled streams go.
         fn settle(&mut self) {
-            let settled: Vec<(usize, Direction)> = self
+            let settled: Vec<(u32, Direction)> = self
                 .ledger
                 .streams()
                 .copied()
@@ -726,7 +740,7 @@ mod tests {
     #[test]
     fn keys_are_reused_and_memory_given_back() {
         let mut b = Books::new();
-        let keys: Vec<usize> = (0..100).map(|_| b.open(Direction::Outbound)).collect();
+        let keys: Vec<u32> = (0..100).map(|_| b.open(Direction::Outbound)).collect();
         for &k in &keys {
             b.entry(k).set_send(Reset);
             b.entry(k).set_recv(Stopped);

@@ -73,8 +73,9 @@ pub(crate) struct SendHalf {
     stream: quinn::SendStream,
     state: Send,
     /// The watcher, waiting for this half to be freed. quinn never reports that a reset was
-    /// acknowledged, so a reset wakes the watcher itself, or it would wait for ever.
-    watcher: Option<Waker>,
+    /// acknowledged, so a reset wakes the watcher itself, or it would wait for ever. Boxed:
+    /// few halves are ever watched, and every stream would pay for a waker's 16 bytes.
+    watcher: Option<Box<Waker>>,
     /// Whether the watcher waits on this half.
     watched: bool,
     /// The stream's page in the ledger; `None` with the ledger off. Kept under the same lock
@@ -177,7 +178,7 @@ impl SendHalf {
             return true;
         }
         if !self.watcher.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            self.watcher = Some(waker.clone());
+            self.watcher = Some(Box::new(waker.clone()));
         }
         false
     }
@@ -216,8 +217,9 @@ impl SendHalf {
 pub(crate) struct Cell {
     pub(crate) id: u64,
     pub(crate) direction: Direction,
-    /// The stream's key in the connection's ledger (meaningless with the ledger off).
-    pub(crate) key: usize,
+    /// The stream's key in the connection's ledger (meaningless with the ledger off). A
+    /// `u32` packs with the flags below: a connection tracks far fewer streams than 2^32.
+    pub(crate) key: u32,
     send: Mutex<SendHalf>,
     pub(crate) activity: Activity,
     /// Set once our receive half is finished, reset or stopped.
@@ -323,7 +325,7 @@ impl Stream {
                 let entry = Entry::new(shared.clock.now());
                 ledger.open(direction, |key| cell(key, Some(entry))).clone()
             }
-            None => cell(usize::MAX, None),
+            None => cell(u32::MAX, None),
         };
         // A stream that left the books is freed here, on an opener's thread, rather than in
         // a batch on the watcher's (see `Shared::release`); not under our lock, since freeing
