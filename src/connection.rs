@@ -152,8 +152,10 @@ impl Shared {
             let half = cell.lock();
             if let Some(entry) = &half.entry {
                 let this = |tracked: &Arc<Cell>| Arc::ptr_eq(tracked, cell);
+                let rekey = |moved: &Arc<Cell>, key| moved.key.store(key, Ordering::Relaxed);
+                let key = cell.key.load(Ordering::Relaxed);
                 // Never the last reference: the caller's is.
-                drop(ledger.close(cell.key, cell.direction, entry, this));
+                drop(ledger.close(key, cell.direction, entry, this, rekey));
             }
         }
         ledger.swap_departed(settled);

@@ -32,8 +32,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use slab::Slab;
-
 /// Which side opened a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
@@ -407,9 +405,12 @@ impl LeakKind {
 
 /// The books of one connection: the streams still tracked (`S` is what the connection keeps
 /// of each, holding its [`Entry`]), and counts of all that were opened and have left.
+///
+/// The tracked streams lie packed in a `Vec`, each at its key: a stream that leaves takes the
+/// last one's place, which is told its new key. A slot is a pointer, half a slab's.
 #[derive(Debug)]
 pub(crate) struct Ledger<S> {
-    streams: Slab<S>,
+    streams: Vec<S>,
     /// Streams that left the books and wait to be dropped ([`Ledger::take_departed`]).
     departed: Vec<S>,
     opened: ByDirection,
@@ -420,7 +421,7 @@ pub(crate) struct Ledger<S> {
 impl<S> Default for Ledger<S> {
     fn default() -> Self {
         Self {
-            streams: Slab::new(),
+            streams: Vec::new(),
             departed: Vec::new(),
             opened: [0; 2],
             ended_send: [[0; 2]; 2],
@@ -430,29 +431,34 @@ impl<S> Default for Ledger<S> {
 }
 
 impl<S> Ledger<S> {
-    /// A new stream: `make` is given the key that [`Ledger::close`] later takes.
+    /// A new stream: `make` is given its key, which [`Ledger::close`] takes (and which may
+    /// change when another stream leaves).
     pub(crate) fn open(&mut self, direction: Direction, make: impl FnOnce(u32) -> S) -> &S {
         self.opened[direction.index()] += 1;
-        let slot = self.streams.vacant_entry();
         // Each tracked stream holds well over a hundred bytes: 2^32 of them cannot exist.
-        let key = u32::try_from(slot.key()).expect("fewer than 2^32 streams tracked");
-        slot.insert(make(key))
+        let key = u32::try_from(self.streams.len()).expect("fewer than 2^32 streams tracked");
+        self.streams.push(make(key));
+        &self.streams[self.streams.len() - 1]
     }
 
     /// A stream leaves the books, ending as `entry` says; `is_it` checks that `key` still
-    /// names it (keys are reused).
+    /// names it. The stream that takes its place is given its new key with `rekey`.
     pub(crate) fn close(
         &mut self,
         key: u32,
         direction: Direction,
         entry: &Entry,
         is_it: impl FnOnce(&S) -> bool,
+        rekey: impl FnOnce(&S, u32),
     ) -> Option<S> {
-        let key = key as usize;
-        if !self.streams.get(key).is_some_and(is_it) {
+        let index = key as usize;
+        if !self.streams.get(index).is_some_and(is_it) {
             return None;
         }
-        let stream = self.streams.remove(key);
+        let stream = self.streams.swap_remove(index);
+        if let Some(moved) = self.streams.get(index) {
+            rekey(moved, key);
+        }
         let d = direction.index();
         let send_end = usize::from(matches!(entry.send, HalfState::Reset | HalfState::Stopped));
         self.ended_send[send_end][d] += 1;
@@ -478,7 +484,7 @@ impl<S> Ledger<S> {
 
     /// The streams still tracked.
     pub(crate) fn streams(&self) -> impl Iterator<Item = &S> {
-        self.streams.iter().map(|(_, s)| s)
+        self.streams.iter()
     }
 
     /// Totals with nothing tracked yet: add each tracked stream with [`Totals::add`].
@@ -494,7 +500,7 @@ impl<S> Ledger<S> {
     /// Give memory back once a burst of streams has left.
     pub(crate) fn shrink(&mut self) {
         if self.streams.is_empty() && self.streams.capacity() > 64 {
-            self.streams = Slab::new();
+            self.streams = Vec::new();
         }
     }
 }
@@ -523,11 +529,19 @@ mod tests {
     use super::*;
     use HalfState::*;
 
+    /// A stream as the books keep it: its id (the test's name for it), its key, which moves.
+    struct Tracked {
+        id: u32,
+        key: std::cell::Cell<u32>,
+        direction: Direction,
+    }
+
     /// A connection's books with streams kept as plain entries, as the connection keeps them
     /// inside each stream's shared state.
     struct Books {
-        ledger: Ledger<(u32, Direction)>,
+        ledger: Ledger<std::rc::Rc<Tracked>>,
         entries: std::collections::HashMap<u32, Entry>,
+        next_id: u32,
     }
 
     impl Books {
@@ -535,40 +549,57 @@ mod tests {
             Self {
                 ledger: Ledger::default(),
                 entries: Default::default(),
+                next_id: 0,
             }
         }
 
+        /// Open a stream; its id.
         fn open(&mut self, direction: Direction) -> u32 {
-            let &(key, _) = self.ledger.open(direction, |key| (key, direction));
-            self.entries.insert(key, Entry::new(Stamp(0)));
-            key
+            let id = self.next_id;
+            self.next_id += 1;
+            self.ledger.open(direction, |key| {
+                std::rc::Rc::new(Tracked {
+                    id,
+                    key: key.into(),
+                    direction,
+                })
+            });
+            self.entries.insert(id, Entry::new(Stamp(0)));
+            id
         }
 
-        fn entry(&mut self, key: u32) -> &mut Entry {
-            self.entries.get_mut(&key).expect("tracked")
+        fn entry(&mut self, id: u32) -> &mut Entry {
+            self.entries.get_mut(&id).expect("tracked")
+        }
+
+        fn key_of(&self, id: u32) -> u32 {
+            let tracked = self.ledger.streams().find(|t| t.id == id);
+            tracked.expect("tracked").key.get()
         }
 
         /// What the watcher does: let settled streams go.
         fn settle(&mut self) {
-            let settled: Vec<(u32, Direction)> = self
+            let settled: Vec<std::rc::Rc<Tracked>> = self
                 .ledger
                 .streams()
-                .copied()
-                .filter(|(key, _)| self.entries[key].settled())
+                .filter(|t| self.entries[&t.id].settled())
+                .cloned()
                 .collect();
-            for (key, direction) in settled {
-                let entry = self.entries.remove(&key).expect("tracked");
-                assert!(self
+            for t in settled {
+                let entry = self.entries.remove(&t.id).expect("tracked");
+                let is_it = |s: &std::rc::Rc<Tracked>| std::rc::Rc::ptr_eq(s, &t);
+                let rekey = |moved: &std::rc::Rc<Tracked>, key| moved.key.set(key);
+                let left = self
                     .ledger
-                    .close(key, direction, &entry, |_| true)
-                    .is_some());
+                    .close(t.key.get(), t.direction, &entry, is_it, rekey);
+                assert!(left.is_some());
             }
         }
 
         fn totals(&self) -> Totals {
             let mut totals = self.ledger.counts();
-            for (key, direction) in self.ledger.streams() {
-                totals.add(*direction, &self.entries[key]);
+            for t in self.ledger.streams() {
+                totals.add(t.direction, &self.entries[&t.id]);
             }
             totals
         }
@@ -740,18 +771,44 @@ mod tests {
     #[test]
     fn keys_are_reused_and_memory_given_back() {
         let mut b = Books::new();
-        let keys: Vec<u32> = (0..100).map(|_| b.open(Direction::Outbound)).collect();
-        for &k in &keys {
-            b.entry(k).set_send(Reset);
-            b.entry(k).set_recv(Stopped);
-            b.entry(k).handle_dropped(Stamp(0));
+        let ids: Vec<u32> = (0..100).map(|_| b.open(Direction::Outbound)).collect();
+        for &id in &ids {
+            b.entry(id).set_send(Reset);
+            b.entry(id).set_recv(Stopped);
+            b.entry(id).handle_dropped(Stamp(0));
         }
         b.settle();
         assert_eq!(b.totals().tracked_total(), 0);
         b.ledger.shrink();
         assert_eq!(b.ledger.streams.capacity(), 0);
-        assert_eq!(b.open(Direction::Inbound), 0);
+        let next = b.open(Direction::Inbound);
+        assert_eq!(b.key_of(next), 0);
         assert_eq!(b.totals().opened, [1, 100]);
+    }
+
+    #[test]
+    fn a_stream_that_leaves_gives_its_key_to_the_last() {
+        let mut b = Books::new();
+        let [first, second, last] = [(); 3].map(|()| b.open(Direction::Inbound));
+        b.entry(first).set_send(Reset);
+        b.entry(first).set_recv(Finished);
+        b.entry(first).handle_dropped(Stamp(0));
+        b.settle();
+        assert_eq!((b.key_of(last), b.key_of(second)), (0, 1));
+        // The moved stream leaves by its new key, and a stale key finds nothing.
+        b.entry(last).set_send(Reset);
+        b.entry(last).set_recv(Finished);
+        b.entry(last).handle_dropped(Stamp(0));
+        b.settle();
+        assert_eq!(b.key_of(second), 0);
+        let gone = Entry::new(Stamp(0));
+        assert!(b
+            .ledger
+            .close(1, Direction::Inbound, &gone, |_| true, |_, _| {})
+            .is_none());
+        let totals = b.totals();
+        consistent(&totals);
+        assert_eq!(totals.tracked, [1, 0]);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::{
     io,
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
         Arc, Mutex, MutexGuard,
     },
     task::{Context, Poll, Waker},
@@ -217,9 +217,10 @@ impl SendHalf {
 pub(crate) struct Cell {
     pub(crate) id: u64,
     pub(crate) direction: Direction,
-    /// The stream's key in the connection's ledger (meaningless with the ledger off). A
-    /// `u32` packs with the flags below: a connection tracks far fewer streams than 2^32.
-    pub(crate) key: u32,
+    /// The stream's key in the connection's ledger (meaningless with the ledger off); read
+    /// and changed only under the ledger's lock, when a stream that leaves gives this one its
+    /// place. 32 bits pack with the flags below.
+    pub(crate) key: AtomicU32,
     send: Mutex<SendHalf>,
     pub(crate) activity: Activity,
     /// Set once our receive half is finished, reset or stopped.
@@ -305,7 +306,7 @@ impl Stream {
             Arc::new(Cell {
                 id,
                 direction,
-                key,
+                key: AtomicU32::new(key),
                 send: Mutex::new(SendHalf {
                     stream: send,
                     state: Send::Open,
