@@ -70,6 +70,8 @@ pub(crate) struct Shared {
     look_asked: AtomicBool,
     /// Whether the watcher knows this connection: told with its first tracked stream.
     tracked: AtomicBool,
+    /// Whether the watcher saw the connection close.
+    closed: AtomicBool,
     /// Since when an outbound open has been waiting for stream credit, if one is.
     credit_wait_since: Mutex<Option<Instant>>,
     ledger: Option<Mutex<Ledger<Arc<Cell>>>>,
@@ -143,43 +145,59 @@ impl Shared {
     /// per-thread cache and contends for its arena (with glibc, most of what the ledger cost
     /// in the `scale` benchmark). Those no opener took since the last release go back to the
     /// caller, and the watcher's leak scan frees what is left ([`Shared::free_departed`]), so
-    /// a connection gone quiet keeps none for longer than a scan period.
+    /// a connection gone quiet keeps none for longer than a scan period. Once the connection
+    /// is closed no opener will come: everything goes back to the caller.
     pub(crate) fn release(&self, settled: &mut Vec<Arc<Cell>>) {
         let Some(mut ledger) = self.ledger() else {
             return;
         };
         for cell in settled.iter() {
-            let half = cell.lock();
-            if let Some(entry) = &half.entry {
-                let this = |tracked: &Arc<Cell>| Arc::ptr_eq(tracked, cell);
-                let rekey = |moved: &Arc<Cell>, key| moved.key.store(key, Ordering::Relaxed);
-                let key = cell.key.load(Ordering::Relaxed);
-                // Never the last reference: the caller's is.
-                drop(ledger.close(key, cell.direction, entry, this, rekey));
-            }
+            // Never the last reference: the caller's is.
+            drop(close(&mut ledger, cell));
         }
-        ledger.swap_departed(settled);
+        if self.closed.load(Ordering::Acquire) {
+            ledger.take_all_departed(settled);
+        } else {
+            ledger.swap_departed(settled);
+        }
         ledger.shrink();
+    }
+
+    /// One stream, settled when its watch ended, leaves the books: as [`Shared::release`],
+    /// but the others that wait for an opener stay.
+    pub(crate) fn release_one(&self, cell: Arc<Cell>) {
+        let Some(mut ledger) = self.ledger() else {
+            return;
+        };
+        drop(close(&mut ledger, &cell));
+        let unkept = if self.closed.load(Ordering::Acquire) {
+            Some(cell)
+        } else {
+            ledger.depart(cell);
+            None
+        };
+        drop(ledger);
+        drop(unkept);
     }
 
     /// Free the streams that left the books and that no opener took.
     pub(crate) fn free_departed(&self) {
         let mut departed = Vec::new();
         if let Some(mut ledger) = self.ledger() {
-            ledger.swap_departed(&mut departed);
+            ledger.take_all_departed(&mut departed);
         }
         drop(departed);
     }
 
-    /// The connection is gone: QUIC holds nothing any more.
+    /// The connection is gone: QUIC holds nothing any more, and no opener will come to free
+    /// what leaves.
     pub(crate) fn connection_closed(&self) {
+        self.closed.store(true, Ordering::Release);
         let mut tracked: Vec<Arc<Cell>> = match self.ledger() {
             Some(ledger) => ledger.streams().cloned().collect(),
             None => return,
         };
         self.release(&mut tracked);
-        drop(tracked);
-        self.free_departed();
     }
 
     /// The send half moved to `state`, if it moved: for metrics and qlog (the ledger entry
@@ -477,6 +495,7 @@ impl Connection {
             watched: AtomicU64::new(0),
             look_asked: AtomicBool::new(false),
             tracked: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             credit_wait_since: Mutex::new(None),
             ledger: config.stream_ledger.then(Mutex::default),
             watcher: ledgers.watcher.clone(),
@@ -609,6 +628,16 @@ async fn open_with_warning(
         m.credit_waited(started.elapsed());
     }
     Ok(result?)
+}
+
+/// Take `cell` out of the books if it is there (its key may be stale); the books' reference.
+fn close(ledger: &mut Ledger<Arc<Cell>>, cell: &Arc<Cell>) -> Option<Arc<Cell>> {
+    let half = cell.lock();
+    let entry = half.entry.as_ref()?;
+    let this = |tracked: &Arc<Cell>| Arc::ptr_eq(tracked, cell);
+    let rekey = |moved: &Arc<Cell>, key| moved.key.store(key, Ordering::Relaxed);
+    let key = cell.key.load(Ordering::Relaxed);
+    ledger.close(key, cell.direction, entry, this, rekey)
 }
 
 /// Runs `f` when dropped.

@@ -482,6 +482,16 @@ impl<S> Ledger<S> {
         self.departed.pop()
     }
 
+    /// Keep a stream that left the books for [`Ledger::take_departed`].
+    pub(crate) fn depart(&mut self, stream: S) {
+        self.departed.push(stream);
+    }
+
+    /// Move every stream that left the books into `into`, to drop.
+    pub(crate) fn take_all_departed(&mut self, into: &mut Vec<S>) {
+        into.append(&mut self.departed);
+    }
+
     /// The streams still tracked.
     pub(crate) fn streams(&self) -> impl Iterator<Item = &S> {
         self.streams.iter()
@@ -784,6 +794,41 @@ mod tests {
         let next = b.open(Direction::Inbound);
         assert_eq!(b.key_of(next), 0);
         assert_eq!(b.totals().opened, [1, 100]);
+    }
+
+    #[test]
+    fn a_stale_key_closes_nothing() {
+        use std::rc::Rc;
+        let mut ledger: Ledger<Rc<u32>> = Ledger::default();
+        let first = ledger.open(Direction::Inbound, |_| Rc::new(1)).clone();
+        ledger.open(Direction::Inbound, |_| Rc::new(2));
+        let entry = Entry::new(Stamp(0));
+        let is_first = |s: &Rc<u32>| Rc::ptr_eq(s, &first);
+        let moved_to = std::cell::Cell::new(None);
+        let rekey = |_: &Rc<u32>, key| moved_to.set(Some(key));
+        let left = ledger.close(0, Direction::Inbound, &entry, is_first, rekey);
+        assert!(left.is_some());
+        assert_eq!(moved_to.get(), Some(0));
+        // Key 0 names the second stream now: the first's stale key finds nothing.
+        let again = ledger.close(0, Direction::Inbound, &entry, is_first, |_, _| {});
+        assert!(again.is_none());
+        assert_eq!(ledger.streams().map(|s| **s).collect::<Vec<_>>(), [2]);
+    }
+
+    #[test]
+    fn departed_streams_wait_for_whoever_drops_them() {
+        let mut ledger: Ledger<u32> = Ledger::default();
+        ledger.depart(1);
+        ledger.depart(2);
+        let mut handed_back = vec![3];
+        ledger.swap_departed(&mut handed_back);
+        assert_eq!(handed_back, [1, 2]);
+        assert_eq!(ledger.take_departed(), Some(3));
+        assert_eq!(ledger.take_departed(), None);
+        ledger.depart(4);
+        let mut all = Vec::new();
+        ledger.take_all_departed(&mut all);
+        assert_eq!((all, ledger.take_departed()), (vec![4], None));
     }
 
     #[test]

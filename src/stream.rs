@@ -177,8 +177,9 @@ impl SendHalf {
         if matches!(self.state, Send::Reset { .. }) {
             return true;
         }
-        if !self.watcher.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            self.watcher = Some(Box::new(waker.clone()));
+        match &mut self.watcher {
+            Some(w) => (**w).clone_from(waker),
+            None => self.watcher = Some(Box::new(waker.clone())),
         }
         false
     }

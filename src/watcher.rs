@@ -270,7 +270,7 @@ async fn run(
                 let Some(shared) = shared.upgrade() else { continue };
                 shared.unwatched();
                 if stream::watch_ended(&shared, &cell, ended) {
-                    shared.release(&mut vec![cell]);
+                    shared.release_one(cell);
                 }
             }
         }
