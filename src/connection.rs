@@ -170,14 +170,13 @@ impl Shared {
             return;
         };
         drop(close(&mut ledger, &cell));
-        let unkept = if self.closed.load(Ordering::Acquire) {
-            Some(cell)
+        if self.closed.load(Ordering::Acquire) {
+            // No opener will come: freed here, once our lock is let go.
+            drop(ledger);
+            drop(cell);
         } else {
             ledger.depart(cell);
-            None
-        };
-        drop(ledger);
-        drop(unkept);
+        }
     }
 
     /// Free the streams that left the books and that no opener took.
