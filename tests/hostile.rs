@@ -18,6 +18,10 @@ use libp2p_core::{transport::TransportEvent, Transport as _};
 use libp2p_identity::{Keypair, PeerId};
 use libp2p_quinn::{test_util::Impairment, tokio::Transport, Config, Error};
 
+/// The connect/disconnect test measures the whole process (its descriptors and its memory), so
+/// it runs alone; the other tests of this file share the process with each other.
+static PROCESS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// 5% loss, 5% duplication, 5% reordering, each way.
 fn hostile() -> Impairment {
     Impairment::lossy(0.05)
@@ -64,6 +68,7 @@ fn digest(bytes: &[u8]) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_mib_arrive_intact_through_loss_reordering_and_duplication() {
+    let _shared = PROCESS.read().await;
     init_tracing();
     // Bind the pair: its proxy must outlive the transfer.
     let pair = pair_through(hostile(), 64).await;
@@ -96,6 +101,7 @@ async fn sixty_four_mib_arrive_intact_through_loss_reordering_and_duplication() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_small_streams_arrive_intact_through_loss_reordering_and_duplication() {
+    let _shared = PROCESS.read().await;
     init_tracing();
     let pair = pair_through(hostile(), 1000).await;
     let Pair {
@@ -142,6 +148,7 @@ async fn a_thousand_small_streams_arrive_intact_through_loss_reordering_and_dupl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_floods_unread_streams_is_bounded_by_our_windows() {
+    let _shared = PROCESS.read().await;
     init_tracing();
     const WINDOW: u32 = 1 << 20;
     const STREAM_WINDOW: u32 = 64 << 10;
@@ -258,6 +265,7 @@ fn rss_bytes() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_connect_disconnect_cycles_leave_nothing_behind() {
+    let _alone = PROCESS.write().await;
     init_tracing();
     let mut listener = Transport::new(Config::new(&Keypair::generate_ed25519()));
     let addr = listen(&mut listener, "/ip4/127.0.0.1/udp/0/quic-v1").await;
@@ -310,6 +318,7 @@ async fn a_thousand_connect_disconnect_cycles_leave_nothing_behind() {
 /// once per stream when each connection does little), and it ends with them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_watcher_task_serves_every_connection_and_ends_with_them() {
+    let _shared = PROCESS.read().await;
     const CONNECTIONS: usize = 20;
     let handle = tokio::runtime::Handle::current();
     let tasks_at_start = handle.metrics().num_alive_tasks();
@@ -389,6 +398,7 @@ async fn captured_initial() -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_and_replayed_handshakes_leave_the_listener_working() {
+    let _shared = PROCESS.read().await;
     init_tracing();
     let initial = captured_initial().await;
     let mut config = Config::new(&Keypair::generate_ed25519());
@@ -547,6 +557,7 @@ async fn refused_by_listener(client: quinn::ClientConfig) {
 
 #[tokio::test]
 async fn a_certificate_without_the_libp2p_extension_is_refused() {
+    let _shared = PROCESS.read().await;
     init_tracing();
     let plain = rcgen::generate_simple_self_signed(vec!["l".into()]).unwrap();
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(plain.key_pair.serialize_der().into());
@@ -555,6 +566,7 @@ async fn a_certificate_without_the_libp2p_extension_is_refused() {
 
 #[tokio::test]
 async fn a_libp2p_certificate_with_a_wrong_signature_is_refused() {
+    let _shared = PROCESS.read().await;
     init_tracing();
     let (cert, key) = libp2p_tls::certificate::generate(&Keypair::generate_ed25519()).unwrap();
     let mut der = cert.to_vec();
