@@ -179,6 +179,19 @@ impl Shared {
         }
     }
 
+    /// A stream settled as its handle was dropped leaves the books at once, without the
+    /// watcher.
+    pub(crate) fn leave(&self, cell: &Arc<Cell>) {
+        let Some(mut ledger) = self.ledger() else {
+            return;
+        };
+        let books = close(&mut ledger, cell);
+        ledger.shrink();
+        drop(ledger);
+        // Never the last reference: the dropped handle's is.
+        drop(books);
+    }
+
     /// Free the streams that left the books and that no opener took.
     pub(crate) fn free_departed(&self) {
         let mut departed = Vec::new();

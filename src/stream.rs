@@ -184,6 +184,19 @@ impl SendHalf {
         false
     }
 
+    /// Whether quinn has freed this half, which we finished: asked when the peer's FIN comes
+    /// after ours, as the reply to a request does. That reply usually carries the
+    /// acknowledgement of the request, so nothing is left to watch: one quinn lock now instead
+    /// of a look by the watcher later, and the stream leaves the books as its handle drops.
+    fn freed_after_finish(&mut self) -> bool {
+        let freed =
+            self.state == Send::Finished && !self.watched && self.stream.priority().is_err();
+        if freed {
+            self.acknowledged();
+        }
+        freed
+    }
+
     fn settled(&self) -> bool {
         self.entry.as_ref().is_some_and(Entry::settled)
     }
@@ -412,9 +425,10 @@ impl Stream {
         let released = release_if_stopped(&mut half);
         let send_reset = matches!(half.state, Send::Reset { .. });
         let tracked = half.entry.is_some();
+        let freed = state == Recv::Finished && tracked && half.freed_after_finish();
         drop(half);
         report_release(&self.shared, &self.cell, released);
-        if tracked && !send_reset {
+        if tracked && !send_reset && !freed {
             self.shared.queue(&self.cell);
         }
     }
@@ -552,12 +566,17 @@ impl Drop for Stream {
             }
             None => false,
         };
+        let settled = tracked && !half.watched && half.settled();
         drop(half);
         tracing::trace!(parent: self.span(), %send, %recv, "dropped");
         self.shared.send_moved(self.cell.id, changed);
         self.shared.stream_dropped(self.cell.direction);
-        // The watcher sees whether QUIC has freed the stream, and lets it go from the books.
-        if tracked {
+        if settled {
+            // Nothing left for QUIC to free (the peer acknowledged everything, or we reset):
+            // out of the books now, and freed on this thread.
+            self.shared.leave(&self.cell);
+        } else if tracked {
+            // The watcher sees whether QUIC has freed the stream, and lets it go from the books.
             self.shared.queue(&self.cell);
         }
     }

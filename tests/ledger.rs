@@ -193,3 +193,32 @@ async fn streams_the_peer_stopped_are_released_while_the_application_holds_them(
     listener.settled().await.unwrap();
     dialer.settled().await.unwrap();
 }
+
+/// The reply to a request carries the acknowledgement of the request: by the time the opener
+/// has read the reply to its end, QUIC has freed the opener's side of the stream, and the
+/// stream leaves the books as its handle drops, with no look by the watcher (which would come
+/// 20–30 ms later). The listener's side waits for the acknowledgement of its reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answered_stream_leaves_the_opener_s_books_as_it_drops() {
+    let Pair {
+        dialer,
+        mut listener,
+        ..
+    } = pair_with(
+        config(&Keypair::generate_ed25519(), LIMIT),
+        config(&Keypair::generate_ed25519(), LIMIT),
+    )
+    .await;
+    for i in 0..10 * LIMIT {
+        exchange(&dialer, &mut listener).await;
+        let snapshot = dialer.snapshot();
+        assert_eq!(
+            (snapshot.live_handles, snapshot.totals.tracked_total()),
+            ([0, 0], 0),
+            "exchange {i}: the opener's stream is still in the books: {snapshot:#?}"
+        );
+    }
+    // Inbound, outbound.
+    assert_eq!(dialer.snapshot().totals.opened, [0, 10 * u64::from(LIMIT)]);
+    listener.settled().await;
+}
