@@ -313,7 +313,12 @@ impl Stream {
         shared: Arc<Shared>,
     ) -> Self {
         let id = VarInt::from(send.id()).into_inner();
-        let span = tracing::debug_span!(parent: &shared.span, "stream", id, %direction);
+        // Asked first: making a span nobody wants still costs a few hundred instructions
+        // (tracing's `log` fallback, which quinn's default features turn on), per stream.
+        let span = tracing::enabled!(tracing::Level::DEBUG)
+            .then(|| tracing::debug_span!(parent: &shared.span, "stream", id, %direction))
+            .filter(|span| !span.is_disabled())
+            .map(Box::new);
         let cell = |key, entry| {
             #[cfg(feature = "test-util")]
             STATES.fetch_add(1, Ordering::Relaxed);
@@ -347,13 +352,13 @@ impl Stream {
         // its quinn halves takes quinn's.
         drop(departed);
         shared.stream_opened(id, direction);
-        tracing::trace!(parent: &span, "opened");
+        tracing::trace!(parent: span.as_deref().unwrap_or(&shared.span), "opened");
         Self {
             cell,
             recv,
             recv_state: Recv::Open,
             shared,
-            span: (!span.is_disabled()).then(|| Box::new(span)),
+            span,
         }
     }
 
