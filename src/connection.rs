@@ -23,7 +23,7 @@ use crate::{
     },
     stream::{Cell, Stream},
     watcher::Watcher,
-    Config, Error,
+    Config, Error, PeerIdMismatch,
 };
 
 #[cfg(feature = "qlog")]
@@ -715,10 +715,10 @@ impl Connecting {
             };
             if let Some(expected) = expected_peer.filter(|expected| *expected != peer) {
                 connection.close(0u32.into(), b"wrong peer id");
-                return Err(Error::PeerIdMismatch {
+                return Err(Error::PeerIdMismatch(Box::new(PeerIdMismatch {
                     expected,
                     actual: peer,
-                });
+                })));
             }
             Ok((
                 peer,

@@ -31,19 +31,25 @@ pub enum Error {
         addr: SocketAddr,
     },
     /// The dial address named one peer (`/p2p/…`) and another answered.
-    #[error("dialed peer {expected} but {actual} answered")]
-    PeerIdMismatch {
-        /// The peer named in the dial address.
-        expected: PeerId,
-        /// The peer whose certificate was presented.
-        actual: PeerId,
-    },
+    #[error("{0}")]
+    PeerIdMismatch(Box<PeerIdMismatch>),
     /// The peer's certificate is not a valid libp2p certificate.
     #[error("invalid peer certificate: {0}")]
     InvalidCertificate(String),
     /// A dial as listener (hole punching) needs a listener of the same address family.
     #[error("no active listener to dial from")]
     NoActiveListenerForDialAsListener,
+}
+
+/// The peers of an [`Error::PeerIdMismatch`]. Boxed: two peer ids are 160 bytes, and every
+/// `Result` of the transport and the muxer (a stream opened, say) would be that big too.
+#[derive(Debug, thiserror::Error)]
+#[error("dialed peer {expected} but {actual} answered")]
+pub struct PeerIdMismatch {
+    /// The peer named in the dial address.
+    pub expected: PeerId,
+    /// The peer whose certificate was presented.
+    pub actual: PeerId,
 }
 
 impl From<quinn::ConnectionError> for Error {

@@ -26,9 +26,6 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
-// `Error::PeerIdMismatch` carries two peer ids (160 bytes). Errors are rare, and plain fields
-// read better than boxes.
-#![allow(clippy::result_large_err)]
 
 mod address;
 mod config;
@@ -49,7 +46,7 @@ mod watcher;
 pub use address::{parse as parse_multiaddr, to_multiaddr};
 pub use config::Config;
 pub use connection::{Connecting, Connection, ConnectionSnapshot, Ledgers};
-pub use error::{Error, StreamError};
+pub use error::{Error, PeerIdMismatch, StreamError};
 #[cfg(feature = "metrics")]
 pub use metrics::Metrics;
 pub use stream::{Closed, Stream};

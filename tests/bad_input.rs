@@ -61,10 +61,7 @@ async fn dialing_the_wrong_peer_fails_with_both_ids() {
         .unwrap();
     let (dialed, _) = futures::join!(bounded("dial", dial), accept(&mut listener));
     match dialed {
-        Err(Error::PeerIdMismatch {
-            expected,
-            actual: _,
-        }) => assert_eq!(expected, impostor),
+        Err(Error::PeerIdMismatch(mismatch)) => assert_eq!(mismatch.expected, impostor),
         Err(other) => panic!("expected PeerIdMismatch, got {other:?}"),
         Ok(_) => panic!("a connection to the wrong peer was handed out"),
     }
