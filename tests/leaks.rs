@@ -267,3 +267,54 @@ leak_tests! {
     panicking_writer_dialer_opens: Case::PanickingWriter, Opener::Dialer, false;
     panicking_writer_listener_opens: Case::PanickingWriter, Opener::Listener, false;
 }
+
+/// The guard adds nothing to the wire when a stream ends cleanly: request/response exchanges,
+/// ten times past the limit, send no STOP_SENDING and no RESET_STREAM either way (both halves
+/// were read to the end and finished before the drop). The same count sees the STOP_SENDING
+/// of an acceptor that drops its streams unread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_exchanges_put_no_stop_or_reset_on_the_wire() {
+    let mut pair = pair_with(
+        config(&Keypair::generate_ed25519(), LIMIT),
+        config(&Keypair::generate_ed25519(), LIMIT),
+    )
+    .await;
+    let stops_and_resets = |peer: &Peer| {
+        let frames = peer.quinn.stats().frame_tx;
+        (frames.stop_sending, frames.reset_stream)
+    };
+    for _ in 0..STREAMS {
+        exchange(&pair.dialer, &mut pair.listener).await;
+    }
+    assert_eq!(stops_and_resets(&pair.dialer), (0, 0), "dialer");
+    assert_eq!(stops_and_resets(&pair.listener), (0, 0), "listener");
+
+    // Now the acceptor drops each stream before the opener's FIN: a STOP_SENDING each, which
+    // the opener sees before it lets go (a FIN first could make the stop unnecessary).
+    for _ in 0..LIMIT {
+        let mut out = pair.dialer.open().await;
+        out.write_all(b"request!").await.unwrap();
+        let mut inbound = pair.listener.accept().await;
+        let mut request = [0; 8];
+        inbound.read_exact(&mut request).await.unwrap();
+        drop(inbound);
+        let stopped = bounded("the opener sees the stop", async {
+            loop {
+                if let Err(e) = out.write_all(b"more").await {
+                    break e;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        let stopped = stopped
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<StreamError>());
+        assert_eq!(stopped, Some(&StreamError::StoppedByPeer(0)));
+    }
+    // At least: a lost or late-acknowledged frame is sent again.
+    let (stops, _) = stops_and_resets(&pair.listener);
+    assert!(stops >= u64::from(LIMIT), "{stops} STOP_SENDING frames");
+    pair.dialer.settled().await;
+    pair.listener.settled().await;
+}

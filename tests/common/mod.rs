@@ -96,6 +96,8 @@ pub struct Peer {
     pub remote: PeerId,
     open: mpsc::UnboundedSender<oneshot::Sender<Result<Stream, libp2p_quinn::Error>>>,
     pub inbound: mpsc::UnboundedReceiver<Stream>,
+    /// The quinn connection underneath, for its statistics.
+    pub quinn: quinn::Connection,
     ledgers: Ledgers,
     driver: tokio::task::JoinHandle<()>,
 }
@@ -104,12 +106,14 @@ impl Peer {
     pub fn new(peer_id: PeerId, remote: PeerId, connection: Connection, ledgers: Ledgers) -> Self {
         let (open, open_rx) = mpsc::unbounded();
         let (inbound_tx, inbound) = mpsc::unbounded();
+        let quinn = connection.quinn().clone();
         let driver = tokio::spawn(drive(connection, open_rx, inbound_tx));
         Self {
             peer_id,
             remote,
             open,
             inbound,
+            quinn,
             ledgers,
             driver,
         }
