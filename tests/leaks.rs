@@ -274,11 +274,7 @@ leak_tests! {
 /// of an acceptor that drops its streams unread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clean_exchanges_put_no_stop_or_reset_on_the_wire() {
-    let mut pair = pair_with(
-        config(&Keypair::generate_ed25519(), LIMIT),
-        config(&Keypair::generate_ed25519(), LIMIT),
-    )
-    .await;
+    let mut pair = pair_limited(LIMIT).await;
     let stops_and_resets = |peer: &Peer| {
         let frames = peer.quinn.stats().frame_tx;
         (frames.stop_sending, frames.reset_stream)

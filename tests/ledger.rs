@@ -150,11 +150,7 @@ async fn streams_the_peer_stopped_are_released_while_the_application_holds_them(
         dialer,
         mut listener,
         ..
-    } = pair_with(
-        config(&Keypair::generate_ed25519(), LIMIT),
-        config(&Keypair::generate_ed25519(), LIMIT),
-    )
-    .await;
+    } = pair_limited(LIMIT).await;
     let streams = 10 * LIMIT as usize;
     let opener = async {
         for i in 0..streams {
@@ -204,11 +200,7 @@ async fn an_answered_stream_leaves_the_opener_s_books_as_it_drops() {
         dialer,
         mut listener,
         ..
-    } = pair_with(
-        config(&Keypair::generate_ed25519(), LIMIT),
-        config(&Keypair::generate_ed25519(), LIMIT),
-    )
-    .await;
+    } = pair_limited(LIMIT).await;
     for i in 0..10 * LIMIT {
         exchange(&dialer, &mut listener).await;
         let snapshot = dialer.snapshot();

@@ -263,6 +263,15 @@ pub async fn accept(transport: &mut Transport) -> (PeerId, Connection) {
     }
 }
 
+/// Two peers with fresh identities and the stream limit `limit` on both sides.
+pub async fn pair_limited(limit: u32) -> Pair {
+    pair_with(
+        config(&Keypair::generate_ed25519(), limit),
+        config(&Keypair::generate_ed25519(), limit),
+    )
+    .await
+}
+
 pub async fn pair_with(dialer_config: Config, listener_config: Config) -> Pair {
     pair_via(dialer_config, listener_config, None).await
 }
