@@ -9,7 +9,8 @@
 //! The books are kept where the stream is: each stream's entry lives in the state it
 //! shares with the watcher, and the per-connection ledger only holds the streams still
 //! tracked and counts those gone. A stream touches the connection's books twice, when it is
-//! opened and when the watcher lets it go; totals are added up when somebody looks.
+//! opened and when it leaves (as its handle drops, if QUIC holds nothing by then, else when the
+//! watcher sees it freed); totals are added up when somebody looks.
 //!
 //! What quinn 0.11 lets us observe, and so what the states mean:
 //!

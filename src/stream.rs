@@ -315,7 +315,7 @@ impl Stream {
         let id = VarInt::from(send.id()).into_inner();
         // Asked first: making a span nobody wants still costs a few hundred instructions
         // (tracing's `log` fallback, which quinn's default features turn on), per stream.
-        let span = tracing::enabled!(tracing::Level::DEBUG)
+        let span = tracing::span_enabled!(tracing::Level::DEBUG)
             .then(|| tracing::debug_span!(parent: &shared.span, "stream", id, %direction))
             .filter(|span| !span.is_disabled())
             .map(Box::new);
@@ -383,7 +383,7 @@ impl Stream {
     /// go-libp2p's `Close()` does the same.
     pub fn close_both(&mut self) -> Closed {
         let send = self.end_send();
-        let recv = self.end_recv(CLOSE_CODE);
+        let recv = self.end_recv(CLOSE_CODE, true);
         Closed { send, recv }
     }
 
@@ -392,7 +392,7 @@ impl Stream {
     pub fn reset(&mut self, code: u32) {
         let changed = self.cell.lock().reset(code.into());
         self.shared.send_moved(self.cell.id, changed);
-        self.end_recv(code);
+        self.end_recv(code, true);
     }
 
     /// End our send half if it is still open: finish it (FIN).
@@ -405,11 +405,12 @@ impl Stream {
         state
     }
 
-    /// Stop our receive half if it was not read to the end.
-    fn end_recv(&mut self, code: u32) -> HalfState {
+    /// Stop our receive half if it was not read to the end; `queue` as for
+    /// [`Stream::recv_ended`].
+    fn end_recv(&mut self, code: u32, queue: bool) -> HalfState {
         if self.recv_state == Recv::Open {
             let _ = self.recv.stop(VarInt::from_u32(code));
-            self.recv_ended(Recv::Stopped);
+            self.recv_ended(Recv::Stopped, queue);
         }
         self.recv_state.as_half()
     }
@@ -417,8 +418,9 @@ impl Stream {
     /// Our receive half ended. A stream the peer stopped and whose receive half is done
     /// carries nothing more either way: reset our send half now, as RFC 9000 recommends, so
     /// the peer gets its credit back even while our application keeps the handle. If the stop
-    /// may still come, the watcher is asked to look out for it.
-    fn recv_ended(&mut self, state: Recv) {
+    /// may still come, the watcher is asked to look out for it, unless `queue` is off: `Drop`
+    /// decides for itself once the send half has ended too.
+    fn recv_ended(&mut self, state: Recv, queue: bool) {
         self.recv_state = state;
         self.cell.recv_done.store(true, Ordering::Release);
         let recorded = state.as_half();
@@ -433,7 +435,7 @@ impl Stream {
         let freed = state == Recv::Finished && tracked && half.freed_after_finish();
         drop(half);
         report_release(&self.shared, &self.cell, released);
-        if tracked && !send_reset && !freed {
+        if queue && tracked && !send_reset && !freed {
             self.shared.queue(&self.cell);
         }
     }
@@ -473,7 +475,7 @@ impl AsyncRead for Stream {
         }
         match futures::ready!(this.recv.poll_read(cx, buf)) {
             Ok(0) if !buf.is_empty() => {
-                this.recv_ended(Recv::Finished);
+                this.recv_ended(Recv::Finished, true);
                 Poll::Ready(Ok(0))
             }
             Ok(n) => {
@@ -483,7 +485,7 @@ impl AsyncRead for Stream {
             Err(e) => {
                 let e = StreamError::from(e);
                 if let StreamError::ResetByPeer(code) = e {
-                    this.recv_ended(Recv::ResetByPeer(code));
+                    this.recv_ended(Recv::ResetByPeer(code), true);
                 }
                 tracing::debug!(parent: this.span(), error = %e, "read failed");
                 Poll::Ready(Err(e.into()))
@@ -560,7 +562,7 @@ impl Drop for Stream {
         // A panicking writer may have left a message half-written: reset, so the peer sees an
         // error rather than a clean end of stream.
         let reset = std::thread::panicking() || self.shared.config.reset_on_drop;
-        let recv = self.end_recv(CLOSE_CODE);
+        let recv = self.end_recv(CLOSE_CODE, false);
         let mut half = self.cell.lock();
         let changed = half.end(reset);
         let send = half.ended_as();

@@ -131,7 +131,8 @@ impl Watcher {
         if !self.inner.gone.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 "the stream watcher task is gone (its runtime shut down, or it panicked): \
-                 dropped streams no longer leave the ledger and leaks are no longer reported"
+                 dropped streams that QUIC still held no longer leave the ledger, and leaks \
+                 are no longer reported"
             );
         }
     }

@@ -311,6 +311,6 @@ async fn clean_exchanges_put_no_stop_or_reset_on_the_wire() {
     // At least: a lost or late-acknowledged frame is sent again.
     let (stops, _) = stops_and_resets(&pair.listener);
     assert!(stops >= u64::from(LIMIT), "{stops} STOP_SENDING frames");
-    pair.dialer.settled().await;
-    pair.listener.settled().await;
+    pair.dialer.settled().await.expect("connection alive");
+    pair.listener.settled().await.expect("connection alive");
 }
