@@ -291,9 +291,10 @@ impl Shared {
         let mut totals = ledger.counts();
         let mut streams = Vec::new();
         for cell in ledger.streams() {
-            if let Some(entry) = &cell.lock().entry {
+            let half = cell.lock();
+            if let Some(entry) = &half.entry {
                 totals.add(cell.direction, entry);
-                streams.push(entry.info(cell.id, cell.direction, &cell.activity, now));
+                streams.push(entry.info(half.id(), cell.direction, &cell.activity, now));
             }
         }
         streams.sort_by_key(|s| std::cmp::Reverse(s.age));
@@ -320,12 +321,11 @@ impl Shared {
         let now = self.clock.now();
         let mut found = Vec::new();
         for cell in ledger.streams() {
-            if let Some(entry) = &mut cell.lock().entry {
+            let mut half = cell.lock();
+            let id = half.id();
+            if let Some(entry) = &mut half.entry {
                 if let Some(kind) = entry.suspect(&cell.activity, now, threshold) {
-                    found.push((
-                        entry.info(cell.id, cell.direction, &cell.activity, now),
-                        kind,
-                    ));
+                    found.push((entry.info(id, cell.direction, &cell.activity, now), kind));
                 }
             }
         }

@@ -190,7 +190,7 @@ pub(crate) struct Entry {
     dropped_at: Stamp,
     /// When the count of bytes moved last changed, and that count as of the last look.
     last_change: Stamp,
-    seen_bytes: u64,
+    seen_bytes: u32,
 }
 
 impl Entry {
@@ -269,7 +269,9 @@ impl Entry {
         if self.warned {
             return None;
         }
-        let moved = activity.total();
+        // The low 32 bits are enough to see movement: only exactly a multiple of 4 GiB moved
+        // between two scans would read as none, for one scan.
+        let moved = activity.total() as u32;
         if moved != self.seen_bytes {
             self.seen_bytes = moved;
             self.last_change = now;
