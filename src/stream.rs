@@ -234,8 +234,9 @@ impl SendHalf {
 
 /// What a stream shares with its connection's watcher and ledger.
 ///
-/// No stream id: quinn's send half has it (`SendHalf::id`), and the handle keeps a copy. Eight
-/// bytes less keep this in glibc's 128-byte block with the `Arc`'s counts.
+/// No stream id: quinn's send half has it (`SendHalf::id`), and the handle keeps a copy. That,
+/// and the entry's 32-bit byte count, keep this in glibc's 128-byte block with the `Arc`'s
+/// counts (104 bytes; a unit test holds it).
 pub(crate) struct Cell {
     pub(crate) direction: Direction,
     /// The stream's key in the connection's ledger (meaningless with the ledger off); read
