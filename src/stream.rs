@@ -189,12 +189,18 @@ impl SendHalf {
     /// acknowledgement of the request, so nothing is left to watch: one quinn lock now instead
     /// of a look by the watcher later, and the stream leaves the books as its handle drops.
     fn freed_after_finish(&mut self) -> bool {
-        let freed =
-            self.state == Send::Finished && !self.watched && self.stream.priority().is_err();
+        let freed = self.state == Send::Finished && !self.watched && self.freed_by_quinn();
         if freed {
             self.acknowledged();
         }
         freed
+    }
+
+    /// Whether quinn has forgotten this half, which it does once it is freed: asked of a half
+    /// we have not reset, that means the peer acknowledged everything. One lock of quinn's, no
+    /// allocation (`priority()` fails for a stream quinn no longer knows).
+    fn freed_by_quinn(&self) -> bool {
+        self.stream.priority().is_err()
     }
 
     /// The QUIC stream id.
@@ -220,9 +226,7 @@ impl SendHalf {
     /// came before our FIN, quinn's `finish` quietly queued none, and only our reset frees the
     /// half.)
     fn probe(&mut self, ask_stop: bool) -> Option<Result<Option<VarInt>, quinn::StoppedError>> {
-        if self.stream.priority().is_err() {
-            // quinn forgets a send half once it is freed; we have not reset this one, so the
-            // peer acknowledged everything.
+        if self.freed_by_quinn() {
             return Some(Ok(None));
         }
         if !ask_stop {

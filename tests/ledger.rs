@@ -23,16 +23,6 @@ fn metric(text: &str, prefix: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Poll `check` until it holds, bounded.
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    bounded(what, async {
-        while !check() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_application_holding_inbound_streams_is_named_by_both_sides() {
     let _ = captured_warnings();

@@ -116,14 +116,7 @@ async fn streams_dropped_after_their_connection_closed_are_freed() {
             .chain([listener.snapshot()]);
         all.map(|s| s.totals.tracked_total()).sum::<u64>() == 0
     };
-    let deadline = tokio::time::Instant::now() + STEP;
-    while !closed_everywhere() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the watcher did not see the close"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the watcher to see the close", closed_everywhere).await;
 
     drop((held, keeper_out));
     states_fall_to(1).await;

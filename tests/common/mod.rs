@@ -90,6 +90,17 @@ pub async fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> T {
     }
 }
 
+/// Poll `check` until it holds, bounded. For counters that a background task (the watcher)
+/// changes: a bounded wait, not a sleep used to order events.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    bounded(what, async {
+        while !check() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
 /// One side of a connection, with its muxer driven by a task.
 pub struct Peer {
     pub peer_id: PeerId,
