@@ -9,7 +9,8 @@
 //! Everything runs in one process and round-robin: each round runs every workload on every
 //! transport (in an order that rotates per round), so that the noise of a small, shared machine
 //! falls on all transports alike and the ratios between them hold even where absolute numbers
-//! drift. Each measurement prints one machine-readable line,
+//! drift. (Handshakes, a few milliseconds each, take turns dial by dial within the round.)
+//! Each measurement prints one machine-readable line,
 //!
 //! ```text
 //! BENCH {"round":1,"transport":"ours","workload":"seq_churn","value":12345.6,"unit":"streams/s"}
@@ -21,7 +22,7 @@
 //! machine moves whole rounds at once.
 //!
 //! Each measurement runs on a tokio runtime of its own (two workers, as the machine has two
-//! cores), dropped afterwards, so that the next one neither shares the CPU with its teardown
+//! cores; the handshakes of a round share one), dropped afterwards, so that the next one neither shares the CPU with its teardown
 //! nor sees its memory freed. Beside wall-clock rates, the churn and bulk workloads report
 //! the CPU time they cost (steadier than time on a shared machine), and bulk and scale the
 //! datagrams the kernel dropped for full UDP receive buffers (why a QUIC run slows down).
@@ -502,49 +503,81 @@ pub async fn run(options: &Options) -> Report {
             let mut transports = options.transports.clone();
             let len = transports.len().max(1);
             transports.rotate_left((round - 1) % len);
-            for kind in transports {
-                match isolated(workload, kind, &keys, &options.sizes).await {
-                    Ok(values) => {
-                        for (metric, value) in values {
-                            println!(
-                                "BENCH {{\"round\":{round},\"transport\":\"{}\",\"workload\":\"{}\",\"value\":{},\"unit\":\"{}\"}}",
-                                kind.name(),
-                                metric.name(),
-                                json_number(value),
-                                metric.unit(),
-                            );
-                            report.samples.push(Sample {
-                                round,
-                                transport: kind,
-                                metric,
-                                value,
-                            });
-                        }
-                    }
-                    Err(error) => {
-                        println!(
-                            "BENCH {{\"round\":{round},\"transport\":\"{}\",\"workload\":\"{}\",\"error\":{:?}}}",
-                            kind.name(),
-                            workload.name(),
-                            error,
-                        );
-                        report.errors.push(format!(
-                            "round {round}, {}, {}: {error}",
-                            kind.name(),
-                            workload.name()
-                        ));
-                    }
+            if workload == Workload::Handshake {
+                // Interleaved dial by dial, not transport after transport: see `handshakes`.
+                let (kinds, count, keys) =
+                    (transports.clone(), options.sizes.handshakes, keys.clone());
+                let results = on_own_runtime(move || async move {
+                    let results = handshakes(&kinds, &keys, count).await;
+                    Ok(results
+                        .into_iter()
+                        .map(|r| r.map_err(|e| e.to_string()))
+                        .collect())
+                })
+                .await;
+                let results: Vec<_> = match results {
+                    Ok(results) => results,
+                    Err(e) => transports.iter().map(|_| Err(e.clone())).collect(),
+                };
+                for (kind, result) in transports.into_iter().zip(results) {
+                    report.record(round, kind, workload, result);
                 }
+                continue;
+            }
+            for kind in transports {
+                let result = isolated(workload, kind, &keys, &options.sizes).await;
+                report.record(round, kind, workload, result);
             }
         }
     }
     report
 }
 
-/// Run one measurement on a runtime of its own, and drop that runtime afterwards. Dropping it
-/// ends every task the measurement left behind (quinn's endpoint drivers with their receive
-/// buffers, connections still draining), so that no measurement shares the machine with, or
-/// has its memory figures moved by, the teardown of the one before it.
+impl Report {
+    /// Print one measurement's `BENCH` lines (or its error) and keep them.
+    fn record(
+        &mut self,
+        round: usize,
+        kind: Kind,
+        workload: Workload,
+        result: Result<Vec<(Metric, f64)>, String>,
+    ) {
+        match result {
+            Ok(values) => {
+                for (metric, value) in values {
+                    println!(
+                        "BENCH {{\"round\":{round},\"transport\":\"{}\",\"workload\":\"{}\",\"value\":{},\"unit\":\"{}\"}}",
+                        kind.name(),
+                        metric.name(),
+                        json_number(value),
+                        metric.unit(),
+                    );
+                    self.samples.push(Sample {
+                        round,
+                        transport: kind,
+                        metric,
+                        value,
+                    });
+                }
+            }
+            Err(error) => {
+                println!(
+                    "BENCH {{\"round\":{round},\"transport\":\"{}\",\"workload\":\"{}\",\"error\":{:?}}}",
+                    kind.name(),
+                    workload.name(),
+                    error,
+                );
+                self.errors.push(format!(
+                    "round {round}, {}, {}: {error}",
+                    kind.name(),
+                    workload.name()
+                ));
+            }
+        }
+    }
+}
+
+/// Run one measurement of one transport on a runtime of its own (see [`on_own_runtime`]).
 async fn isolated(
     workload: Workload,
     kind: Kind,
@@ -552,12 +585,30 @@ async fn isolated(
     sizes: &Sizes,
 ) -> Result<Vec<(Metric, f64)>, String> {
     let (keys, sizes) = (keys.clone(), sizes.clone());
+    on_own_runtime(move || async move {
+        measure(workload, kind, &keys, &sizes)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await
+}
+
+/// Run what `make` returns on a runtime of its own, and drop that runtime afterwards. Dropping
+/// it ends every task the measurement left behind (quinn's endpoint drivers with their receive
+/// buffers, connections still draining), so that no measurement shares the machine with, or
+/// has its memory figures moved by, the teardown of the one before it.
+async fn on_own_runtime<T, F, Fut>(make: F) -> Result<T, String>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
     let (tx, rx) = oneshot::channel();
     std::thread::spawn(move || {
         let result = match runtime() {
             Ok(runtime) => {
                 let result = runtime.block_on(async {
-                    tokio::time::timeout(WORKLOAD_LIMIT, measure(workload, kind, &keys, &sizes))
+                    tokio::time::timeout(WORKLOAD_LIMIT, make())
                         .await
                         .unwrap_or_else(|_| Err(format!("did not finish in {WORKLOAD_LIMIT:?}")))
                 });
@@ -587,9 +638,12 @@ async fn measure(
     kind: Kind,
     keys: &Keys,
     sizes: &Sizes,
-) -> Result<Vec<(Metric, f64)>, String> {
-    let result = match workload {
-        Workload::Handshake => handshake(kind, keys, sizes.handshakes).await,
+) -> io::Result<Vec<(Metric, f64)>> {
+    match workload {
+        Workload::Handshake => {
+            let mut results = handshakes(&[kind], keys, sizes.handshakes).await;
+            results.remove(0)
+        }
         Workload::Bulk => bulk(kind, keys, sizes.bulk_bytes).await,
         Workload::SeqChurn => {
             let metrics = [Metric::SeqChurn, Metric::SeqChurnCpu];
@@ -601,8 +655,7 @@ async fn measure(
         }
         Workload::Memory => memory(kind, keys, sizes.idle_conns, sizes.idle_streams).await,
         Workload::Scale => scale(kind, keys, sizes.scale_conns, sizes.scale_streams_per_conn).await,
-    };
-    result.map_err(|e| e.to_string())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -612,21 +665,55 @@ async fn measure(
 /// Median and p99 of the time from dial to a connection the dialer can use, with fresh
 /// transports (fresh sockets, fresh endpoints) for every handshake. Making the transports is
 /// not timed; what the dial itself does (binding a socket, for all of them) is.
-async fn handshake(kind: Kind, keys: &Keys, count: usize) -> io::Result<Vec<(Metric, f64)>> {
-    let mut times = Vec::with_capacity(count);
-    for _ in 0..count {
-        let server = Server::start(kind, &keys.server).await?;
-        let mut dialer = Dialer::new(kind, &keys.client, PortUse::New);
-        let started = Instant::now();
-        let conn = step("handshake", dialer.dial(server.addr())).await?;
-        times.push(started.elapsed().as_secs_f64() * 1e3);
-        conn.close().await;
-        server.shutdown().await;
+///
+/// The transports take turns dial by dial, the first of each turn rotating, in one runtime:
+/// a handshake takes a few milliseconds, and this machine's speed drifts over seconds, so
+/// 200 dials of one transport after 200 of another measured the drift (per-round ratios of
+/// two builds of the same code spread over 0.82–1.13). Every dial still starts from nothing
+/// and is torn down before the next, so the transports do not share anything but the clock.
+async fn handshakes(
+    kinds: &[Kind],
+    keys: &Keys,
+    count: usize,
+) -> Vec<io::Result<Vec<(Metric, f64)>>> {
+    let mut times: Vec<io::Result<Vec<f64>>> = kinds
+        .iter()
+        .map(|_| Ok(Vec::with_capacity(count)))
+        .collect();
+    for turn in 0..count {
+        for j in 0..kinds.len() {
+            let i = (turn + j) % kinds.len();
+            let Ok(kind_times) = &mut times[i] else {
+                continue;
+            };
+            match handshake(kinds[i], keys).await {
+                Ok(time) => kind_times.push(time),
+                Err(e) => times[i] = Err(e),
+            }
+        }
     }
-    Ok(vec![
-        (Metric::HandshakeP50, percentile(times.clone(), 0.5)),
-        (Metric::HandshakeP99, percentile(times, 0.99)),
-    ])
+    times
+        .into_iter()
+        .map(|times| {
+            let times = times?;
+            Ok(vec![
+                (Metric::HandshakeP50, percentile(times.clone(), 0.5)),
+                (Metric::HandshakeP99, percentile(times, 0.99)),
+            ])
+        })
+        .collect()
+}
+
+/// One handshake of `kind` between fresh transports, in milliseconds.
+async fn handshake(kind: Kind, keys: &Keys) -> io::Result<f64> {
+    let server = Server::start(kind, &keys.server).await?;
+    let mut dialer = Dialer::new(kind, &keys.client, PortUse::New);
+    let started = Instant::now();
+    let conn = step("handshake", dialer.dial(server.addr())).await?;
+    let time = started.elapsed().as_secs_f64() * 1e3;
+    conn.close().await;
+    server.shutdown().await;
+    Ok(time)
 }
 
 /// One stream, `bytes` one way, timed from the open to the receiver's acknowledgement that it
