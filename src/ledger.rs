@@ -227,11 +227,14 @@ impl Entry {
         moved
     }
 
-    /// The application dropped the `Stream` handle.
-    pub(crate) fn handle_dropped(&mut self, now: Stamp) {
+    /// The application dropped the `Stream` handle, at `at`; `None` for a stream that leaves
+    /// the books at once, whose time of drop nobody will ask (and the clock is not read).
+    pub(crate) fn handle_dropped(&mut self, at: Option<Stamp>) {
         if self.alive {
             self.alive = false;
-            self.dropped_at = now;
+            if let Some(at) = at {
+                self.dropped_at = at;
+            }
         }
     }
 
@@ -648,7 +651,7 @@ mod tests {
         let s = b.open(Direction::Outbound);
         b.entry(s).set_send(Finished);
         b.entry(s).set_recv(Finished);
-        b.entry(s).handle_dropped(Stamp(0));
+        b.entry(s).handle_dropped(Some(Stamp(0)));
         b.settle();
         // FIN not yet acknowledged: QUIC still holds the send half.
         assert_eq!(b.totals().held_after_drop, [0, 1]);
@@ -708,7 +711,7 @@ mod tests {
                     b.entry(k).set_send(send);
                     b.entry(k).set_recv(recv);
                     if dropped {
-                        b.entry(k).handle_dropped(Stamp(0));
+                        b.entry(k).handle_dropped(Some(Stamp(0)));
                     }
                     keys.push(k);
                     consistent(&b.totals());
@@ -733,7 +736,7 @@ mod tests {
     fn dropped_stream_stays_until_quic_frees_it() {
         let mut b = Books::new();
         let s = b.open(Direction::Inbound);
-        b.entry(s).handle_dropped(Stamp(0));
+        b.entry(s).handle_dropped(Some(Stamp(0)));
         b.entry(s).set_recv(Stopped);
         b.settle();
         assert_eq!(b.totals().held_after_drop, [1, 0], "send half still open");
@@ -753,7 +756,7 @@ mod tests {
         let s = b.open(Direction::Inbound);
         b.entry(s).set_send(Stopped);
         b.entry(s).set_recv(Finished);
-        b.entry(s).handle_dropped(Stamp(0));
+        b.entry(s).handle_dropped(Some(Stamp(0)));
         b.settle();
         assert_eq!(
             b.totals().tracked_total(),
@@ -788,7 +791,7 @@ mod tests {
         for &id in &ids {
             b.entry(id).set_send(Reset);
             b.entry(id).set_recv(Stopped);
-            b.entry(id).handle_dropped(Stamp(0));
+            b.entry(id).handle_dropped(Some(Stamp(0)));
         }
         b.settle();
         assert_eq!(b.totals().tracked_total(), 0);
@@ -840,13 +843,13 @@ mod tests {
         let [first, second, last] = [(); 3].map(|()| b.open(Direction::Inbound));
         b.entry(first).set_send(Reset);
         b.entry(first).set_recv(Finished);
-        b.entry(first).handle_dropped(Stamp(0));
+        b.entry(first).handle_dropped(Some(Stamp(0)));
         b.settle();
         assert_eq!((b.key_of(last), b.key_of(second)), (0, 1));
         // The moved stream leaves by its new key, and a stale key finds nothing.
         b.entry(last).set_send(Reset);
         b.entry(last).set_recv(Finished);
-        b.entry(last).handle_dropped(Stamp(0));
+        b.entry(last).handle_dropped(Some(Stamp(0)));
         b.settle();
         assert_eq!(b.key_of(second), 0);
         let gone = Entry::new(Stamp(0));
@@ -868,7 +871,7 @@ mod tests {
         let activity = Activity::default();
         let mut idle = Entry::new(t0);
         let mut held = Entry::new(t0);
-        held.handle_dropped(t0);
+        held.handle_dropped(Some(t0));
         let (soon, later) = (at(30), at(120));
         let threshold = Duration::from_secs(60);
         assert_eq!(idle.suspect(&activity, soon, threshold), None);

@@ -22,7 +22,7 @@ use quinn::VarInt;
 use crate::{
     connection::Shared,
     error::StreamError,
-    ledger::{Activity, Direction, Entry, HalfState, Stamp},
+    ledger::{Activity, Clock, Direction, Entry, HalfState, Stamp},
     watcher::Watch,
 };
 
@@ -210,6 +210,18 @@ impl SendHalf {
 
     fn settled(&self) -> bool {
         self.entry.as_ref().is_some_and(Entry::settled)
+    }
+
+    /// The application dropped the handle: `Some(true)` if the stream can leave the books now
+    /// (QUIC holds nothing of it, and no watch waits on it), `Some(false)` if it stays, `None`
+    /// with the ledger off. Only a stream that stays reads the clock: its time of drop is
+    /// what its age and the watcher's patience count from.
+    fn record_drop(&mut self, clock: &Clock) -> Option<bool> {
+        let watched = self.watched;
+        let entry = self.entry.as_mut()?;
+        let leaves = !watched && !entry.held_by_quic();
+        entry.handle_dropped((!leaves).then(|| clock.now()));
+        Some(leaves)
     }
 
     /// Whether the application has dropped the stream's handle (as the ledger knows it).
@@ -579,25 +591,18 @@ impl Drop for Stream {
         let mut half = self.cell.lock();
         let changed = half.end(reset);
         let send = half.ended_as();
-        let tracked = match &mut half.entry {
-            Some(entry) => {
-                entry.handle_dropped(self.shared.clock.now());
-                true
-            }
-            None => false,
-        };
-        let settled = tracked && !half.watched && half.settled();
+        let leaves = half.record_drop(&self.shared.clock);
         drop(half);
         tracing::trace!(parent: self.span(), %send, %recv, "dropped");
         self.shared.send_moved(self.id, changed);
         self.shared.stream_dropped(self.cell.direction);
-        if settled {
+        match leaves {
             // Nothing left for QUIC to free (the peer acknowledged everything, or we reset):
             // out of the books now, and freed on this thread.
-            self.shared.leave(&self.cell);
-        } else if tracked {
+            Some(true) => self.shared.leave(&self.cell),
             // The watcher sees whether QUIC has freed the stream, and lets it go from the books.
-            self.shared.queue(&self.cell);
+            Some(false) => self.shared.queue(&self.cell),
+            None => {}
         }
     }
 }
