@@ -21,7 +21,7 @@ use crate::{
     ledger::{
         ByDirection, Clock, Direction, HalfState, LeakKind, Ledger, Stamp, StreamInfo, Totals,
     },
-    stream::{Cell, Stream},
+    stream::{self, Cell, Stream},
     watcher::Watcher,
     Config, Error, PeerIdMismatch,
 };
@@ -650,6 +650,20 @@ fn close(ledger: &mut Ledger<Arc<Cell>>, cell: &Arc<Cell>) -> Option<Arc<Cell>> 
     let rekey = |moved: &Arc<Cell>, key| moved.key.store(key, Ordering::Relaxed);
     let key = cell.key.load(Ordering::Relaxed);
     ledger.close(key, cell.direction, entry, this, rekey)
+}
+
+/// Before a stream joins the books: if the newest one there waits for the watcher and QUIC
+/// has freed it already, it leaves now (returned, to be dropped once the ledger's lock is let
+/// go). In request/response traffic that is the stream before, whose reply the packet opening
+/// this one acknowledges: one look here instead of the watcher's later. What is not settled
+/// stays queued for the watcher.
+pub(crate) fn settle_newest(ledger: &mut Ledger<Arc<Cell>>) -> Option<Arc<Cell>> {
+    let newest = ledger.newest()?;
+    if !newest.is_queued() || !stream::settled_already(newest) {
+        return None;
+    }
+    let newest = newest.clone();
+    close(ledger, &newest)
 }
 
 /// Runs `f` when dropped.

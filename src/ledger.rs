@@ -9,8 +9,9 @@
 //! The books are kept where the stream is: each stream's entry lives in the state it
 //! shares with the watcher, and the per-connection ledger only holds the streams still
 //! tracked and counts those gone. A stream touches the connection's books twice, when it is
-//! opened and when it leaves (as its handle drops, if QUIC holds nothing by then, else when the
-//! watcher sees it freed); totals are added up when somebody looks.
+//! opened and when it leaves (as its handle drops, if QUIC holds nothing by then; else when the
+//! next stream joins the books and finds it freed, or when the watcher sees it freed); totals
+//! are added up when somebody looks.
 //!
 //! What quinn 0.11 lets us observe, and so what the states mean:
 //!
@@ -486,6 +487,11 @@ impl<S> Ledger<S> {
     /// One stream that left the books, to drop.
     pub(crate) fn take_departed(&mut self) -> Option<S> {
         self.departed.pop()
+    }
+
+    /// The stream that joined the books last (or took the place of one that left).
+    pub(crate) fn newest(&self) -> Option<&S> {
+        self.streams.last()
     }
 
     /// Keep a stream that left the books for [`Ledger::take_departed`].

@@ -20,7 +20,7 @@ use futures::{AsyncRead, AsyncWrite, FutureExt};
 use quinn::VarInt;
 
 use crate::{
-    connection::Shared,
+    connection::{self, Shared},
     error::StreamError,
     ledger::{Activity, Clock, Direction, Entry, HalfState, Stamp},
     watcher::Watch,
@@ -289,6 +289,11 @@ impl Cell {
         !self.queued.swap(true, Ordering::SeqCst)
     }
 
+    /// Whether the stream waits for the watcher's look.
+    pub(crate) fn is_queued(&self) -> bool {
+        self.queued.load(Ordering::Relaxed)
+    }
+
     /// For the watcher: whether the stream was queued, clearing the mark.
     pub(crate) fn take_queued(&self) -> bool {
         self.queued.load(Ordering::SeqCst) && self.queued.swap(false, Ordering::SeqCst)
@@ -362,19 +367,20 @@ impl Stream {
                 queued: AtomicBool::new(false),
             })
         };
-        let mut departed = None;
+        let (mut departed, mut settled) = (None, None);
         let cell = match shared.ledger() {
             Some(mut ledger) => {
                 departed = ledger.take_departed();
+                settled = connection::settle_newest(&mut ledger);
                 let entry = Entry::new(shared.clock.now());
                 ledger.open(direction, |key| cell(key, Some(entry))).clone()
             }
             None => cell(u32::MAX, None),
         };
-        // A stream that left the books is freed here, on an opener's thread, rather than in
+        // Streams that left the books are freed here, on an opener's thread, rather than in
         // a batch on the watcher's (see `Shared::release`); not under our lock, since freeing
-        // its quinn halves takes quinn's.
-        drop(departed);
+        // their quinn halves takes quinn's.
+        drop((departed, settled));
         shared.stream_opened(id, direction);
         tracing::trace!(parent: span.as_deref().unwrap_or(&shared.span), "opened");
         Self {
@@ -667,6 +673,20 @@ pub(crate) fn look(shared: &Shared, cell: &Arc<Cell>, now: Stamp) -> Look {
     } else {
         half.watch(cell, shared).map_or(Look::Wait, Look::Watch)
     }
+}
+
+/// A look at a queued stream on an opener's path ([`connection::settle_newest`]): whether its
+/// handle is gone and QUIC has freed the send half we finished, so that nothing is left of it.
+/// Only the question that costs one quinn lock; the watcher asks the rest.
+pub(crate) fn settled_already(cell: &Cell) -> bool {
+    let mut half = cell.lock();
+    if half.watched || half.state != Send::Finished || !half.handle_dropped() {
+        return false;
+    }
+    if half.freed_by_quinn() {
+        half.acknowledged();
+    }
+    half.settled()
 }
 
 /// How the watch of a send half ended.
