@@ -9,7 +9,9 @@
 //! Everything runs in one process and round-robin: each round runs every workload on every
 //! transport (in an order that rotates per round), so that the noise of a small, shared machine
 //! falls on all transports alike and the ratios between them hold even where absolute numbers
-//! drift. (Handshakes, a few milliseconds each, take turns dial by dial within the round.)
+//! drift. The short measurements go further: handshakes (a few milliseconds each) and stream
+//! churn (under a second per transport) take turns within the round, dial by dial and a tenth
+//! of the streams at a time, so that each round compares the transports over the same seconds.
 //! Each measurement prints one machine-readable line,
 //!
 //! ```text
@@ -22,7 +24,7 @@
 //! machine moves whole rounds at once.
 //!
 //! Each measurement runs on a tokio runtime of its own (two workers, as the machine has two
-//! cores; the handshakes of a round share one), dropped afterwards, so that the next one neither shares the CPU with its teardown
+//! cores; the transports taking turns share one), dropped afterwards, so that the next one neither shares the CPU with its teardown
 //! nor sees its memory freed. Beside wall-clock rates, the churn and bulk workloads report
 //! the CPU time they cost (steadier than time on a shared machine), and bulk and scale the
 //! datagrams the kernel dropped for full UDP receive buffers (why a QUIC run slows down).
@@ -122,6 +124,17 @@ pub enum Workload {
 }
 
 impl Workload {
+    /// Whether the transports take turns within a round, in one runtime, rather than each
+    /// running the whole workload on a runtime of its own: for the short measurements, where
+    /// this machine's drift over seconds would otherwise weigh more than the transports do.
+    /// Memory (heap growth), bulk and scale stay isolated.
+    pub fn side_by_side(self) -> bool {
+        matches!(
+            self,
+            Workload::Handshake | Workload::SeqChurn | Workload::ConcChurn
+        )
+    }
+
     pub const ALL: [Workload; 6] = [
         Workload::Handshake,
         Workload::Bulk,
@@ -503,12 +516,11 @@ pub async fn run(options: &Options) -> Report {
             let mut transports = options.transports.clone();
             let len = transports.len().max(1);
             transports.rotate_left((round - 1) % len);
-            if workload == Workload::Handshake {
-                // Interleaved dial by dial, not transport after transport: see `handshakes`.
-                let (kinds, count, keys) =
-                    (transports.clone(), options.sizes.handshakes, keys.clone());
+            if workload.side_by_side() {
+                let (kinds, keys, sizes) =
+                    (transports.clone(), keys.clone(), options.sizes.clone());
                 let results = on_own_runtime(move || async move {
-                    let results = handshakes(&kinds, &keys, count).await;
+                    let results = side_by_side(workload, &kinds, &keys, &sizes).await;
                     Ok(results
                         .into_iter()
                         .map(|r| r.map_err(|e| e.to_string()))
@@ -640,21 +652,33 @@ async fn measure(
     sizes: &Sizes,
 ) -> io::Result<Vec<(Metric, f64)>> {
     match workload {
-        Workload::Handshake => {
-            let mut results = handshakes(&[kind], keys, sizes.handshakes).await;
-            results.remove(0)
+        Workload::Handshake | Workload::SeqChurn | Workload::ConcChurn => {
+            side_by_side(workload, &[kind], keys, sizes).await.remove(0)
         }
         Workload::Bulk => bulk(kind, keys, sizes.bulk_bytes).await,
-        Workload::SeqChurn => {
-            let metrics = [Metric::SeqChurn, Metric::SeqChurnCpu];
-            churn(kind, keys, sizes.churn_streams, 1, metrics).await
-        }
-        Workload::ConcChurn => {
-            let metrics = [Metric::ConcChurn, Metric::ConcChurnCpu];
-            churn(kind, keys, sizes.churn_streams, sizes.concurrency, metrics).await
-        }
         Workload::Memory => memory(kind, keys, sizes.idle_conns, sizes.idle_streams).await,
         Workload::Scale => scale(kind, keys, sizes.scale_conns, sizes.scale_streams_per_conn).await,
+    }
+}
+
+/// A [`Workload::side_by_side`] workload on `kinds` at once: one result per kind, in order.
+async fn side_by_side(
+    workload: Workload,
+    kinds: &[Kind],
+    keys: &Keys,
+    sizes: &Sizes,
+) -> Vec<io::Result<Vec<(Metric, f64)>>> {
+    let churn_metrics = |tasks, metrics| churns(kinds, keys, sizes.churn_streams, tasks, metrics);
+    match workload {
+        Workload::SeqChurn => churn_metrics(1, [Metric::SeqChurn, Metric::SeqChurnCpu]).await,
+        Workload::ConcChurn => {
+            let metrics = [Metric::ConcChurn, Metric::ConcChurnCpu];
+            churn_metrics(sizes.concurrency, metrics).await
+        }
+        Workload::Handshake => handshakes(kinds, keys, sizes.handshakes).await,
+        Workload::Bulk | Workload::Memory | Workload::Scale => {
+            unreachable!("{workload:?} runs on a runtime of its own per transport")
+        }
     }
 }
 
@@ -746,18 +770,67 @@ async fn bulk(kind: Kind, keys: &Keys, bytes: u64) -> io::Result<Vec<(Metric, f6
     ])
 }
 
-/// `streams` request/response exchanges on one connection, `tasks` at a time.
-async fn churn(
-    kind: Kind,
+/// Stream churn: `streams` exchanges on one connection, `tasks` at a time, as streams/s and
+/// CPU time per stream. The transports of `kinds` each have their connection and take turns
+/// of a tenth of the streams (the first of each turn rotating), timed turn by turn: a
+/// transport's 10,000 streams take a second or less, over which this machine's speed drifts
+/// by more than the transports differ.
+async fn churns(
+    kinds: &[Kind],
     keys: &Keys,
     streams: usize,
     tasks: usize,
     [rate_metric, cpu_metric]: [Metric; 2],
-) -> io::Result<Vec<(Metric, f64)>> {
-    let (server, conn) = connected(kind, keys).await?;
+) -> Vec<io::Result<Vec<(Metric, f64)>>> {
+    const TURNS: usize = 10;
+    let mut pairs = Vec::with_capacity(kinds.len());
+    for &kind in kinds {
+        pairs.push(connected(kind, keys).await);
+    }
+    // Wall-clock and CPU time spent so far, per kind, or how it failed.
+    let mut spent: Vec<io::Result<(Duration, Duration)>> =
+        pairs.iter().map(|_| Ok(Default::default())).collect();
+    for turn in 0..TURNS {
+        // Spread the remainder over the first turns.
+        let share = streams / TURNS + usize::from(turn < streams % TURNS);
+        for j in 0..kinds.len() {
+            let i = (turn + j) % kinds.len();
+            let (Ok((_, conn)), Ok((wall, cpu))) = (&pairs[i], &mut spent[i]) else {
+                continue;
+            };
+            let cpu_before = cpu_time();
+            let started = Instant::now();
+            match churn(conn, share, tasks).await {
+                Ok(()) => {
+                    *wall += started.elapsed();
+                    *cpu += cpu_time() - cpu_before;
+                }
+                Err(e) => spent[i] = Err(e),
+            }
+        }
+    }
+    let mut results = Vec::with_capacity(kinds.len());
+    for (pair, spent) in pairs.into_iter().zip(spent) {
+        let result = match pair {
+            Ok((server, conn)) => {
+                conn.close().await;
+                server.shutdown().await;
+                spent.map(|(wall, cpu)| {
+                    let rate = streams as f64 / wall.as_secs_f64();
+                    let cpu_us = cpu.as_secs_f64() * 1e6 / streams as f64;
+                    vec![(rate_metric, rate), (cpu_metric, cpu_us)]
+                })
+            }
+            Err(e) => Err(e),
+        };
+        results.push(result);
+    }
+    results
+}
+
+/// `streams` exchanges on `conn`, `tasks` at a time.
+async fn churn(conn: &Conn, streams: usize, tasks: usize) -> io::Result<()> {
     let tasks = tasks.clamp(1, streams.max(1));
-    let cpu = cpu_time();
-    let started = Instant::now();
     let mut workers = JoinSet::new();
     for task in 0..tasks {
         // Spread the remainder over the first tasks.
@@ -773,11 +846,7 @@ async fn churn(
     while let Some(result) = workers.join_next().await {
         result.map_err(io::Error::other)??;
     }
-    let rate = streams as f64 / started.elapsed().as_secs_f64();
-    let cpu_us = (cpu_time() - cpu).as_secs_f64() * 1e6 / streams as f64;
-    conn.close().await;
-    server.shutdown().await;
-    Ok(vec![(rate_metric, rate), (cpu_metric, cpu_us)])
+    Ok(())
 }
 
 /// Memory per idle connection and per idle open stream, both ends of each counted (client and
