@@ -188,6 +188,7 @@ impl SendHalf {
     /// after ours, as the reply to a request does. That reply usually carries the
     /// acknowledgement of the request, so nothing is left to watch: one quinn lock now instead
     /// of a look by the watcher later, and the stream leaves the books as its handle drops.
+    /// Asked too of a dropped stream that the next open finds queued ([`settled_already`]).
     fn freed_after_finish(&mut self) -> bool {
         let freed = self.state == Send::Finished && !self.watched && self.freed_by_quinn();
         if freed {
@@ -676,17 +677,12 @@ pub(crate) fn look(shared: &Shared, cell: &Arc<Cell>, now: Stamp) -> Look {
 }
 
 /// A look at a queued stream on an opener's path ([`connection::settle_newest`]): whether its
-/// handle is gone and QUIC has freed the send half we finished, so that nothing is left of it.
-/// Only the question that costs one quinn lock; the watcher asks the rest.
+/// handle is gone and QUIC has freed the send half we finished (the question asked at a
+/// reply's FIN), so that nothing is left of it. Only that question, one quinn lock; the
+/// watcher asks the rest.
 pub(crate) fn settled_already(cell: &Cell) -> bool {
     let mut half = cell.lock();
-    if half.watched || half.state != Send::Finished || !half.handle_dropped() {
-        return false;
-    }
-    if half.freed_by_quinn() {
-        half.acknowledged();
-    }
-    half.settled()
+    half.handle_dropped() && half.freed_after_finish() && half.settled()
 }
 
 /// How the watch of a send half ended.
