@@ -222,22 +222,11 @@ async fn an_answered_stream_leaves_the_acceptor_s_books_as_the_next_request_come
     } = pair_limited(LIMIT).await;
     let mut lingered = Vec::new();
     for i in 0..10 * LIMIT {
-        bounded("exchange", async {
-            let mut out = dialer.open().await;
-            out.write_all(b"ping1234").await.unwrap();
-            out.close().await.unwrap();
-            let mut inbound = listener.accept().await;
+        exchange_observed(&dialer, &mut listener, |listener| {
             // This stream, and the one before if it stayed.
             if listener.snapshot().totals.tracked_total() > 1 {
                 lingered.push(i);
             }
-            let mut request = Vec::new();
-            inbound.read_to_end(&mut request).await.unwrap();
-            inbound.write_all(b"pong5678").await.unwrap();
-            inbound.close().await.unwrap();
-            let mut reply = Vec::new();
-            out.read_to_end(&mut reply).await.unwrap();
-            assert_eq!(reply, b"pong5678");
         })
         .await;
     }

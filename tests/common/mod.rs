@@ -351,11 +351,17 @@ async fn pair_via(dialer_config: Config, listener_config: Config, lossy: Option<
 
 /// A request/response exchange on a fresh stream from `opener` to `acceptor` (bounded).
 pub async fn exchange(opener: &Peer, acceptor: &mut Peer) {
+    exchange_observed(opener, acceptor, |_| ()).await;
+}
+
+/// [`exchange`], calling `accepted` with the acceptor as soon as it holds the new stream.
+pub async fn exchange_observed(opener: &Peer, acceptor: &mut Peer, accepted: impl FnOnce(&Peer)) {
     bounded("request/response exchange", async {
         let mut out = opener.open().await;
         out.write_all(b"ping1234").await.unwrap();
         out.close().await.unwrap();
         let mut inbound = acceptor.accept().await;
+        accepted(acceptor);
         let mut request = Vec::new();
         inbound.read_to_end(&mut request).await.unwrap();
         assert_eq!(request, b"ping1234");
