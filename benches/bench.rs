@@ -707,8 +707,7 @@ async fn handshakes(
         .map(|_| Ok(Vec::with_capacity(count)))
         .collect();
     for turn in 0..count {
-        for j in 0..kinds.len() {
-            let i = (turn + j) % kinds.len();
+        for i in turn_order(turn, kinds.len()) {
             let Ok(kind_times) = &mut times[i] else {
                 continue;
             };
@@ -793,16 +792,14 @@ async fn churns(
     let mut spent: Vec<io::Result<(Duration, Duration)>> =
         pairs.iter().map(|_| Ok(Default::default())).collect();
     for turn in 0..TURNS {
-        // Spread the remainder over the first turns.
-        let share = streams / TURNS + usize::from(turn < streams % TURNS);
-        for j in 0..kinds.len() {
-            let i = (turn + j) % kinds.len();
+        let this_turn = share(streams, TURNS, turn);
+        for i in turn_order(turn, kinds.len()) {
             let (Ok((_, conn)), Ok((wall, cpu))) = (&pairs[i], &mut spent[i]) else {
                 continue;
             };
             let cpu_before = cpu_time();
             let started = Instant::now();
-            match churn(conn, share, tasks).await {
+            match churn(conn, this_turn, tasks).await {
                 Ok(()) => {
                     *wall += started.elapsed();
                     *cpu += cpu_time() - cpu_before;
@@ -835,11 +832,10 @@ async fn churn(conn: &Conn, streams: usize, tasks: usize) -> io::Result<()> {
     let tasks = tasks.clamp(1, streams.max(1));
     let mut workers = JoinSet::new();
     for task in 0..tasks {
-        // Spread the remainder over the first tasks.
-        let share = streams / tasks + usize::from(task < streams % tasks);
+        let this_task = share(streams, tasks, task);
         let opener = conn.opener();
         workers.spawn(async move {
-            for _ in 0..share {
+            for _ in 0..this_task {
                 step("exchange", exchange(&opener)).await?;
             }
             io::Result::Ok(())
@@ -927,10 +923,10 @@ async fn scales(
         fleets.push(Fleet::dial(kind, keys, conns).await);
     }
     for turn in 0..TURNS {
-        let share = per_conn / TURNS + usize::from(turn < per_conn % TURNS);
-        for j in 0..kinds.len() {
-            if let Ok(fleet) = &mut fleets[(turn + j) % kinds.len()] {
-                fleet.run(share).await;
+        let this_turn = share(per_conn, TURNS, turn);
+        for i in turn_order(turn, kinds.len()) {
+            if let Ok(fleet) = &mut fleets[i] {
+                fleet.run(this_turn).await;
             }
         }
     }
@@ -1642,6 +1638,18 @@ async fn drive(mut muxer: StreamMuxerBox, mut role: Role) {
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
+
+/// The order of `len` transports in turn `turn`: each turn starts one further on, so that
+/// none always goes first.
+fn turn_order(turn: usize, len: usize) -> impl Iterator<Item = usize> {
+    (0..len).map(move |j| (turn + j) % len)
+}
+
+/// Part `index` of `total` cut into `parts` near-equal parts, the remainder spread over the
+/// first ones.
+fn share(total: usize, parts: usize, index: usize) -> usize {
+    total / parts + usize::from(index < total % parts)
+}
 
 /// Connect a fresh dialer to a fresh listener of `kind`.
 async fn connected(kind: Kind, keys: &Keys) -> io::Result<(Server, Conn)> {
