@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::{future::BoxFuture, FutureExt};
+use futures::{future::BoxFuture, stream::BoxStream, FutureExt, StreamExt};
 use libp2p_core::muxing::{StreamMuxer, StreamMuxerEvent};
 use libp2p_identity::PeerId;
 
@@ -32,7 +32,9 @@ pub(crate) type Qlog = crate::qlog::QlogFile;
 #[cfg(not(feature = "qlog"))]
 pub(crate) type Qlog = std::convert::Infallible;
 
-type OpenFuture = BoxFuture<'static, Result<(quinn::SendStream, quinn::RecvStream), Error>>;
+/// The streams quinn opens or accepts, one after another: one future for the connection's life
+/// rather than an allocation and a connection handle for each stream.
+type Opens = BoxStream<'static, Result<(quinn::SendStream, quinn::RecvStream), Error>>;
 
 /// An established QUIC connection to a peer, multiplexing [`Stream`]s.
 ///
@@ -43,8 +45,8 @@ type OpenFuture = BoxFuture<'static, Result<(quinn::SendStream, quinn::RecvStrea
 pub struct Connection {
     connection: quinn::Connection,
     shared: Arc<Shared>,
-    inbound: Option<OpenFuture>,
-    outbound: Option<OpenFuture>,
+    inbound: Option<Opens>,
+    outbound: Option<Opens>,
     closing: Option<BoxFuture<'static, quinn::ConnectionError>>,
 }
 
@@ -557,13 +559,14 @@ impl StreamMuxer for Connection {
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::Substream, Self::Error>> {
         let this = self.get_mut();
-        let accept = this.inbound.get_or_insert_with(|| {
-            let connection = this.connection.clone();
-            async move { Ok(connection.accept_bi().await?) }.boxed()
+        let accepts = this.inbound.get_or_insert_with(|| {
+            futures::stream::unfold(this.connection.clone(), |connection| async move {
+                let accepted = connection.accept_bi().await.map_err(Error::from);
+                Some((accepted, connection))
+            })
+            .boxed()
         });
-        let result = futures::ready!(accept.poll_unpin(cx));
-        this.inbound = None;
-        let (send, recv) = result?;
+        let (send, recv) = futures::ready!(poll_next_open(accepts, cx))?;
         Poll::Ready(Ok(Stream::new(
             send,
             recv,
@@ -577,12 +580,14 @@ impl StreamMuxer for Connection {
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::Substream, Self::Error>> {
         let this = self.get_mut();
-        let open = this.outbound.get_or_insert_with(|| {
-            open_with_warning(this.connection.clone(), this.shared.clone()).boxed()
+        let opens = this.outbound.get_or_insert_with(|| {
+            futures::stream::unfold(this.shared.clone(), |shared| async move {
+                let opened = open_with_warning(&shared).await;
+                Some((opened, shared))
+            })
+            .boxed()
         });
-        let result = futures::ready!(open.poll_unpin(cx));
-        this.outbound = None;
-        let (send, recv) = result?;
+        let (send, recv) = futures::ready!(poll_next_open(opens, cx))?;
         Poll::Ready(Ok(Stream::new(
             send,
             recv,
@@ -614,13 +619,23 @@ impl StreamMuxer for Connection {
     }
 }
 
+/// The next stream `opens` yields. It never ends (each item is one open or accept, an error
+/// once the connection is gone), so the `None` arm is never taken.
+fn poll_next_open(
+    opens: &mut Opens,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(quinn::SendStream, quinn::RecvStream), Error>> {
+    opens
+        .poll_next_unpin(cx)
+        .map(|next| next.unwrap_or_else(|| Err(quinn::ConnectionError::LocallyClosed.into())))
+}
+
 /// Open a stream; if credit does not come within the configured time, say why and keep
 /// waiting (a muxer error would tear down the whole libp2p connection).
 async fn open_with_warning(
-    connection: quinn::Connection,
-    shared: Arc<Shared>,
+    shared: &Shared,
 ) -> Result<(quinn::SendStream, quinn::RecvStream), Error> {
-    let mut open = pin!(connection.open_bi());
+    let mut open = pin!(shared.connection.open_bi());
     if let Some(result) = (&mut open).now_or_never() {
         return Ok(result?);
     }
