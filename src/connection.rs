@@ -32,8 +32,9 @@ pub(crate) type Qlog = crate::qlog::QlogFile;
 #[cfg(not(feature = "qlog"))]
 pub(crate) type Qlog = std::convert::Infallible;
 
-/// The streams quinn opens or accepts, one after another: one future for the connection's life
-/// rather than an allocation and a connection handle for each stream.
+/// The streams quinn opens (outbound) or accepts (inbound), one after another. One allocation
+/// per direction for the connection's life, each open's future made in place inside it,
+/// rather than a boxed future and a clone of the connection's handles for every stream.
 type Opens = BoxStream<'static, Result<(quinn::SendStream, quinn::RecvStream), Error>>;
 
 /// An established QUIC connection to a peer, multiplexing [`Stream`]s.
@@ -560,9 +561,9 @@ impl StreamMuxer for Connection {
     ) -> Poll<Result<Self::Substream, Self::Error>> {
         let this = self.get_mut();
         let accepts = this.inbound.get_or_insert_with(|| {
-            futures::stream::unfold(this.connection.clone(), |connection| async move {
-                let accepted = connection.accept_bi().await.map_err(Error::from);
-                Some((accepted, connection))
+            futures::stream::unfold(this.shared.clone(), |shared| async move {
+                let accepted = shared.connection.accept_bi().await.map_err(Error::from);
+                Some((accepted, shared))
             })
             .boxed()
         });
@@ -619,15 +620,15 @@ impl StreamMuxer for Connection {
     }
 }
 
-/// The next stream `opens` yields. It never ends (each item is one open or accept, an error
-/// once the connection is gone), so the `None` arm is never taken.
+/// The next stream `opens` yields: one open or accept, or its error once the connection is
+/// gone. Both unfolds' steps always yield, so neither ever ends.
 fn poll_next_open(
     opens: &mut Opens,
     cx: &mut Context<'_>,
 ) -> Poll<Result<(quinn::SendStream, quinn::RecvStream), Error>> {
     opens
         .poll_next_unpin(cx)
-        .map(|next| next.unwrap_or_else(|| Err(quinn::ConnectionError::LocallyClosed.into())))
+        .map(|next| next.expect("an unfold whose every step yields never ends"))
 }
 
 /// Open a stream; if credit does not come within the configured time, say why and keep

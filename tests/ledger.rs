@@ -119,6 +119,8 @@ async fn an_application_holding_inbound_streams_is_named_by_both_sides() {
         .await
         .unwrap()
         .unwrap();
+    // The wait ended with the open, and the snapshot says so.
+    assert!(dialer.snapshot().credit_wait.is_none());
     drop(s);
     drop(listener.accept().await);
     exchange(&dialer, &mut listener).await;
