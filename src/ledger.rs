@@ -187,7 +187,7 @@ pub(crate) struct Entry {
     alive: bool,
     opened_at: Stamp,
     /// When the `Stream` handle was dropped; meaningless while it is alive. (Not an `Option`:
-    /// a flag beside the others keeps the entry at 24 bytes.)
+    /// a flag beside the others keeps the entry at 20 bytes.)
     dropped_at: Stamp,
     /// When the count of bytes moved last changed, and that count as of the last look.
     last_change: Stamp,
@@ -272,15 +272,19 @@ impl Entry {
     ) -> Option<LeakKind> {
         // A settled stream holds nothing: it is leaving the books, and its time of drop may
         // not have been read (`handle_dropped(None)`).
-        if self.warned || self.settled() {
+        if self.settled() {
             return None;
         }
         // The low 32 bits are enough to see movement: only exactly a multiple of 4 GiB moved
-        // between two scans would read as none, for one scan.
+        // between two scans would read as none, for one scan. Seen even of a stream reported
+        // already, so that its `idle` in snapshots keeps following its traffic.
         let moved = activity.total() as u32;
         if moved != self.seen_bytes {
             self.seen_bytes = moved;
             self.last_change = now;
+        }
+        if self.warned {
+            return None;
         }
         let kind = match self.dropped() {
             Some(at) if at.until(now) >= threshold => LeakKind::HeldAfterDrop,
@@ -383,7 +387,8 @@ pub struct StreamInfo {
     /// Time since it was opened.
     pub age: Duration,
     /// Time since it last carried data (or since it was opened), as of the last leak scan: the
-    /// hot path reads no clock, so this is precise to a quarter of `stream_leak_warning`.
+    /// hot path reads no clock, so this is precise to the scan's period, a quarter of
+    /// `stream_leak_warning` and at most 5 s.
     pub idle: Duration,
     /// Whether the application still holds the `Stream` handle.
     pub handle_alive: bool,
@@ -398,7 +403,8 @@ pub struct StreamInfo {
 pub enum LeakKind {
     /// The handle was dropped, yet QUIC still holds the stream on our side.
     HeldAfterDrop,
-    /// The handle is alive, the stream has a half open, and nothing moved for a long time.
+    /// The handle is alive and nothing moved for `stream_leak_warning`, whether or not a half
+    /// is still open.
     IdleHandle,
 }
 
@@ -916,5 +922,25 @@ mod tests {
         let later = clock.stamp(start + Duration::from_secs(120));
         let threshold = Duration::from_secs(60);
         assert_eq!(entry.suspect(&Activity::default(), later, threshold), None);
+    }
+
+    /// A stream is reported once; afterwards the scans still see its traffic, so that a
+    /// snapshot's `idle` says when it last moved, not when it was reported.
+    #[test]
+    fn a_reported_stream_s_idle_time_follows_its_traffic() {
+        let start = Instant::now();
+        let clock = Clock::new(start);
+        let at = |secs| clock.stamp(start + Duration::from_secs(secs));
+        let threshold = Duration::from_secs(60);
+        let activity = Activity::default();
+        let mut entry = Entry::new(at(0));
+        assert_eq!(
+            entry.suspect(&activity, at(60), threshold),
+            Some(LeakKind::IdleHandle)
+        );
+        activity.sent(8);
+        assert_eq!(entry.suspect(&activity, at(90), threshold), None);
+        let info = entry.info(0, Direction::Outbound, &activity, at(100));
+        assert_eq!(info.idle, Duration::from_secs(10));
     }
 }
