@@ -315,22 +315,32 @@ impl Shared {
     }
 
     /// Streams to report as possible leaks (quiet for the configured `stream_leak_warning`),
-    /// each at most once.
+    /// each at most once. Each is first asked whether the peer stopped it
+    /// ([`stream::stop_before_report`]), so that the report says so.
     pub(crate) fn suspects(&self) -> Vec<(StreamInfo, LeakKind)> {
         let threshold = self.config.stream_leak_warning;
-        let Some(ledger) = self.ledger() else {
-            return Vec::new();
-        };
-        let now = self.clock.now();
         let mut found = Vec::new();
-        for cell in ledger.streams() {
-            let mut half = cell.lock();
-            let id = half.id();
-            if let Some(entry) = &mut half.entry {
-                if let Some(kind) = entry.suspect(&cell.activity, now, threshold) {
+        let mut stops = Vec::new();
+        if let Some(ledger) = self.ledger() {
+            let now = self.clock.now();
+            for cell in ledger.streams() {
+                let mut half = cell.lock();
+                let id = half.id();
+                let Some(kind) = half
+                    .entry
+                    .as_mut()
+                    .and_then(|entry| entry.suspect(&cell.activity, now, threshold))
+                else {
+                    continue;
+                };
+                stops.push((id, stream::stop_before_report(cell, &mut half)));
+                if let Some(entry) = &half.entry {
                     found.push((entry.info(id, cell.direction, &cell.activity, now), kind));
                 }
             }
+        }
+        for (id, stop) in stops {
+            stream::report_stop(self, id, stop);
         }
         found
     }

@@ -67,7 +67,7 @@ impl Recv {
 }
 
 /// The send half, its state, and the stream's page in the ledger, under one lock: shared with
-/// the connection's watcher, which answers a peer's STOP_SENDING with a reset while the
+/// the transport's watcher, which answers a peer's STOP_SENDING with a reset while the
 /// application still holds the handle, and sees the peer acknowledge a dropped stream.
 pub(crate) struct SendHalf {
     stream: quinn::SendStream,
@@ -249,7 +249,7 @@ impl SendHalf {
     }
 }
 
-/// What a stream shares with its connection's watcher and ledger.
+/// What a stream shares with the transport's watcher and its connection's ledger.
 ///
 /// No stream id: quinn's send half has it (`SendHalf::id`), and the handle keeps a copy. That,
 /// and the entry's 32-bit byte count, keep this in glibc's 128-byte block with the `Arc`'s
@@ -716,16 +716,48 @@ pub(crate) fn watch_ended(shared: &Shared, cell: &Cell, ended: WatchEnd) -> bool
 /// half is done too (always so once the handle is gone), answer with a reset now.
 fn peer_stopped(shared: &Shared, cell: &Cell, code: u64) {
     let mut half = cell.lock();
+    let stop = record_stop(cell, &mut half, code);
+    let id = half.id();
+    drop(half);
+    report_stop(shared, id, stop);
+}
+
+/// What a peer's STOP_SENDING moved: the send half to `Stopped`, if that was news, and then
+/// to `Reset`, if our receive half was done.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Stop {
+    stopped: Option<HalfState>,
+    released: Option<HalfState>,
+}
+
+fn record_stop(cell: &Cell, half: &mut SendHalf, code: u64) -> Stop {
     let stopped = half.stopped_by_peer(code).then_some(HalfState::Stopped);
     let released = if cell.recv_done.load(Ordering::Acquire) {
-        release_if_stopped(&mut half)
+        release_if_stopped(half)
     } else {
         None
     };
-    let id = half.id();
-    drop(half);
-    shared.send_moved(id, stopped);
-    report_release(shared, id, released);
+    Stop { stopped, released }
+}
+
+/// Tell metrics, qlog and the log what a stop moved, once the half's lock is let go.
+pub(crate) fn report_stop(shared: &Shared, id: u64, stop: Stop) {
+    shared.send_moved(id, stop.stopped);
+    report_release(shared, id, stop.released);
+}
+
+/// Before a stream is reported as a possible leak: has the peer stopped our send half? Nothing
+/// else may have asked (no write since, and a stream whose receive half is open and whose
+/// handle is alive is never looked at), and a report that says `send=stopped` tells its reader
+/// that the peer gave up on the stream. One question to quinn, for a rare stream.
+pub(crate) fn stop_before_report(cell: &Cell, half: &mut SendHalf) -> Stop {
+    if !matches!(half.state, Send::Open | Send::Finished) {
+        return Stop::default();
+    }
+    match half.probe(true) {
+        Some(Ok(Some(code))) => record_stop(cell, half, code.into_inner()),
+        _ => Stop::default(),
+    }
 }
 
 impl std::fmt::Debug for Stream {

@@ -79,6 +79,10 @@ async fn an_application_holding_inbound_streams_is_named_by_both_sides() {
             >= LIMIT as usize
     })
     .await;
+    // Each report first asked quinn whether the peer had stopped the stream: the dialer
+    // dropped its ends unread (STOP_SENDING), and the reports and the books say so.
+    let reports = warnings_containing("held by the application and idle").join("\n");
+    assert!(reports.contains("send=stopped"), "{reports}");
     let holder = listener.snapshot();
     assert_eq!(holder.live_handles, [u64::from(LIMIT), 0]);
     assert_eq!(holder.streams.len(), LIMIT as usize);
@@ -86,7 +90,7 @@ async fn an_application_holding_inbound_streams_is_named_by_both_sides() {
         holder
             .streams
             .iter()
-            .all(|s| s.handle_alive && s.recv == HalfState::Open),
+            .all(|s| s.handle_alive && s.send == HalfState::Stopped && s.recv == HalfState::Open),
         "{holder:#?}"
     );
 
