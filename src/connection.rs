@@ -333,7 +333,7 @@ impl Shared {
                 else {
                     continue;
                 };
-                stops.push((id, stream::stop_before_report(cell, &mut half)));
+                stops.push((id, stream::stop_before_report(cell, &mut half, kind)));
                 if let Some(entry) = &half.entry {
                     found.push((entry.info(id, cell.direction, &cell.activity, now), kind));
                 }

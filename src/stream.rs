@@ -22,7 +22,7 @@ use quinn::VarInt;
 use crate::{
     connection::{self, Shared},
     error::StreamError,
-    ledger::{Activity, Clock, Direction, Entry, HalfState, Stamp},
+    ledger::{Activity, Clock, Direction, Entry, HalfState, LeakKind, Stamp},
     watcher::Watch,
 };
 
@@ -485,7 +485,7 @@ fn release_if_stopped(half: &mut SendHalf) -> Option<HalfState> {
 
 fn report_release(shared: &Shared, id: u64, released: Option<HalfState>) {
     if released.is_some() {
-        tracing::debug!(parent: &shared.span, id, "peer stopped a finished stream: reset");
+        tracing::debug!(parent: &shared.span, id, "peer stopped a stream whose receive half is done: reset");
         shared.send_moved(id, released);
     }
 }
@@ -725,6 +725,7 @@ fn peer_stopped(shared: &Shared, cell: &Cell, code: u64) {
 /// What a peer's STOP_SENDING moved: the send half to `Stopped`, if that was news, and then
 /// to `Reset`, if our receive half was done.
 #[derive(Debug, Clone, Copy, Default)]
+#[must_use = "report it with `report_stop` once the half's lock is let go"]
 pub(crate) struct Stop {
     stopped: Option<HalfState>,
     released: Option<HalfState>,
@@ -746,16 +747,24 @@ pub(crate) fn report_stop(shared: &Shared, id: u64, stop: Stop) {
     report_release(shared, id, stop.released);
 }
 
-/// Before a stream is reported as a possible leak: has the peer stopped our send half? Nothing
-/// else may have asked (no write since, and a stream whose receive half is open and whose
-/// handle is alive is never looked at), and a report that says `send=stopped` tells its reader
-/// that the peer gave up on the stream. One question to quinn, for a rare stream.
-pub(crate) fn stop_before_report(cell: &Cell, half: &mut SendHalf) -> Stop {
-    if !matches!(half.state, Send::Open | Send::Finished) {
+/// Before a stream is reported as a possible leak: has the peer stopped our send half, or
+/// freed it? Asked only of a stream whose handle is alive and whose receive half is open: the
+/// watcher never looks at such a stream, so perhaps nothing has asked since our last write,
+/// and a report that says `send=stopped` tells its reader that the peer gave up on the stream.
+/// (Other suspects are looked at or watched already.) Two of quinn's locks, for a rare stream.
+pub(crate) fn stop_before_report(cell: &Cell, half: &mut SendHalf, kind: LeakKind) -> Stop {
+    let asked = kind == LeakKind::IdleHandle
+        && !cell.recv_done.load(Ordering::Acquire)
+        && matches!(half.state, Send::Open | Send::Finished);
+    if !asked {
         return Stop::default();
     }
     match half.probe(true) {
         Some(Ok(Some(code))) => record_stop(cell, half, code.into_inner()),
+        Some(Ok(None)) if half.state == Send::Finished => {
+            half.acknowledged();
+            Stop::default()
+        }
         _ => Stop::default(),
     }
 }
