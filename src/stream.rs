@@ -485,7 +485,7 @@ fn release_if_stopped(half: &mut SendHalf) -> Option<HalfState> {
 
 fn report_release(shared: &Shared, id: u64, released: Option<HalfState>) {
     if released.is_some() {
-        tracing::debug!(parent: &shared.span, id, "peer stopped a stream whose receive half is done: reset");
+        tracing::debug!(parent: &shared.span, id, "peer stopped it, our reading is done: reset");
         shared.send_moved(id, released);
     }
 }
