@@ -783,7 +783,6 @@ async fn churns(
     tasks: usize,
     [rate_metric, cpu_metric]: [Metric; 2],
 ) -> Vec<io::Result<Vec<(Metric, f64)>>> {
-    const TURNS: usize = 10;
     let mut pairs = Vec::with_capacity(kinds.len());
     for &kind in kinds {
         pairs.push(connected(kind, keys).await);
@@ -917,7 +916,6 @@ async fn scales(
     conns: usize,
     per_conn: usize,
 ) -> Vec<io::Result<Vec<(Metric, f64)>>> {
-    const TURNS: usize = 10;
     let mut fleets = Vec::with_capacity(kinds.len());
     for &kind in kinds {
         fleets.push(Fleet::dial(kind, keys, conns).await);
@@ -1638,6 +1636,9 @@ async fn drive(mut muxer: StreamMuxerBox, mut role: Role) {
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
+
+/// How many turns churn and scale cut their streams into: a tenth at a time.
+const TURNS: usize = 10;
 
 /// The order of `len` transports in turn `turn`: each turn starts one further on, so that
 /// none always goes first.
