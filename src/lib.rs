@@ -37,6 +37,7 @@ pub mod ledger;
 mod metrics;
 #[cfg(feature = "qlog")]
 mod qlog;
+mod session;
 mod stream;
 #[cfg(feature = "test-util")]
 pub mod test_util;
@@ -45,10 +46,11 @@ mod watcher;
 
 pub use address::{parse as parse_multiaddr, to_multiaddr};
 pub use config::Config;
-pub use connection::{Connecting, Connection, ConnectionSnapshot, Ledgers};
+pub use connection::{Connecting, Connection, Ledgers};
 pub use error::{Error, PeerIdMismatch, StreamError};
 #[cfg(feature = "metrics")]
 pub use metrics::Metrics;
+pub use session::ConnectionSnapshot;
 pub use stream::{Closed, Stream};
 
 /// The transport on the tokio runtime, named as in `libp2p-quic`.

@@ -18,8 +18,9 @@ use libp2p_identity::PeerId;
 
 use crate::{
     address,
-    connection::{Connecting, Ledgers, Qlog},
+    connection::{Connecting, Ledgers},
     endpoint::{self, QuinnConfigs},
+    session::Qlog,
     Config, Connection, Error,
 };
 

@@ -1,58 +1,50 @@
 //! The watcher: one task per transport that sees what QUIC frees after the application has let
 //! go, answers a peer's STOP_SENDING on streams that are otherwise done, lets settled streams
-//! leave the ledger, and raises leak warnings, for all of the transport's connections.
+//! leave the ledger, and raises leak warnings, for all of the transport's sessions.
 //!
 //! It exists because the interesting moments of a stream's life happen when nobody polls it:
 //! the peer acknowledges our FIN after the handle was dropped, or stops our send half while
-//! our application holds a stream it has finished reading. Streams ask for a look
-//! ([`Shared::queue`]); the watcher looks at them in batches, a little later, when most
+//! our application holds a stream it has finished reading. Streams ask for a look (their
+//! session's [`Inbox`]); the watcher looks at them in batches, a little later, when most
 //! request/response streams are long gone and acknowledged, so that the application's hot
-//! path never waits on it. One task serves every connection, so that a batch gathers the
+//! path never waits on it. One task serves every session, so that a batch gathers the
 //! streams of all of them: with many connections each doing a little, a watcher per
 //! connection would wake once per stream. It is spawned with the transport's first tracked
-//! stream and ends when the transport and all its connections are gone.
+//! stream and ends when the transport and all its sessions are gone.
+//!
+//! It knows sessions ([`Session`]) and their streams' shared state, never a muxer.
 
 use std::{
     collections::VecDeque,
-    pin::Pin,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex, MutexGuard, OnceLock, Weak,
-    },
-    task::{Context, Poll},
+    sync::{Arc, OnceLock, Weak},
     time::Duration,
 };
 
-use futures::{future::BoxFuture, stream::FuturesUnordered, Future, FutureExt, StreamExt};
-use quinn::{StoppedError, VarInt};
+use futures::{future::BoxFuture, stream::FuturesUnordered, FutureExt, StreamExt};
 use tokio::{
-    sync::{
-        mpsc::{UnboundedReceiver, UnboundedSender},
-        Notify,
-    },
+    sync::mpsc::{UnboundedReceiver, UnboundedSender},
     time::Instant,
 };
 
-use crate::{
-    connection::Shared,
-    ledger::{HalfState, LeakKind},
-    stream::{self, Cell, Look, WatchEnd},
+use crate::session::{
+    cell::{self, Cell, Look, Watch},
+    Inbox, Session,
 };
 
-/// How often the watcher takes the connections that asked for a look, while any have.
+/// How often the watcher takes the sessions that asked for a look, while any have.
 const TICK: Duration = Duration::from_millis(10);
 
 /// How many ticks a request waits before its look: 20–30 ms after it was made, long enough
 /// that the acknowledgements of a request/response stream have arrived by then.
 const AGE_TICKS: usize = 2;
 
-/// What the mailbox carries: a connection with its first tracked stream, to wait for its end
+/// What the mailbox carries: a session with its first tracked stream, to wait for its end
 /// and scan for leaks from now on.
-type Track = (Weak<Shared>, quinn::Connection);
+type Track = (Weak<Session>, quinn::Connection);
 
 /// A transport's handle to its watcher task, spawned on first use. Cheap to clone; the task
-/// runs while any clone is alive (the transport, its `Ledgers` handles, every connection) or
-/// anything is left to watch.
+/// runs while any clone is alive (the transport, its `Ledgers` handles) or anything is left
+/// to watch.
 #[derive(Clone)]
 pub(crate) struct Watcher {
     inner: Arc<Inner>,
@@ -60,29 +52,10 @@ pub(crate) struct Watcher {
 
 struct Inner {
     mailbox: OnceLock<UnboundedSender<Track>>,
-    requests: Arc<Requests>,
+    inbox: Arc<Inbox>,
     /// The transport's `stream_leak_warning`: the task scans for leaks every quarter of it
     /// (between 10 ms and 5 s).
     leak_threshold: Duration,
-    /// Whether we have said that the task is gone.
-    gone: AtomicBool,
-}
-
-/// The connections that asked for a look since the watcher's last tick. A plain list under a
-/// lock rather than the mailbox: a busy transport asks thousands of times a second, and only
-/// the first request after a tick needs to wake the task.
-#[derive(Default)]
-struct Requests {
-    asked: Mutex<Vec<Weak<Shared>>>,
-    wake: Notify,
-    /// Set when the task ends, however it ends (its runtime shut down, or it panicked).
-    ended: AtomicBool,
-}
-
-impl Requests {
-    fn asked(&self) -> MutexGuard<'_, Vec<Weak<Shared>>> {
-        self.asked.lock().unwrap_or_else(|e| e.into_inner())
-    }
 }
 
 impl Watcher {
@@ -90,51 +63,31 @@ impl Watcher {
         Self {
             inner: Arc::new(Inner {
                 mailbox: OnceLock::new(),
-                requests: Arc::default(),
+                inbox: Arc::default(),
                 leak_threshold,
-                gone: AtomicBool::new(false),
             }),
         }
     }
 
-    /// A connection's first tracked stream: watch the connection from now on, spawning the
-    /// task if this is the transport's first.
-    pub(crate) fn track(&self, shared: Weak<Shared>, connection: quinn::Connection) {
+    /// Where the transport's sessions ask for looks.
+    pub(crate) fn inbox(&self) -> Arc<Inbox> {
+        self.inner.inbox.clone()
+    }
+
+    /// A session's first tracked stream: watch the session from now on, spawning the task if
+    /// this is the transport's first.
+    pub(crate) fn track(&self, session: &Session) {
         let inner = &*self.inner;
         let mailbox = inner.mailbox.get_or_init(|| {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            tokio::spawn(run(rx, inner.requests.clone(), inner.leak_threshold));
+            tokio::spawn(run(rx, inner.inbox.clone(), inner.leak_threshold));
             tx
         });
-        if mailbox.send((shared, connection)).is_err() {
-            self.say_gone();
-        }
-    }
-
-    /// A connection has queued streams for a look (its first tracked stream has been sent
-    /// with [`Watcher::track`], which spawned the task).
-    pub(crate) fn ask(&self, shared: Weak<Shared>) {
-        let requests = &*self.inner.requests;
-        if requests.ended.load(Ordering::Acquire) {
-            return self.say_gone();
-        }
-        let first = {
-            let mut asked = requests.asked();
-            asked.push(shared);
-            asked.len() == 1
-        };
-        if first {
-            requests.wake.notify_one();
-        }
-    }
-
-    fn say_gone(&self) {
-        if !self.inner.gone.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                "the stream watcher task is gone (its runtime shut down, or it panicked): \
-                 dropped streams that QUIC still held no longer leave the ledger, and leaks \
-                 are no longer reported"
-            );
+        if mailbox
+            .send((session.weak(), session.connection().clone()))
+            .is_err()
+        {
+            inner.inbox.say_gone();
         }
     }
 }
@@ -145,219 +98,168 @@ impl Default for Watcher {
     }
 }
 
-/// A send half watched until QUIC frees it, the peer stops it, or we reset it.
-pub(crate) struct Watch {
-    /// quinn's `SendStream::stopped()`.
-    stopped: BoxFuture<'static, Result<Option<VarInt>, StoppedError>>,
-    cell: Arc<Cell>,
-    shared: Weak<Shared>,
+/// A session's end, as the watcher waits for it.
+type Closed = BoxFuture<'static, (Weak<Session>, quinn::ConnectionError)>;
+
+/// What the task keeps between its wake-ups.
+struct State {
+    inbox: Arc<Inbox>,
+    /// The sessions with tracked streams, and their ends.
+    tracked: Vec<Weak<Session>>,
+    closed: FuturesUnordered<Closed>,
+    watched: FuturesUnordered<Watch>,
+    /// The requests of the last ticks, oldest first, and emptied lists to reuse.
+    ticks: VecDeque<Vec<Weak<Session>>>,
+    spare: Vec<Vec<Weak<Session>>>,
+    scratch: Scratch,
+    scan_every: Duration,
+    /// One timer serves both the next leak scan and, while requests wait, the next tick.
+    next_scan: Instant,
+    next_tick: Option<Instant>,
 }
 
-impl Watch {
-    pub(crate) fn new(
-        stopped: BoxFuture<'static, Result<Option<VarInt>, StoppedError>>,
-        cell: Arc<Cell>,
-        shared: Weak<Shared>,
-    ) -> Self {
-        Self {
-            stopped,
-            cell,
-            shared,
-        }
-    }
-}
-
-impl Future for Watch {
-    /// The connection, the stream, and how its send half's watch ended.
-    type Output = (Weak<Shared>, Arc<Cell>, WatchEnd);
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // Checked first, so that a half reset before we ever looked never registers with
-        // quinn: quinn would not report the reset's acknowledgement.
-        let ended = if self.cell.lock().reset_or_register(cx.waker()) {
-            WatchEnd::ResetByUs
-        } else {
-            match futures::ready!(self.stopped.as_mut().poll(cx)) {
-                Ok(None) => WatchEnd::Acknowledged,
-                Ok(Some(code)) => WatchEnd::StoppedByPeer(code.into_inner()),
-                Err(_) => WatchEnd::ConnectionLost,
-            }
-        };
-        Poll::Ready((self.shared.clone(), self.cell.clone(), ended))
-    }
-}
-
-/// A connection's end, as the watcher waits for it.
-type Closed = BoxFuture<'static, (Weak<Shared>, quinn::ConnectionError)>;
-
-/// Run until the mailbox closes (the transport and every connection are gone) and nothing is
+/// Run until the mailbox closes (the transport and every session are gone) and nothing is
 /// left to watch.
-async fn run(
-    mut mailbox: UnboundedReceiver<Track>,
-    requests: Arc<Requests>,
-    leak_threshold: Duration,
-) {
+async fn run(mut mailbox: UnboundedReceiver<Track>, inbox: Arc<Inbox>, leak_threshold: Duration) {
     // However the task ends, later requests are not left to pile up.
-    let _ended = Ended(requests.clone());
+    let _ended = Ended(inbox.clone());
     let scan_every = (leak_threshold / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
-    // The connections with tracked streams, and their ends.
-    let mut tracked: Vec<Weak<Shared>> = Vec::new();
-    let mut closed: FuturesUnordered<Closed> = FuturesUnordered::new();
-    let mut watched: FuturesUnordered<Watch> = FuturesUnordered::new();
-    // The requests of the last ticks, oldest first, and emptied lists to reuse.
-    let mut ticks: VecDeque<Vec<Weak<Shared>>> = VecDeque::new();
-    let mut spare: Vec<Vec<Weak<Shared>>> = Vec::new();
-    let mut scratch = Scratch::default();
+    let mut state = State {
+        inbox: inbox.clone(),
+        tracked: Vec::new(),
+        closed: FuturesUnordered::new(),
+        watched: FuturesUnordered::new(),
+        ticks: VecDeque::new(),
+        spare: Vec::new(),
+        scratch: Scratch::default(),
+        scan_every,
+        next_scan: Instant::now() + scan_every,
+        next_tick: None,
+    };
     let mut open = true;
-    // One timer serves both the next leak scan and, while requests wait, the next tick.
-    let mut next_scan = Instant::now() + scan_every;
-    let mut next_tick: Option<Instant> = None;
-    let timer = tokio::time::sleep_until(next_scan);
+    let timer = tokio::time::sleep_until(state.next_scan);
     tokio::pin!(timer);
-    while open || !closed.is_empty() || !watched.is_empty() {
-        let deadline = next_tick.map_or(next_scan, |at| at.min(next_scan));
+    while open || !state.closed.is_empty() || !state.watched.is_empty() {
+        let deadline = state
+            .next_tick
+            .map_or(state.next_scan, |at| at.min(state.next_scan));
         if timer.deadline() != deadline {
             timer.as_mut().reset(deadline);
         }
+        let something_to_do = !state.tracked.is_empty() || state.next_tick.is_some();
         tokio::select! {
             message = mailbox.recv(), if open => match message {
-                Some((shared, connection)) => {
-                    tracked.push(shared.clone());
-                    closed.push(async move { (shared, connection.closed().await) }.boxed());
-                }
+                Some((session, connection)) => state.track(session, connection),
                 None => open = false,
             },
-            () = requests.wake.notified() => {
-                next_tick.get_or_insert_with(|| Instant::now() + TICK);
+            () = inbox.requested() => {
+                state.next_tick.get_or_insert_with(|| Instant::now() + TICK);
             }
             // Only while there is something to scan or to look at.
-            () = &mut timer, if !tracked.is_empty() || next_tick.is_some() => {
-                let now = Instant::now();
-                if next_tick.is_some_and(|at| at <= now) {
-                    let mut fresh = spare.pop().unwrap_or_default();
-                    std::mem::swap(&mut fresh, &mut *requests.asked());
-                    ticks.push_back(fresh);
-                    if ticks.len() > AGE_TICKS {
-                        let mut due = ticks.pop_front().unwrap_or_default();
-                        // The ledger's clock is the system's, whatever tokio's timer says.
-                        let stamp = std::time::Instant::now();
-                        for shared in due.drain(..).filter_map(|s| s.upgrade()) {
-                            look(&shared, stamp, &mut watched, &mut scratch);
-                        }
-                        spare.push(due);
-                    }
-                    // Tick on while requests wait; a request after the last tick wakes us.
-                    next_tick = ticks.iter().any(|t| !t.is_empty()).then(|| now + TICK);
-                }
-                if next_scan <= now {
-                    next_scan = now + scan_every;
-                    tracked.retain(|s| match s.upgrade() {
-                        Some(shared) => {
-                            report_leaks(&shared);
-                            shared.free_departed();
-                            true
-                        }
-                        None => false,
-                    });
+            () = &mut timer, if something_to_do => state.on_timer(),
+            Some((session, reason)) = state.closed.next(), if !state.closed.is_empty() => {
+                state.tracked.retain(|s| !s.ptr_eq(&session));
+                if let Some(session) = session.upgrade() {
+                    tracing::debug!(parent: &session.span, %reason, "connection closed");
+                    session.connection_closed();
                 }
             }
-            Some((shared, reason)) = closed.next(), if !closed.is_empty() => {
-                tracked.retain(|s| !s.ptr_eq(&shared));
-                if let Some(shared) = shared.upgrade() {
-                    tracing::debug!(parent: &shared.span, %reason, "connection closed");
-                    shared.connection_closed();
-                }
-            }
-            Some((shared, cell, ended)) = watched.next(), if !watched.is_empty() => {
-                let Some(shared) = shared.upgrade() else { continue };
-                shared.unwatched();
-                if stream::watch_ended(&shared, &cell, ended) {
-                    shared.release_one(cell);
+            Some((session, cell, ended)) = state.watched.next(), if !state.watched.is_empty() => {
+                let Some(session) = session.upgrade() else { continue };
+                session.unwatched();
+                if cell::watch_ended(&session, &cell, ended) {
+                    session.release_one(cell);
                 }
             }
         }
     }
 }
 
-/// Marks the requests as no longer served when the task ends.
-struct Ended(Arc<Requests>);
+impl State {
+    fn track(&mut self, session: Weak<Session>, connection: quinn::Connection) {
+        self.tracked.push(session.clone());
+        self.closed
+            .push(async move { (session, connection.closed().await) }.boxed());
+    }
 
-impl Drop for Ended {
-    fn drop(&mut self) {
-        self.0.ended.store(true, Ordering::Release);
-        self.0.asked().clear();
+    /// A tick (look at the requests made two ticks ago), a leak scan, or both.
+    fn on_timer(&mut self) {
+        let now = Instant::now();
+        if self.next_tick.is_some_and(|at| at <= now) {
+            self.tick(now);
+        }
+        if self.next_scan <= now {
+            self.next_scan = now + self.scan_every;
+            self.tracked.retain(|s| match s.upgrade() {
+                Some(session) => {
+                    session.report_leaks();
+                    session.free_departed();
+                    true
+                }
+                None => false,
+            });
+        }
+    }
+
+    fn tick(&mut self, now: Instant) {
+        let mut fresh = self.spare.pop().unwrap_or_default();
+        self.inbox.take(&mut fresh);
+        self.ticks.push_back(fresh);
+        if self.ticks.len() > AGE_TICKS {
+            let mut due = self.ticks.pop_front().unwrap_or_default();
+            // The ledger's clock is the system's, whatever tokio's timer says.
+            let stamp = std::time::Instant::now();
+            for session in due.drain(..).filter_map(|s| s.upgrade()) {
+                look(&session, stamp, &mut self.watched, &mut self.scratch);
+            }
+            self.spare.push(due);
+        }
+        // Tick on while requests wait; a request after the last tick wakes us.
+        self.next_tick = self.ticks.iter().any(|t| !t.is_empty()).then(|| now + TICK);
     }
 }
 
-/// The watcher's buffers for one connection's part of a batch, kept from batch to batch.
+/// Marks the inbox as no longer served when the task ends.
+struct Ended(Arc<Inbox>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// The watcher's buffers for one session's part of a batch, kept from batch to batch.
 #[derive(Default)]
 struct Scratch {
     queued: Vec<Arc<Cell>>,
     settled: Vec<Arc<Cell>>,
 }
 
-/// Look at every stream a connection queued: let the settled go, watch those QUIC still holds.
+/// Look at every stream a session queued: let the settled go, watch those QUIC still holds.
 fn look(
-    shared: &Shared,
+    session: &Session,
     now: std::time::Instant,
     watched: &mut FuturesUnordered<Watch>,
     scratch: &mut Scratch,
 ) {
-    let now = shared.clock.stamp(now);
-    shared.take_queued(&mut scratch.queued);
+    let now = session.clock.stamp(now);
+    session.take_queued(&mut scratch.queued);
     for cell in scratch.queued.drain(..) {
-        match stream::look(shared, &cell, now) {
+        match cell::look(session, &cell, now) {
             Look::Settled => scratch.settled.push(cell),
             // Queued for the next batch: this one is taken already.
-            Look::Again => shared.queue(&cell),
+            Look::Again => session.queue(&cell),
             Look::Watch(watch) => {
                 // Counted before it is polled, so that its decrement can never come first.
-                shared.watching();
+                session.watching();
                 watched.push(watch);
             }
             Look::Wait => {}
         }
     }
     if !scratch.settled.is_empty() {
-        shared.release(&mut scratch.settled);
+        session.release(&mut scratch.settled);
         // Those no opener took since the last release.
         scratch.settled.clear();
-    }
-}
-
-fn report_leaks(shared: &Shared) {
-    for (s, kind) in shared.suspects() {
-        let open_halves = match (s.send, s.recv) {
-            (HalfState::Open, HalfState::Open) => "both halves",
-            (HalfState::Open, _) => "the send half",
-            (_, HalfState::Open) => "the receive half",
-            _ if s.handle_alive => "no half, yet the handle is kept",
-            _ => "no half (waiting for the peer's acknowledgement)",
-        };
-        let what = match kind {
-            LeakKind::HeldAfterDrop => "dropped but still held by QUIC",
-            LeakKind::IdleHandle => "held by the application and idle",
-        };
-        tracing::warn!(
-            parent: &shared.span,
-            peer = %shared.peer,
-            stream = s.id,
-            direction = %s.direction,
-            age = ?s.age,
-            send = %s.send,
-            recv = %s.recv,
-            kind = kind.as_str(),
-            "possible stream leak: {} stream {} to {} is {} after {:?}; open: {}",
-            s.direction,
-            s.id,
-            shared.peer,
-            what,
-            s.age,
-            open_halves,
-        );
-        #[cfg(feature = "metrics")]
-        if let Some(m) = &shared.config.metrics {
-            m.leak_warning(kind);
-        }
     }
 }

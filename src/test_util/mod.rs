@@ -8,5 +8,5 @@ pub use udp_proxy::{Direction, Impairment, ProxyStats, UdpProxy};
 /// How many streams of this process still have their state in memory: a handle alive, a
 /// ledger tracking them, or left the books and not yet freed. Counted only with this feature.
 pub fn stream_states() -> usize {
-    crate::stream::STATES.load(std::sync::atomic::Ordering::Relaxed)
+    crate::session::cell::STATES.load(std::sync::atomic::Ordering::Relaxed)
 }
