@@ -5,7 +5,10 @@ use std::{
     future::Future,
     net::SocketAddr,
     pin::Pin,
-    sync::{Arc, Mutex, Weak},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, Weak,
+    },
     task::{Context, Poll},
 };
 
@@ -49,6 +52,8 @@ pub struct Connection {
 #[derive(Clone, Default)]
 pub struct Ledgers {
     connections: Arc<Mutex<Vec<Weak<Session>>>>,
+    /// The last connection's number: each gets the next, its short name in logs.
+    numbered: Arc<AtomicU64>,
     /// The watcher of these connections' streams.
     watcher: Watcher,
 }
@@ -58,6 +63,7 @@ impl Ledgers {
     pub(crate) fn new(config: &Config) -> Self {
         Self {
             connections: Arc::default(),
+            numbered: Arc::default(),
             watcher: Watcher::new(config.stream_leak_warning),
         }
     }
@@ -100,7 +106,9 @@ impl Connection {
         ledgers: &Ledgers,
         qlog: Option<Qlog>,
     ) -> Self {
+        let number = ledgers.numbered.fetch_add(1, Ordering::Relaxed) + 1;
         let session = Session::new(
+            number,
             connection.clone(),
             peer,
             config,
@@ -240,6 +248,7 @@ impl Drop for Connection {
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
+            .field("number", &self.session.number)
             .field("peer", &self.session.peer)
             .field("id", &self.connection.stable_id())
             .finish_non_exhaustive()

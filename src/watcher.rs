@@ -113,6 +113,8 @@ struct State {
     spare: Vec<Vec<Weak<Session>>>,
     scratch: Scratch,
     scan_every: Duration,
+    /// Leak scans so far: a scan's number ties its reports together.
+    scans: u64,
     /// One timer serves both the next leak scan and, while requests wait, the next tick.
     next_scan: Instant,
     next_tick: Option<Instant>,
@@ -133,6 +135,7 @@ async fn run(mut mailbox: UnboundedReceiver<Track>, inbox: Arc<Inbox>, leak_thre
         spare: Vec::new(),
         scratch: Scratch::default(),
         scan_every,
+        scans: 0,
         next_scan: Instant::now() + scan_every,
         next_tick: None,
     };
@@ -162,6 +165,7 @@ async fn run(mut mailbox: UnboundedReceiver<Track>, inbox: Arc<Inbox>, leak_thre
                 if let Some(session) = session.upgrade() {
                     tracing::debug!(parent: &session.span, %reason, "connection closed");
                     session.connection_closed();
+                    session.tell_story();
                 }
             }
             Some((session, cell, ended)) = state.watched.next(), if !state.watched.is_empty() => {
@@ -190,9 +194,11 @@ impl State {
         }
         if self.next_scan <= now {
             self.next_scan = now + self.scan_every;
+            self.scans += 1;
+            let scan = self.scans;
             self.tracked.retain(|s| match s.upgrade() {
                 Some(session) => {
-                    session.report_leaks();
+                    session.report_leaks(scan);
                     session.free_departed();
                     true
                 }

@@ -182,6 +182,7 @@ impl Clock {
 pub(crate) struct Entry {
     send: HalfState,
     recv: HalfState,
+    /// Whether the stream is reported as a possible leak in its present state.
     warned: bool,
     /// Whether the `Stream` handle is alive.
     alive: bool,
@@ -214,6 +215,7 @@ impl Entry {
         let moved = send_may_move(self.send, state);
         if moved {
             self.send = state;
+            self.warned = false;
         }
         moved
     }
@@ -224,6 +226,7 @@ impl Entry {
             self.recv == HalfState::Open && !matches!(state, HalfState::Open | HalfState::Done);
         if moved {
             self.recv = state;
+            self.warned = false;
         }
         moved
     }
@@ -233,6 +236,7 @@ impl Entry {
     pub(crate) fn handle_dropped(&mut self, at: Option<Stamp>) {
         if self.alive {
             self.alive = false;
+            self.warned = false;
             if let Some(at) = at {
                 self.dropped_at = at;
             }
@@ -263,7 +267,9 @@ impl Entry {
         !self.handle_alive() && !self.held_by_quic()
     }
 
-    /// Whether to report this stream as a possible leak now; each stream at most once.
+    /// Whether to report this stream as a possible leak now: once, and again only after its
+    /// state changed (a half moved, the handle was dropped, or it carried data and went quiet
+    /// again).
     pub(crate) fn suspect(
         &mut self,
         activity: &Activity,
@@ -282,6 +288,7 @@ impl Entry {
         if moved != self.seen_bytes {
             self.seen_bytes = moved;
             self.last_change = now;
+            self.warned = false;
         }
         if self.warned {
             return None;
@@ -293,6 +300,20 @@ impl Entry {
         };
         self.warned = true;
         Some(kind)
+    }
+
+    /// Mark the stream reported in its present state (after a report found news of it).
+    pub(crate) fn mark_reported(&mut self) {
+        self.warned = true;
+    }
+
+    /// How the stream stands reported, if it is: reported and unchanged since.
+    pub(crate) fn reported(&self) -> Option<LeakKind> {
+        self.warned.then_some(if self.alive {
+            LeakKind::IdleHandle
+        } else {
+            LeakKind::HeldAfterDrop
+        })
     }
 
     /// The stream as a snapshot shows it.

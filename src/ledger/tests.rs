@@ -386,3 +386,34 @@ fn a_reported_stream_s_idle_time_follows_its_traffic() {
     let info = entry.info(0, Direction::Outbound, &activity, at(100));
     assert_eq!(info.idle, Duration::from_secs(10));
 }
+
+/// A reported stream is not reported again while nothing changes; a move of a half, or its
+/// handle's drop, makes it news again.
+#[test]
+fn a_reported_stream_is_reported_again_only_when_its_state_changes() {
+    let start = Instant::now();
+    let clock = Clock::new(start);
+    let at = |secs| clock.stamp(start + Duration::from_secs(secs));
+    let threshold = Duration::from_secs(60);
+    let activity = Activity::default();
+    let mut entry = Entry::new(at(0));
+    assert_eq!(
+        entry.suspect(&activity, at(60), threshold),
+        Some(LeakKind::IdleHandle)
+    );
+    assert_eq!(entry.reported(), Some(LeakKind::IdleHandle));
+    assert_eq!(entry.suspect(&activity, at(120), threshold), None);
+    entry.set_send(HalfState::Stopped);
+    assert_eq!(entry.reported(), None);
+    assert_eq!(
+        entry.suspect(&activity, at(121), threshold),
+        Some(LeakKind::IdleHandle)
+    );
+    entry.handle_dropped(Some(at(122)));
+    assert_eq!(entry.suspect(&activity, at(150), threshold), None);
+    assert_eq!(
+        entry.suspect(&activity, at(182), threshold),
+        Some(LeakKind::HeldAfterDrop)
+    );
+    assert_eq!(entry.reported(), Some(LeakKind::HeldAfterDrop));
+}

@@ -169,10 +169,11 @@ impl Session {
         (totals, streams)
     }
 
-    /// Streams to report as possible leaks (quiet for the configured `stream_leak_warning`),
-    /// each at most once. Each is first asked whether the peer stopped it
+    /// The leak scan's findings: every stream reported as a possible leak, and which of them
+    /// are news (quiet for the configured `stream_leak_warning`, and not reported in their
+    /// present state before). Each new one is first asked whether the peer stopped it
     /// ([`cell::stop_before_report`]), so that the report says so.
-    pub(crate) fn suspects(&self) -> Vec<(StreamInfo, LeakKind)> {
+    pub(crate) fn suspects(&self) -> Vec<Suspect> {
         let threshold = self.config.stream_leak_warning;
         let mut found = Vec::new();
         let mut stops = Vec::new();
@@ -181,16 +182,24 @@ impl Session {
             for cell in ledger.streams() {
                 let mut half = cell.lock();
                 let id = half.id();
-                let Some(kind) = half
+                let new = half
                     .entry
                     .as_mut()
-                    .and_then(|entry| entry.suspect(&cell.activity, now, threshold))
-                else {
+                    .and_then(|entry| entry.suspect(&cell.activity, now, threshold));
+                if let Some(kind) = new {
+                    stops.push((id, cell::stop_before_report(cell, &mut half, kind)));
+                }
+                let Some(entry) = half.entry.as_mut() else {
                     continue;
                 };
-                stops.push((id, cell::stop_before_report(cell, &mut half, kind)));
-                if let Some(entry) = &half.entry {
-                    found.push((entry.info(id, cell.direction, &cell.activity, now), kind));
+                if new.is_some() {
+                    // What the question to quinn found is part of this report, not news.
+                    entry.mark_reported();
+                }
+                if let Some(kind) = entry.reported() {
+                    let info = entry.info(id, cell.direction, &cell.activity, now);
+                    let new = new.is_some();
+                    found.push(Suspect { info, kind, new });
                 }
             }
         }
@@ -211,6 +220,7 @@ impl Session {
         let held_by_peer_closed_here =
             credit_wait.map(|_| u64::from(stream_limit).saturating_sub(self.outbound_open_here()));
         ConnectionSnapshot {
+            number: self.number,
             peer: self.peer,
             connection_id: self.connection.stable_id(),
             remote_address: self.remote_address(),
@@ -249,9 +259,20 @@ fn settle_newest(ledger: &mut Ledger<Arc<Cell>>) -> Option<Arc<Cell>> {
     close(ledger, &newest)
 }
 
+/// A stream reported as a possible leak, as it stands.
+pub(crate) struct Suspect {
+    pub(crate) info: StreamInfo,
+    pub(crate) kind: LeakKind,
+    /// Whether this scan reported it first (in its present state).
+    pub(crate) new: bool,
+}
+
 /// A point-in-time view of one connection's streams.
 #[derive(Debug, Clone)]
 pub struct ConnectionSnapshot {
+    /// The connection's number in its transport (1, 2, …), unique per transport: its short
+    /// name in logs (`conn #3`).
+    pub number: u64,
     /// The remote peer.
     pub peer: PeerId,
     /// quinn's stable id of the connection, unique in this process.

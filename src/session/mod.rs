@@ -49,6 +49,9 @@ pub(crate) type Qlog = std::convert::Infallible;
 /// One session's shared state. Held by the session's muxer, by each of its streams, and,
 /// weakly, by the watcher and the transport's [`Ledgers`](crate::Ledgers).
 pub(crate) struct Session {
+    /// The session's number in its transport (1, 2, …): its short name in logs (`#3`), unique
+    /// per transport, where quinn's id is a pointer-sized number that means nothing to a reader.
+    pub(crate) number: u64,
     pub(crate) peer: PeerId,
     pub(crate) span: tracing::Span,
     /// The transport's configuration.
@@ -74,6 +77,8 @@ pub(crate) struct Session {
     ledger: Option<Mutex<Ledger<Arc<Cell>>>>,
     /// Where streams ask the transport's watcher for a look.
     inbox: Arc<Inbox>,
+    /// What the session's story tells when it ends ([`Session::tell_story`]).
+    story: warnings::Story,
     #[cfg(feature = "qlog")]
     qlog: Option<Qlog>,
 }
@@ -82,6 +87,7 @@ impl Session {
     /// The state of a session on `connection` with `peer`, whose streams ask for the watcher
     /// at `inbox`.
     pub(crate) fn new(
+        number: u64,
         connection: quinn::Connection,
         peer: PeerId,
         config: Arc<Config>,
@@ -92,11 +98,12 @@ impl Session {
         let _ = qlog;
         let span = tracing::debug_span!(
             "connection",
+            conn = number,
             %peer,
-            id = connection.stable_id(),
             remote = %connection.remote_address(),
         );
         Arc::new_cyclic(|me| Session {
+            number,
             peer,
             span,
             clock: Clock::new(Instant::now()),
@@ -111,6 +118,7 @@ impl Session {
             credit_wait_since: Mutex::new(None),
             ledger: config.stream_ledger.then(Mutex::default),
             inbox,
+            story: warnings::Story::default(),
             #[cfg(feature = "qlog")]
             qlog,
             config,
@@ -147,6 +155,7 @@ impl Session {
     /// A stream handle was made.
     pub(crate) fn stream_opened(&self, id: u64, direction: Direction) {
         self.live[direction.index()].fetch_add(1, Ordering::Relaxed);
+        self.story.open_now(self.live_handles().iter().sum());
         #[cfg(feature = "metrics")]
         if let Some(m) = &self.config.metrics {
             m.stream_opened(direction);
@@ -225,5 +234,13 @@ impl Session {
 
     fn watched_send_halves(&self) -> u64 {
         self.watched.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Unless the watcher told it as it saw the connection close: the last handle to the
+        // session is gone, and so is everything the story counts.
+        self.tell_story();
     }
 }

@@ -8,13 +8,14 @@ use std::{
 
 use futures::FutureExt;
 
-use super::Session;
+use super::{warnings, Session};
 use crate::Error;
 
 impl Session {
     /// Complete `open`, a session's opening of a stream; if credit does not come within the
     /// configured time, say why and keep waiting (a muxer error would tear down the whole
-    /// libp2p connection). The wait shows in snapshots while it lasts, and in the metrics.
+    /// libp2p connection), saying it again, backing off, until the open goes ahead, and then
+    /// that it did. The wait shows in snapshots while it lasts, and in the metrics.
     pub(crate) async fn open_with_warning<T, E>(
         &self,
         open: impl IntoFuture<Output = Result<T, E>>,
@@ -30,16 +31,23 @@ impl Session {
         self.set_credit_wait(Some(started));
         // Cleared however this future ends, including when the caller drops it.
         let _clear = scopeguard(|| self.set_credit_wait(None));
-        let result = match tokio::time::timeout(self.config.credit_wait_warning, &mut open).await {
-            Ok(result) => result,
-            Err(_) => {
-                self.warn_credit_wait(started.elapsed());
-                open.await
+        let first = self.config.credit_wait_warning;
+        let mut told = 0;
+        let result = loop {
+            let due = started + warnings::credit_warning_due(first, told);
+            match tokio::time::timeout_at(due.into(), &mut open).await {
+                Ok(result) => break result,
+                Err(_) => {
+                    self.warn_credit_wait(started.elapsed(), told);
+                    told += 1;
+                }
             }
         };
+        let waited = started.elapsed();
+        self.credit_wait_ended(waited, told);
         #[cfg(feature = "metrics")]
         if let Some(m) = &self.config.metrics {
-            m.credit_waited(started.elapsed());
+            m.credit_waited(waited);
         }
         Ok(result?)
     }

@@ -1,0 +1,262 @@
+//! Diagnostics that stay readable at scale: one leak line per connection and scan, the streams
+//! one by one at DEBUG; a blocked open told again, backing off, until it ends; connections
+//! named by short numbers.
+
+#![cfg(feature = "metrics")]
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
+
+use common::*;
+use futures::{AsyncWriteExt, StreamExt};
+use libp2p_identity::Keypair;
+use libp2p_quinn::{tokio::Transport, Config, Metrics};
+use prometheus_client::{encoding::text::encode, registry::Registry};
+
+/// Every `libp2p_quinn` line at DEBUG and above, kept for the test binary's life.
+fn logs() -> Arc<Mutex<String>> {
+    static LOGS: OnceLock<Arc<Mutex<String>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(String::new()));
+        let sink = logs.clone();
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_env_filter("libp2p_quinn=debug")
+            .with_writer(move || Capture(sink.clone()))
+            .init();
+        logs
+    })
+    .clone()
+}
+
+/// The captured lines of `level` (`"WARN"`, `"INFO"`, `"DEBUG"`) that contain `needle`.
+fn lines(level: &str, needle: &str) -> Vec<String> {
+    let level = format!(" {level} ");
+    let logs = logs();
+    let text = logs.lock().unwrap();
+    text.lines()
+        .filter(|l| l.contains(&level) && l.contains(needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The value of `field=` in a log line.
+fn field<'a>(line: &'a str, name: &str) -> &'a str {
+    let key = format!(" {name}=");
+    let start = line
+        .find(&key)
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+        + key.len();
+    line[start..].split(' ').next().unwrap()
+}
+
+struct Capture(Arc<Mutex<String>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap()
+            .push_str(&String::from_utf8_lossy(buf));
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+const PEERS: usize = 10;
+const LIMIT: usize = 256;
+
+/// Ten connections whose peer's application holds every one of 256 streams: each leak scan
+/// says at most one line per connection, the last line of each counts all of its streams,
+/// and the streams are listed one by one at DEBUG and counted one by one in the metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_leaking_connections_say_one_line_each_per_scan() {
+    let _ = logs();
+    let mut registry = Registry::default();
+    let mut holder_config =
+        Config::new(&Keypair::generate_ed25519()).with_metrics(Metrics::new(&mut registry));
+    holder_config.stream_leak_warning = Duration::from_millis(500);
+    let mut holder_t = Transport::new(holder_config);
+    let holder_ledgers = holder_t.ledgers();
+    let addr = listen(&mut holder_t, "/ip4/127.0.0.1/udp/0/quic-v1").await;
+
+    // Ten peers, each with a transport of its own, dial the holder.
+    let mut peers = Vec::new();
+    let mut holders = Vec::new();
+    let mut transports = Vec::new();
+    for _ in 0..PEERS {
+        let config = Config::new(&Keypair::generate_ed25519());
+        let id = config.local_peer_id();
+        let mut t = Transport::new(config);
+        let dial = libp2p_core::Transport::dial(&mut t, addr.clone(), dial_opts()).unwrap();
+        let (dialed, (remote, accepted)) =
+            futures::join!(bounded("dial", dial), accept(&mut holder_t));
+        let (holder_id, conn) = dialed.expect("dial succeeds");
+        assert_eq!(remote, id);
+        peers.push(Peer::new(id, holder_id, conn, t.ledgers()));
+        holders.push(Peer::new(holder_id, id, accepted, holder_ledgers.clone()));
+        transports.push(t);
+    }
+
+    // Each peer sends a request on every stream of its limit and closes it; the holder's
+    // application keeps every stream and reads none.
+    let held: Vec<_> = futures::future::join_all(peers.iter().zip(holders.iter_mut()).map(
+        |(peer, holder)| async move {
+            let mut held = Vec::new();
+            for _ in 0..LIMIT {
+                let mut s = peer.open().await;
+                s.write_all(b"request!").await.unwrap();
+                s.close().await.unwrap();
+                drop(s);
+                held.push(bounded("accept", holder.inbound.next()).await.unwrap());
+            }
+            held
+        },
+    ))
+    .await;
+    let total = PEERS * LIMIT;
+    assert_eq!(held.iter().map(Vec::len).sum::<usize>(), total);
+
+    // Every held stream is counted in the metrics and listed at DEBUG.
+    eventually("every held stream reported", || {
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        metric(
+            &text,
+            "libp2p_quinn_stream_leak_warnings_total{kind=\"idle_handle\"}",
+        ) == total as f64
+    })
+    .await;
+    let per_stream = lines("DEBUG", "possible stream leak: inbound stream");
+    assert_eq!(per_stream.len(), total);
+
+    // At most one WARN line per connection in each scan.
+    let warnings = lines("WARN", "held by the application and idle");
+    let mut per_scan: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for w in &warnings {
+        per_scan
+            .entry(field(w, "scan"))
+            .or_default()
+            .push(field(w, "conn"));
+    }
+    for (scan, conns) in &per_scan {
+        let distinct: BTreeSet<_> = conns.iter().collect();
+        assert_eq!(distinct.len(), conns.len(), "scan {scan}: {conns:?}");
+        assert!(conns.len() <= PEERS, "scan {scan}: {conns:?}");
+    }
+
+    // Each connection's last line counts all its streams; together they are what the ledger
+    // holds. The names are the short numbers, unique on the holder's transport, with the peer.
+    let mut last: BTreeMap<&str, &String> = BTreeMap::new();
+    for w in &warnings {
+        last.insert(field(w, "conn"), w);
+    }
+    assert_eq!(last.len(), PEERS, "{warnings:#?}");
+    let snapshots = holder_ledgers.snapshot();
+    let tracked: u64 = snapshots.iter().map(|s| s.totals.tracked_total()).sum();
+    let reported: u64 = last
+        .values()
+        .map(|w| field(w, "streams").parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(reported, tracked);
+    assert_eq!(reported, total as u64);
+    let numbers: BTreeSet<u64> = snapshots.iter().map(|s| s.number).collect();
+    assert_eq!(numbers, (1..=PEERS as u64).collect());
+    for s in &snapshots {
+        let line = last[s.number.to_string().as_str()];
+        assert!(
+            line.contains(&format!("on conn #{} to {} at", s.number, s.peer)),
+            "{line}"
+        );
+    }
+    drop(held);
+    for holder in &holders {
+        holder.settled().await.expect("connection alive");
+    }
+}
+
+/// A blocked open warns again, backing off, while it waits; when the peer gives credit back,
+/// one INFO line says how long it waited. When the connection ends, its story says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_open_is_told_again_until_it_goes_ahead() {
+    let _ = logs();
+    const LIMIT: u32 = 16;
+    let mut dialer_config = config(&Keypair::generate_ed25519(), LIMIT);
+    dialer_config.credit_wait_warning = Duration::from_millis(100);
+    let Pair {
+        dialer,
+        mut listener,
+        ..
+    } = pair_with(dialer_config, config(&Keypair::generate_ed25519(), LIMIT)).await;
+    let name = format!("conn #1 to {} at", dialer.remote);
+    let mut held = Vec::new();
+    for _ in 0..LIMIT {
+        let mut s = dialer.open().await;
+        s.write_all(b"request!").await.unwrap();
+        s.close().await.unwrap();
+        drop(s);
+        held.push(listener.accept().await);
+    }
+    let blocked = dialer.open_later();
+    // Told at 100 ms and again at 600 ms (then at 2.4 s, 12 s, …).
+    eventually("the second credit warning", || {
+        lines("WARN", &name)
+            .iter()
+            .filter(|l| l.contains("stream credit"))
+            .count()
+            >= 2
+    })
+    .await;
+    drop(held);
+    let s = bounded("the blocked open goes ahead", blocked)
+        .await
+        .unwrap()
+        .unwrap();
+    eventually("the INFO line", || {
+        !lines("INFO", &format!("opening a stream on {name}")).is_empty()
+    })
+    .await;
+
+    let told: Vec<String> = logs()
+        .lock()
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&name) && l.contains("stream credit"))
+        .map(str::to_owned)
+        .collect();
+    let (went_ahead, warnings) = told.split_last().unwrap();
+    assert!(went_ahead.contains(" INFO ") && went_ahead.contains("went ahead after waiting"));
+    assert!(warnings.len() >= 2, "{told:#?}");
+    for (i, w) in warnings.iter().enumerate() {
+        assert!(w.contains(" WARN "), "{w}");
+        assert_eq!(field(w, "warning"), (i + 1).to_string(), "{told:#?}");
+    }
+    assert!(warnings[1].contains("has still waited"), "{}", warnings[1]);
+    assert_eq!(field(went_ahead, "warnings"), warnings.len().to_string());
+
+    // The connection's story, at INFO since it waited for credit.
+    drop(s);
+    drop(listener);
+    drop(dialer);
+    eventually("the dialer's story", || {
+        lines("INFO", &name)
+            .iter()
+            .any(|l| l.contains("ended: streams opened 0 inbound, 17 outbound"))
+    })
+    .await;
+}
