@@ -63,9 +63,10 @@ fn drive(
 
 fn print_table(side: &str, s: &ConnectionSnapshot) {
     println!(
-        "\n{side}: connection {} to {} — handles alive: {} inbound, {} outbound; tracked: {}",
-        s.connection_id,
+        "\n{side}: conn #{} to {} at {} — handles alive: {} inbound, {} outbound; tracked: {}",
+        s.number,
         s.peer,
+        s.remote_address,
         s.live_handles[0],
         s.live_handles[1],
         s.totals.tracked_total()

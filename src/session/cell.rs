@@ -573,21 +573,3 @@ mod tests {
         );
     }
 }
-#[cfg(test)]
-mod sizes {
-    #[test]
-    fn print_sizes() {
-        eprintln!(
-            "Cell {} SendHalf {} Send {} Entry {} OptEntry {} SendStream {} RecvStream {} Stream {} Activity {}",
-            std::mem::size_of::<super::Cell>(),
-            std::mem::size_of::<super::SendHalf>(),
-            std::mem::size_of::<super::Send>(),
-            std::mem::size_of::<crate::ledger::Entry>(),
-            std::mem::size_of::<Option<crate::ledger::Entry>>(),
-            std::mem::size_of::<quinn::SendStream>(),
-            std::mem::size_of::<quinn::RecvStream>(),
-            std::mem::size_of::<crate::Stream>(),
-            std::mem::size_of::<crate::ledger::Activity>(),
-        );
-    }
-}
