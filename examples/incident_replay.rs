@@ -31,7 +31,7 @@
 //! once); the Go peers are built into the system temp dir. See `docs/incident-replay.md`.
 
 #[cfg(feature = "test-util")]
-#[path = "../tests/common/go.rs"]
+#[path = "../tests/common/go/mod.rs"]
 mod go;
 
 #[cfg(not(feature = "test-util"))]

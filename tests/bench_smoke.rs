@@ -3,7 +3,7 @@
 
 // The benchmark's `main` is unused here.
 #[allow(dead_code)]
-#[path = "../benches/bench.rs"]
+#[path = "../benches/bench/main.rs"]
 mod bench;
 
 use std::time::Duration;

@@ -3,11 +3,11 @@
 //! A short soak for CI: the incident's topology (3 servers, 5 clients, 15 connections) through
 //! seeded proxies losing 2% of the datagrams each way, 20 streams a second per connection and
 //! direction, a stream limit of 32, for 45 s (about 46–60 s in all). No open may block and
-//! every count must return to zero. `examples/soak.rs` has the workload; run it with
+//! every count must return to zero. `examples/soak/` has the workload; run it with
 //! `--nocapture` to see its lines.
 
 // The example's `main` is unused here.
-#[path = "../examples/soak.rs"]
+#[path = "../examples/soak/main.rs"]
 mod soak;
 
 use std::{path::Path, time::Duration};
