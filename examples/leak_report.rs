@@ -105,7 +105,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "libp2p_quinn=warn".into()),
+                .unwrap_or_else(|_| "libp2p_quinn=info".into()),
         )
         .with_target(false)
         .init();

@@ -56,11 +56,15 @@ pub struct Config {
     pub stream_ledger: bool,
     /// When opening an outbound stream has waited this long for stream credit from the peer,
     /// log a warning that names the peer and says who holds the streams. The open keeps
-    /// waiting. Default: 5 s.
+    /// waiting and is told again, backing off (at 1, 6 and 24 times this, then every 120 times:
+    /// 5 s, 30 s, 2 min, then every 10 min by default); when it goes ahead, an `INFO` line says
+    /// how long it waited. Default: 5 s.
     pub credit_wait_warning: Duration,
     /// A stream whose handle was dropped yet which QUIC still holds on our side after this
-    /// long, or a live stream that carried nothing either way for this long, is reported once
-    /// as a possible leak. Default: 60 s.
+    /// long, or a live stream that carried nothing either way for this long, is reported as a
+    /// possible leak: one warning per connection and kind in each leak scan (every quarter of
+    /// this, at most every 5 s), each stream at `DEBUG`; again only when its state changes.
+    /// Default: 60 s.
     pub stream_leak_warning: Duration,
 
     keypair: libp2p_identity::Keypair,

@@ -240,7 +240,10 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         // Unless the watcher told it as it saw the connection close: the last handle to the
-        // session is gone, and so is everything the story counts.
+        // session is gone. With the connection closed, QUIC holds nothing of its streams.
+        if self.connection.close_reason().is_some() {
+            self.connection_closed();
+        }
         self.tell_story();
     }
 }

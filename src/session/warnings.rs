@@ -94,8 +94,9 @@ impl Session {
             verdict,
         );
         self.story.credit_warnings.fetch_add(1, Ordering::Relaxed);
+        // The metric counts opens that waited past the threshold, not the lines said of them.
         #[cfg(feature = "metrics")]
-        if let Some(m) = &self.config.metrics {
+        if let (Some(m), 0) = (&self.config.metrics, told) {
             m.credit_wait_warning();
         }
     }
@@ -221,9 +222,9 @@ impl Session {
         let leak_reports = story.leak_reports.load(Ordering::Relaxed);
         let peak = story.peak_open.load(Ordering::Relaxed);
         let text = format!(
-            "{} ended: streams opened {} inbound, {} outbound; ended {} inbound, {} outbound; \
-             at most {} open at once; longest wait for credit {:?} ({} warnings); {} streams \
-             reported as possible leaks",
+            "{} ended: {} inbound and {} outbound streams opened, {} and {} ended; at most {} \
+             open at once; the longest wait for credit {:?} (credit warnings: {}); streams \
+             reported as possible leaks: {}",
             self.name(),
             totals.opened[Direction::Inbound.index()],
             totals.opened[Direction::Outbound.index()],
