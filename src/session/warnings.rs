@@ -25,7 +25,7 @@ pub(crate) fn credit_warning_due(first: Duration, told: u32) -> Duration {
         0 => first,
         1 => first * 6,
         2 => first * 24,
-        n => first * (24 + 120 * (n - 2)),
+        n => first.saturating_mul(120u32.saturating_mul(n - 2).saturating_add(24)),
     }
 }
 
@@ -320,5 +320,20 @@ impl Tally {
             .map(|(name, n)| format!("{name} {n}"))
             .collect();
         parts.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_blocked_open_is_told_at_5_s_30_s_2_min_then_every_10_min() {
+        let at = |told| credit_warning_due(Duration::from_secs(5), told).as_secs();
+        assert_eq!(
+            (0..6).map(at).collect::<Vec<_>>(),
+            [5, 30, 120, 720, 1320, 1920]
+        );
+        assert_eq!(at(u32::MAX), 5 * u64::from(u32::MAX));
     }
 }
