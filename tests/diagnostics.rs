@@ -8,30 +8,19 @@ mod common;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use common::*;
-use futures::{AsyncWriteExt, StreamExt};
 use libp2p_identity::Keypair;
 use libp2p_quinn::{tokio::Transport, Config, Metrics};
 use prometheus_client::{encoding::text::encode, registry::Registry};
 
-/// Every `libp2p_quinn` line at DEBUG and above, kept for the test binary's life.
+/// Every `libp2p_quinn` line at DEBUG and above, kept for the test binary's life (not echoed:
+/// the ten connections' test says thousands).
 fn logs() -> Arc<Mutex<String>> {
-    static LOGS: OnceLock<Arc<Mutex<String>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = Arc::new(Mutex::new(String::new()));
-        let sink = logs.clone();
-        tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_env_filter("libp2p_quinn=debug")
-            .with_writer(move || Capture(sink.clone()))
-            .init();
-        logs
-    })
-    .clone()
+    captured_logs("libp2p_quinn=debug", false)
 }
 
 /// The captured lines of `level` (`"WARN"`, `"INFO"`, `"DEBUG"`) that contain `needle`.
@@ -53,21 +42,6 @@ fn field<'a>(line: &'a str, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {name} in {line}"))
         + key.len();
     line[start..].split(' ').next().unwrap()
-}
-
-struct Capture(Arc<Mutex<String>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap()
-            .push_str(&String::from_utf8_lossy(buf));
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 fn metric(text: &str, prefix: &str) -> f64 {
@@ -115,19 +89,12 @@ async fn ten_leaking_connections_say_one_line_each_per_scan() {
 
     // Each peer sends a request on every stream of its limit and closes it; the holder's
     // application keeps every stream and reads none.
-    let held: Vec<_> = futures::future::join_all(peers.iter().zip(holders.iter_mut()).map(
-        |(peer, holder)| async move {
-            let mut held = Vec::new();
-            for _ in 0..LIMIT {
-                let mut s = peer.open().await;
-                s.write_all(b"request!").await.unwrap();
-                s.close().await.unwrap();
-                drop(s);
-                held.push(bounded("accept", holder.inbound.next()).await.unwrap());
-            }
-            held
-        },
-    ))
+    let held: Vec<_> = futures::future::join_all(
+        peers
+            .iter()
+            .zip(holders.iter_mut())
+            .map(|(peer, holder)| held_by_acceptor(peer, holder, LIMIT)),
+    )
     .await;
     let total = PEERS * LIMIT;
     assert_eq!(held.iter().map(Vec::len).sum::<usize>(), total);
@@ -204,14 +171,7 @@ async fn a_blocked_open_is_told_again_until_it_goes_ahead() {
         ..
     } = pair_with(dialer_config, config(&Keypair::generate_ed25519(), LIMIT)).await;
     let name = format!("conn #1 to {} at", dialer.remote);
-    let mut held = Vec::new();
-    for _ in 0..LIMIT {
-        let mut s = dialer.open().await;
-        s.write_all(b"request!").await.unwrap();
-        s.close().await.unwrap();
-        drop(s);
-        held.push(listener.accept().await);
-    }
+    let held = held_by_acceptor(&dialer, &mut listener, LIMIT as usize).await;
     let blocked = dialer.open_later();
     // Told at 100 ms and again at 600 ms (then at 2.4 s, 12 s, …).
     eventually("the second credit warning", || {

@@ -44,14 +44,7 @@ async fn an_application_holding_inbound_streams_is_named_by_both_sides() {
 
     // The dialer opens the whole limit and closes each stream properly; the listener's
     // application takes each and holds on to it without reading it.
-    let mut held = Vec::new();
-    for _ in 0..LIMIT {
-        let mut s = dialer.open().await;
-        s.write_all(b"request!").await.unwrap();
-        s.close().await.unwrap();
-        drop(s);
-        held.push(listener.accept().await);
-    }
+    let held = held_by_acceptor(&dialer, &mut listener, LIMIT as usize).await;
 
     // One more open has to wait: the opener says why, naming the peer.
     let blocked = dialer.open_later();

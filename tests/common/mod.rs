@@ -30,6 +30,12 @@ pub fn init_tracing() {
 /// Install (once per test binary) a subscriber that keeps every `libp2p_quinn` warning, for
 /// tests that check what a user would read; the lines also go to stderr.
 pub fn captured_warnings() -> std::sync::Arc<std::sync::Mutex<String>> {
+    captured_logs("libp2p_quinn=warn", true)
+}
+
+/// Install (once per test binary; the first call's `filter` holds) a subscriber that keeps
+/// the lines `filter` lets through, with their level; `echo` sends them to stderr too.
+pub fn captured_logs(filter: &'static str, echo: bool) -> std::sync::Arc<std::sync::Mutex<String>> {
     use std::sync::{Arc, Mutex, OnceLock};
     static LOGS: OnceLock<Arc<Mutex<String>>> = OnceLock::new();
     LOGS.get_or_init(|| {
@@ -37,8 +43,11 @@ pub fn captured_warnings() -> std::sync::Arc<std::sync::Mutex<String>> {
         let sink = logs.clone();
         tracing_subscriber::fmt()
             .with_ansi(false)
-            .with_env_filter("libp2p_quinn=warn")
-            .with_writer(move || Capture(sink.clone()))
+            .with_env_filter(filter)
+            .with_writer(move || Capture {
+                logs: sink.clone(),
+                echo,
+            })
             .init();
         logs
     })
@@ -55,15 +64,22 @@ pub fn warnings_containing(needle: &str) -> Vec<String> {
         .collect()
 }
 
-struct Capture(std::sync::Arc<std::sync::Mutex<String>>);
+struct Capture {
+    logs: std::sync::Arc<std::sync::Mutex<String>>,
+    echo: bool,
+}
 
 impl std::io::Write for Capture {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
+        self.logs
             .lock()
             .unwrap()
             .push_str(&String::from_utf8_lossy(buf));
-        std::io::stderr().write(buf)
+        if self.echo {
+            std::io::stderr().write(buf)
+        } else {
+            Ok(buf.len())
+        }
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
@@ -347,6 +363,20 @@ async fn pair_via(dialer_config: Config, listener_config: Config, lossy: Option<
         #[cfg(feature = "test-util")]
         proxy,
     }
+}
+
+/// `opener` sends a request on `n` streams and closes each properly; `acceptor`'s application
+/// takes each and holds on to it without reading it: a leak on the acceptor's side.
+pub async fn held_by_acceptor(opener: &Peer, acceptor: &mut Peer, n: usize) -> Vec<Stream> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let mut s = opener.open().await;
+        s.write_all(b"request!").await.unwrap();
+        s.close().await.unwrap();
+        drop(s);
+        held.push(acceptor.accept().await);
+    }
+    held
 }
 
 /// A request/response exchange on a fresh stream from `opener` to `acceptor` (bounded).
