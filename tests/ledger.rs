@@ -15,14 +15,6 @@ use prometheus_client::{encoding::text::encode, registry::Registry};
 
 const LIMIT: u32 = 16;
 
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_application_holding_inbound_streams_is_named_by_both_sides() {
     let _ = captured_warnings();

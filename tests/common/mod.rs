@@ -86,6 +86,16 @@ impl std::io::Write for Capture {
     }
 }
 
+/// The value of the first series in prometheus text `text` whose line starts with `prefix`
+/// (0 when there is none).
+pub fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// A transport with a fresh identity and default settings.
 pub fn transport() -> Transport {
     Transport::new(Config::new(&Keypair::generate_ed25519()))
