@@ -63,7 +63,7 @@ pub struct Config {
     /// A stream whose handle was dropped yet which QUIC still holds on our side after this
     /// long, or a live stream that carried nothing either way for this long, is reported as a
     /// possible leak: one warning per connection and kind in each leak scan (every quarter of
-    /// this, at most every 5 s), each stream at `DEBUG`; again only when its state changes.
+    /// this, and at least every 5 s), each stream at `DEBUG`; again only when its state changes.
     /// Default: 60 s.
     pub stream_leak_warning: Duration,
 

@@ -76,11 +76,13 @@ impl Ledgers {
 
     /// Snapshots of every connection still alive.
     pub fn snapshot(&self) -> Vec<ConnectionSnapshot> {
-        let list = self.connections.lock().unwrap_or_else(|e| e.into_inner());
-        list.iter()
-            .filter_map(Weak::upgrade)
-            .map(|s| s.snapshot())
-            .collect()
+        // Taken out of the list first: the last handle to a session may go here, and its drop
+        // (its story, its streams' quinn halves) is no work to do under our lock.
+        let sessions: Vec<Arc<Session>> = {
+            let list = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+            list.iter().filter_map(Weak::upgrade).collect()
+        };
+        sessions.iter().map(|s| s.snapshot()).collect()
     }
 
     /// Snapshots of the connections to `peer`.

@@ -43,8 +43,8 @@ const AGE_TICKS: usize = 2;
 type Track = (Weak<Session>, quinn::Connection);
 
 /// A transport's handle to its watcher task, spawned on first use. Cheap to clone; the task
-/// runs while any clone is alive (the transport, its `Ledgers` handles) or anything is left
-/// to watch.
+/// runs while any clone is alive (the transport, its `Ledgers` handles, its `Connection`s) or
+/// anything is left to watch.
 #[derive(Clone)]
 pub(crate) struct Watcher {
     inner: Arc<Inner>,
@@ -124,7 +124,10 @@ struct State {
 /// left to watch.
 async fn run(mut mailbox: UnboundedReceiver<Track>, inbox: Arc<Inbox>, leak_threshold: Duration) {
     // However the task ends, later requests are not left to pile up.
-    let _ended = Ended(inbox.clone());
+    let mut task_end = Ended {
+        inbox: inbox.clone(),
+        finished: false,
+    };
     let scan_every = (leak_threshold / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
     let mut state = State {
         inbox: inbox.clone(),
@@ -164,8 +167,8 @@ async fn run(mut mailbox: UnboundedReceiver<Track>, inbox: Arc<Inbox>, leak_thre
                 state.tracked.retain(|s| !s.ptr_eq(&session));
                 if let Some(session) = session.upgrade() {
                     tracing::debug!(parent: &session.span, %reason, "connection closed");
-                    session.connection_closed();
                     session.tell_story();
+                    session.connection_closed();
                 }
             }
             Some((session, cell, ended)) = state.watched.next(), if !state.watched.is_empty() => {
@@ -177,6 +180,7 @@ async fn run(mut mailbox: UnboundedReceiver<Track>, inbox: Arc<Inbox>, leak_thre
             }
         }
     }
+    task_end.finished = true;
 }
 
 impl State {
@@ -225,12 +229,16 @@ impl State {
     }
 }
 
-/// Marks the inbox as no longer served when the task ends.
-struct Ended(Arc<Inbox>);
+/// Marks the inbox as no longer served when the task ends, and whether it ended because
+/// nothing was left to watch.
+struct Ended {
+    inbox: Arc<Inbox>,
+    finished: bool,
+}
 
 impl Drop for Ended {
     fn drop(&mut self) {
-        self.0.close();
+        self.inbox.close(self.finished);
     }
 }
 

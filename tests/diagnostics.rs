@@ -208,7 +208,131 @@ async fn a_blocked_open_is_told_again_until_it_goes_ahead() {
     eventually("the dialer's story", || {
         lines("INFO", &name)
             .iter()
-            .any(|l| l.contains("ended: 0 inbound and 17 outbound streams opened, 0 and 17 ended"))
+            .any(|l| l.contains("ended: 0 inbound and 17 outbound streams opened"))
     })
     .await;
+    let stories: Vec<String> = lines("INFO", &name)
+        .into_iter()
+        .filter(|l| l.contains(" ended: "))
+        .collect();
+    assert_eq!(stories.len(), 1, "told once: {stories:#?}");
+    let told = format!("(credit warnings: {})", warnings.len());
+    assert!(stories[0].contains(&told), "{}", stories[0]);
+}
+
+/// With a threshold of zero a blocked open warns at once and then backs off like any other;
+/// with `Duration::MAX` it never warns. Neither floods the log nor panics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credit_wait_threshold_of_zero_or_max_neither_floods_nor_panics() {
+    let _ = logs();
+    for threshold in [Duration::ZERO, Duration::MAX] {
+        const LIMIT: u32 = 4;
+        let mut dialer_config = config(&Keypair::generate_ed25519(), LIMIT);
+        dialer_config.credit_wait_warning = threshold;
+        let Pair {
+            dialer,
+            mut listener,
+            ..
+        } = pair_with(dialer_config, config(&Keypair::generate_ed25519(), LIMIT)).await;
+        let name = format!("conn #1 to {} at", dialer.remote);
+        let credit_lines = || {
+            lines("WARN", &name)
+                .into_iter()
+                .filter(|l| l.contains("stream credit"))
+                .count()
+        };
+        let held = held_by_acceptor(&dialer, &mut listener, LIMIT as usize).await;
+        let blocked = dialer.open_later();
+        if threshold.is_zero() {
+            // At 1, 6, 24, 144, 264, 384 ms…: the third comes long before a sixth could.
+            eventually("the third warning", || credit_lines() >= 3).await;
+            assert!(credit_lines() <= 5, "{:#?}", lines("WARN", &name));
+        } else {
+            eventually("the open waits for credit", || {
+                dialer.snapshot().credit_wait.is_some()
+            })
+            .await;
+            assert_eq!(credit_lines(), 0);
+        }
+        drop(held);
+        bounded("the blocked open goes ahead", blocked)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// An open that waited for credit and then failed (the connection went) says so, not that it
+/// went ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_open_that_fails_says_it_failed() {
+    let _ = logs();
+    const LIMIT: u32 = 4;
+    let mut dialer_config = config(&Keypair::generate_ed25519(), LIMIT);
+    dialer_config.credit_wait_warning = Duration::from_millis(50);
+    let Pair {
+        dialer,
+        mut listener,
+        ..
+    } = pair_with(dialer_config, config(&Keypair::generate_ed25519(), LIMIT)).await;
+    let name = format!("conn #1 to {} at", dialer.remote);
+    let held = held_by_acceptor(&dialer, &mut listener, LIMIT as usize).await;
+    let blocked = dialer.open_later();
+    eventually("the credit warning", || {
+        lines("WARN", &name)
+            .iter()
+            .any(|l| l.contains("stream credit"))
+    })
+    .await;
+    // The listener's connection goes: the waiting open fails.
+    drop(listener);
+    let result = bounded("the blocked open ends", blocked).await;
+    assert!(matches!(result, Ok(Err(_))), "{result:?}");
+    eventually("the INFO line", || {
+        lines("INFO", &name)
+            .iter()
+            .any(|l| l.contains("failed after waiting"))
+    })
+    .await;
+    assert!(lines("INFO", &name)
+        .iter()
+        .all(|l| !l.contains("went ahead")));
+    drop(held);
+}
+
+/// When everything of a transport is gone and its watcher task has ended for want of work, a
+/// stream the application dropped only then asks for no look, and no warning says the task
+/// died. (One thread: once the connections' stories are told, the task has ended.)
+#[tokio::test(flavor = "current_thread")]
+async fn a_stream_dropped_after_its_transport_says_no_false_alarm() {
+    let _ = logs();
+    let Pair {
+        dialer,
+        mut listener,
+        ..
+    } = pair_limited(16).await;
+    let names = [
+        format!("conn #1 to {} at", dialer.remote),
+        format!("conn #1 to {} at", listener.remote),
+    ];
+    let mut kept = dialer.open().await;
+    futures::AsyncWriteExt::write_all(&mut kept, b"request!")
+        .await
+        .unwrap();
+    let _inbound = listener.accept().await;
+    // The transports went with the pair; now the connections go, the stream stays.
+    drop(dialer);
+    drop(listener);
+    eventually("both connections' stories", || {
+        names
+            .iter()
+            .all(|name| lines("DEBUG", name).iter().any(|l| l.contains(" ended: ")))
+    })
+    .await;
+    drop(kept);
+    assert!(
+        lines("WARN", "watcher task is gone").is_empty(),
+        "{:#?}",
+        lines("WARN", "watcher task is gone")
+    );
 }

@@ -277,7 +277,7 @@ impl SendHalf {
 
 /// What a stream shares with the transport's watcher and its session's ledger.
 ///
-/// No stream id: quinn's send half has it (`SendHalf::id`), and the handle keeps a copy. That,
+/// No stream id: quinn's halves have it (`SendHalf::id`, and the handle asks its receive half). That,
 /// and the entry's 32-bit byte count, keep this in glibc's 128-byte block with the `Arc`'s
 /// counts (104 bytes; a unit test holds it).
 pub(crate) struct Cell {

@@ -18,8 +18,12 @@ use super::Session;
 pub(crate) struct Inbox {
     asked: Mutex<Vec<Weak<Session>>>,
     wake: Notify,
-    /// Set when the task ends, however it ends (its runtime shut down, or it panicked).
+    /// Set when the task ends, however it ends.
     ended: AtomicBool,
+    /// Set when it ended because nothing was left to watch: every connection it knew closed,
+    /// and the transport, its `Ledgers` and its `Connection`s are gone. A stream dropped
+    /// after that holds nothing in QUIC, and its request needs no answer.
+    finished: AtomicBool,
     /// Whether we have said that the task is gone.
     said_gone: AtomicBool,
 }
@@ -32,7 +36,10 @@ impl Inbox {
     /// A session has queued streams for a look.
     pub(crate) fn ask(&self, session: Weak<Session>) {
         if self.ended.load(Ordering::Acquire) {
-            return self.say_gone();
+            if !self.finished.load(Ordering::Acquire) {
+                self.say_gone();
+            }
+            return;
         }
         let first = {
             let mut asked = self.asked();
@@ -54,8 +61,10 @@ impl Inbox {
         std::mem::swap(into, &mut *self.asked());
     }
 
-    /// For the watcher: the task ends; later requests are not left to pile up.
-    pub(crate) fn close(&self) {
+    /// For the watcher: the task ends, `finished` if nothing was left to watch (else its
+    /// runtime shut down, or it panicked); later requests are not left to pile up.
+    pub(crate) fn close(&self, finished: bool) {
+        self.finished.store(finished, Ordering::Release);
         self.ended.store(true, Ordering::Release);
         self.asked().clear();
     }

@@ -240,10 +240,7 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         // Unless the watcher told it as it saw the connection close: the last handle to the
-        // session is gone. With the connection closed, QUIC holds nothing of its streams.
-        if self.connection.close_reason().is_some() {
-            self.connection_closed();
-        }
+        // session is gone.
         self.tell_story();
     }
 }

@@ -29,12 +29,22 @@ impl Session {
         }
         let started = Instant::now();
         self.set_credit_wait(Some(started));
-        // Cleared however this future ends, including when the caller drops it.
-        let _clear = scopeguard(|| self.set_credit_wait(None));
-        let first = self.config.credit_wait_warning;
+        // Cleared and counted however this future ends, including when the caller drops it.
+        let _clear = scopeguard(|| {
+            self.set_credit_wait(None);
+            self.story.waited(started.elapsed());
+        });
+        // A zero threshold warns at once, and then not in a loop.
+        let first = self
+            .config
+            .credit_wait_warning
+            .max(Duration::from_millis(1));
         let mut told = 0;
         let result = loop {
-            let due = started + warnings::credit_warning_due(first, told);
+            // A threshold too far to reach (`Duration::MAX`: never warn) ends the warnings.
+            let Some(due) = started.checked_add(warnings::credit_warning_due(first, told)) else {
+                break (&mut open).await;
+            };
             match tokio::time::timeout_at(due.into(), &mut open).await {
                 Ok(result) => break result,
                 Err(_) => {
@@ -44,12 +54,13 @@ impl Session {
             }
         };
         let waited = started.elapsed();
-        self.credit_wait_ended(waited, told);
+        let result = result.map_err(Error::from);
+        self.credit_wait_ended(waited, told, result.as_ref().err());
         #[cfg(feature = "metrics")]
         if let Some(m) = &self.config.metrics {
             m.credit_waited(waited);
         }
-        Ok(result?)
+        result
     }
 
     fn set_credit_wait(&self, since: Option<Instant>) {

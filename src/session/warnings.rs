@@ -12,7 +12,10 @@ use std::{
 };
 
 use super::{books::Suspect, Session};
-use crate::ledger::{Direction, HalfState, LeakKind, StreamInfo};
+use crate::{
+    ledger::{Direction, HalfState, LeakKind, StreamInfo},
+    Error,
+};
 
 /// How many stream ids a leak report lists.
 const IDS_LISTED: usize = 5;
@@ -42,6 +45,13 @@ pub(crate) struct Story {
 }
 
 impl Story {
+    /// An open waited `waited` for credit (and went ahead, failed, or was dropped).
+    pub(crate) fn waited(&self, waited: Duration) {
+        let millis = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
+        self.longest_credit_wait_ms
+            .fetch_max(millis, Ordering::Relaxed);
+    }
+
     /// `open` stream handles are alive now.
     pub(crate) fn open_now(&self, open: u64) {
         if open > self.peak_open.load(Ordering::Relaxed) {
@@ -101,26 +111,37 @@ impl Session {
         }
     }
 
-    /// An open went ahead after `waited` for credit; `told` warnings said it waited.
-    pub(super) fn credit_wait_ended(&self, waited: Duration, told: u32) {
-        let millis = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
-        self.story
-            .longest_credit_wait_ms
-            .fetch_max(millis, Ordering::Relaxed);
+    /// An open that waited `waited` for credit ended: it went ahead, or failed with `error`.
+    /// If `told` warnings said it waited, say how it ended.
+    pub(super) fn credit_wait_ended(&self, waited: Duration, told: u32, error: Option<&Error>) {
         if told == 0 {
             return;
         }
-        tracing::info!(
-            parent: &self.span,
-            conn = self.number,
-            peer = %self.peer,
-            waited = ?waited,
-            warnings = told,
-            "opening a stream on {} went ahead after waiting {:?} for stream credit: the peer \
-             gave credit back",
-            self.name(),
-            waited,
-        );
+        match error {
+            None => tracing::info!(
+                parent: &self.span,
+                conn = self.number,
+                peer = %self.peer,
+                waited = ?waited,
+                warnings = told,
+                "opening a stream on {} went ahead after waiting {:?} for stream credit: the \
+                 peer gave credit back",
+                self.name(),
+                waited,
+            ),
+            Some(error) => tracing::info!(
+                parent: &self.span,
+                conn = self.number,
+                peer = %self.peer,
+                waited = ?waited,
+                warnings = told,
+                %error,
+                "opening a stream on {} failed after waiting {:?} for stream credit: {}",
+                self.name(),
+                waited,
+                error,
+            ),
+        }
     }
 
     /// The watcher's leak scan (number `scan`): one warning per kind of leak for the streams
@@ -212,25 +233,28 @@ impl Session {
         if story.told.swap(true, Ordering::Relaxed) {
             return;
         }
-        let totals = self.snapshot().totals;
-        let ended = |d: Direction| {
-            let i = d.index();
-            totals.opened[i].saturating_sub(totals.tracked[i])
-        };
+        if let Some(waiting) = self.credit_waited() {
+            story.waited(waiting);
+        }
         let longest = Duration::from_millis(story.longest_credit_wait_ms.load(Ordering::Relaxed));
         let credit_warnings = story.credit_warnings.load(Ordering::Relaxed);
         let leak_reports = story.leak_reports.load(Ordering::Relaxed);
-        let peak = story.peak_open.load(Ordering::Relaxed);
+        let streams = if self.keeps_books() {
+            let totals = self.snapshot().totals;
+            format!(
+                "{} inbound and {} outbound streams opened, {} still in the books",
+                totals.opened[Direction::Inbound.index()],
+                totals.opened[Direction::Outbound.index()],
+                totals.tracked_total(),
+            )
+        } else {
+            "streams not counted (the ledger is off)".to_owned()
+        };
         let text = format!(
-            "{} ended: {} inbound and {} outbound streams opened, {} and {} ended; at most {} \
-             open at once; the longest wait for credit {:?} (credit warnings: {}); streams \
-             reported as possible leaks: {}",
+            "{} ended: {streams}; at most {} open at once; the longest wait for credit {:?} \
+             (credit warnings: {}); leak reports: {}",
             self.name(),
-            totals.opened[Direction::Inbound.index()],
-            totals.opened[Direction::Outbound.index()],
-            ended(Direction::Inbound),
-            ended(Direction::Outbound),
-            peak,
+            story.peak_open.load(Ordering::Relaxed),
             longest,
             credit_warnings,
             leak_reports,

@@ -226,7 +226,17 @@ async fn drive(
                     let _ = inbound.unbounded_send(stream);
                     progress = true;
                 }
-                Err(_) => return std::task::Poll::Ready(()),
+                Err(_) => {
+                    // The connection is gone: a waiting open learns it too, with its error.
+                    if let Some(tx) = pending_open.take() {
+                        if let std::task::Poll::Ready(result) =
+                            Pin::new(&mut connection).poll_outbound(cx)
+                        {
+                            let _ = tx.send(result);
+                        }
+                    }
+                    return std::task::Poll::Ready(());
+                }
             }
         }
         if pending_open.is_none() {
