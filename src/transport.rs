@@ -60,6 +60,12 @@ pub struct Transport {
 impl Transport {
     /// A transport with this configuration.
     pub fn new(config: Config) -> Self {
+        #[allow(deprecated)]
+        if config.support_draft_29 {
+            tracing::warn!(
+                "Config::support_draft_29 is ignored: this transport speaks QUIC v1 only"
+            );
+        }
         Self {
             quinn: QuinnConfigs::new(&config),
             ledgers: Ledgers::new(&config),
