@@ -43,6 +43,8 @@ pub struct Config {
     /// Receive window of the whole connection, in bytes. Default: 15 000 000.
     pub max_connection_data: u32,
     /// Whether to discover the path MTU above QUIC's 1200-byte minimum. Default: on.
+    /// [`Config::disable_path_mtu_discovery`] clears it and [`Config::mtu_upper_bound`] sets
+    /// it, as in `libp2p-quic`.
     pub mtu_discovery: bool,
     /// What dropping a [`Stream`](crate::Stream) whose send half was not closed does.
     ///
@@ -66,7 +68,13 @@ pub struct Config {
     /// this, and at least every 5 s), each stream at `DEBUG`; again only when its state changes.
     /// Default: 60 s.
     pub stream_leak_warning: Duration,
+    /// Accepted and ignored: this transport speaks QUIC v1 only, as `libp2p-quic` now does by
+    /// default. Kept so that code written for `libp2p-quic` compiles unchanged.
+    #[deprecated(note = "QUIC draft versions are no longer supported")]
+    pub support_draft_29: bool,
 
+    /// The largest UDP payload MTU discovery may try; `None`: quinn's default (1452 bytes).
+    mtu_upper_bound: Option<u16>,
     keypair: libp2p_identity::Keypair,
     client_tls: Arc<QuicClientConfig>,
     server_tls: Arc<QuicServerConfig>,
@@ -74,6 +82,8 @@ pub struct Config {
     pub(crate) metrics: Option<crate::metrics::Metrics>,
 }
 
+// The deprecated field is still set in `new` and shown by `Debug`.
+#[allow(deprecated)]
 impl Config {
     /// The default configuration for the node with this identity.
     pub fn new(keypair: &libp2p_identity::Keypair) -> Self {
@@ -99,12 +109,30 @@ impl Config {
             stream_ledger: true,
             credit_wait_warning: Duration::from_secs(5),
             stream_leak_warning: DEFAULT_STREAM_LEAK_WARNING,
+            support_draft_29: false,
+            mtu_upper_bound: None,
             keypair: keypair.clone(),
             client_tls: Arc::new(client_tls),
             server_tls: Arc::new(server_tls),
             #[cfg(feature = "metrics")]
             metrics: None,
         }
+    }
+
+    /// Bound the UDP payload size MTU discovery searches up to (quinn's default: 1452 bytes),
+    /// for paths whose MTU is known to be smaller, such as 1420-byte tunnels (rust-libp2p
+    /// #4647). Turns MTU discovery on, as `libp2p-quic`'s method of the same name does.
+    pub fn mtu_upper_bound(mut self, value: u16) -> Self {
+        self.mtu_discovery = true;
+        self.mtu_upper_bound = Some(value);
+        self
+    }
+
+    /// Send no MTU probes: packets stay within QUIC's 1200-byte minimum. The same as
+    /// `mtu_discovery = false`, named as in `libp2p-quic`.
+    pub fn disable_path_mtu_discovery(mut self) -> Self {
+        self.mtu_discovery = false;
+        self
     }
 
     /// Report stream counts, credit waits and leak warnings into these metrics.
@@ -132,8 +160,16 @@ impl Config {
         transport.allow_spin(false);
         transport.stream_receive_window(VarInt::from_u32(self.max_stream_data));
         transport.receive_window(VarInt::from_u32(self.max_connection_data));
-        transport.mtu_discovery_config(self.mtu_discovery.then(MtuDiscoveryConfig::default));
+        transport.mtu_discovery_config(self.mtu_discovery.then(|| self.mtu_discovery_config()));
         transport
+    }
+
+    fn mtu_discovery_config(&self) -> MtuDiscoveryConfig {
+        let mut mtu = MtuDiscoveryConfig::default();
+        if let Some(bound) = self.mtu_upper_bound {
+            mtu.upper_bound(bound);
+        }
+        mtu
     }
 
     pub(crate) fn client_config(
@@ -172,6 +208,7 @@ impl Config {
     }
 }
 
+#[allow(deprecated)]
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
@@ -186,10 +223,48 @@ impl std::fmt::Debug for Config {
             .field("max_stream_data", &self.max_stream_data)
             .field("max_connection_data", &self.max_connection_data)
             .field("mtu_discovery", &self.mtu_discovery)
+            .field("mtu_upper_bound", &self.mtu_upper_bound)
             .field("reset_on_drop", &self.reset_on_drop)
             .field("stream_ledger", &self.stream_ledger)
             .field("credit_wait_warning", &self.credit_wait_warning)
             .field("stream_leak_warning", &self.stream_leak_warning)
+            .field("support_draft_29", &self.support_draft_29)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// quinn's transport config says what it will do only through `Debug`.
+    fn mtu_of(config: &Config) -> String {
+        let text = format!("{:?}", config.transport_config());
+        let start = text.find("mtu_discovery_config").unwrap();
+        let end = text[start..]
+            .find('}')
+            .map_or(text.len(), |end| start + end + 1);
+        text[start..end].to_owned()
+    }
+
+    #[test]
+    fn mtu_settings_reach_quinn_as_in_libp2p_quic() {
+        let config = Config::new(&libp2p_identity::Keypair::generate_ed25519());
+        assert!(
+            mtu_of(&config).contains("upper_bound: 1452"),
+            "{}",
+            mtu_of(&config)
+        );
+        let bounded = config.clone().mtu_upper_bound(1420);
+        assert!(
+            mtu_of(&bounded).contains("upper_bound: 1420"),
+            "{}",
+            mtu_of(&bounded)
+        );
+        let off = bounded.clone().disable_path_mtu_discovery();
+        assert!(mtu_of(&off).starts_with("mtu_discovery_config: None"));
+        // Bounding turns discovery back on, keeping the bound.
+        let on_again = off.mtu_upper_bound(1300);
+        assert!(mtu_of(&on_again).contains("upper_bound: 1300"));
     }
 }

@@ -304,6 +304,13 @@ impl Connecting {
             inner: inner.boxed(),
         }
     }
+
+    /// A handshake the transport finished itself, to learn the peer's id (hole punching).
+    pub(crate) fn finished(result: Result<(PeerId, Connection), Error>) -> Self {
+        Self {
+            inner: futures::future::ready(result).boxed(),
+        }
+    }
 }
 
 impl Future for Connecting {

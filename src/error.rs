@@ -24,7 +24,8 @@ pub enum Error {
     /// The connection failed or was closed.
     #[error("connection failed: {0}")]
     Connection(Box<quinn::ConnectionError>),
-    /// The TLS handshake did not complete within [`Config::handshake_timeout`](crate::Config).
+    /// The TLS handshake did not complete within [`Config::handshake_timeout`](crate::Config),
+    /// or a hole punch to `addr` saw no connection from its peer in that time.
     #[error("handshake with {addr} timed out")]
     HandshakeTimedOut {
         /// The peer's address.
@@ -39,6 +40,9 @@ pub enum Error {
     /// A dial as listener (hole punching) needs a listener of the same address family.
     #[error("no active listener to dial from")]
     NoActiveListenerForDialAsListener,
+    /// A dial as listener to this address is under way already.
+    #[error("already punching a hole to {0}")]
+    HolePunchInProgress(SocketAddr),
 }
 
 /// The peers of an [`Error::PeerIdMismatch`]. Boxed: two peer ids are 160 bytes, and every

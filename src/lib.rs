@@ -32,6 +32,7 @@ mod config;
 mod connection;
 mod endpoint;
 mod error;
+mod hole_punch;
 pub mod ledger;
 #[cfg(feature = "metrics")]
 mod metrics;

@@ -13,6 +13,7 @@ use if_watch::{tokio::IfWatcher, IfEvent};
 use libp2p_core::{
     multiaddr::Multiaddr,
     transport::{DialOpts, ListenerId, PortUse, TransportError, TransportEvent},
+    Endpoint,
 };
 use libp2p_identity::PeerId;
 
@@ -20,6 +21,7 @@ use crate::{
     address,
     connection::{Connecting, Ledgers},
     endpoint::{self, QuinnConfigs},
+    hole_punch::Punches,
     session::Qlog,
     Config, Connection, Error,
 };
@@ -29,6 +31,16 @@ use crate::{
 ///
 /// A drop-in replacement for `libp2p_quic::tokio::Transport`: same `Output`, same defaults,
 /// same wire protocol.
+///
+/// # Hole punching
+///
+/// A dial with `role: Endpoint::Listener` (DCUtR's, whatever its `port_use`) to an address
+/// with `/p2p/<peer>` punches a hole: UDP packets go from the listening socket of the
+/// address's family to it every 10–200 ms, until that peer connects to one of our listeners
+/// (the dial then yields that connection) or `handshake_timeout` passes. Meanwhile the
+/// transport finishes the handshakes of incoming connections itself, to see whose they are;
+/// those of other peers are reported as usual, just after their handshake.
+/// See `docs/hole-punching.md`.
 ///
 /// # Drop
 ///
@@ -40,6 +52,7 @@ pub struct Transport {
     listeners: SelectAll<Listener>,
     /// Endpoints for dials that reuse no listener's port, one per address family.
     dialers: HashMap<bool, quinn::Endpoint>,
+    punches: Punches,
     ledgers: Ledgers,
     waker: Option<Waker>,
 }
@@ -47,12 +60,19 @@ pub struct Transport {
 impl Transport {
     /// A transport with this configuration.
     pub fn new(config: Config) -> Self {
+        #[allow(deprecated)]
+        if config.support_draft_29 {
+            tracing::warn!(
+                "Config::support_draft_29 is ignored: this transport speaks QUIC v1 only"
+            );
+        }
         Self {
             quinn: QuinnConfigs::new(&config),
             ledgers: Ledgers::new(&config),
             config: Arc::new(config),
             listeners: SelectAll::new(),
             dialers: HashMap::new(),
+            punches: Punches::default(),
             waker: None,
         }
     }
@@ -103,6 +123,27 @@ impl Transport {
             self.dialers.insert(remote.is_ipv4(), endpoint.clone());
         }
         Ok(endpoint)
+    }
+
+    /// A dial as listener: punch a hole to `remote` for `peer` from the listening socket of
+    /// its family.
+    fn punch(
+        &mut self,
+        addr: Multiaddr,
+        remote: SocketAddr,
+        peer: Option<PeerId>,
+    ) -> Result<<Self as libp2p_core::Transport>::Dial, TransportError<Error>> {
+        // Only the peer id tells its connection from others.
+        let Some(peer) = peer else {
+            return Err(TransportError::MultiaddrNotSupported(addr));
+        };
+        let listener = self.listeners.iter().find(|l| l.can_dial(remote));
+        let socket = listener
+            .ok_or(Error::NoActiveListenerForDialAsListener)?
+            .socket
+            .clone();
+        let timeout = self.config.handshake_timeout;
+        Ok(self.punches.start(socket, remote, peer, timeout)?)
     }
 }
 
@@ -157,6 +198,9 @@ impl libp2p_core::Transport for Transport {
         if remote.port() == 0 || remote.ip().is_unspecified() {
             return Err(TransportError::MultiaddrNotSupported(addr));
         }
+        if opts.role == Endpoint::Listener {
+            return self.punch(addr, remote, expected_peer);
+        }
         let endpoint = self.dialing_endpoint(remote, opts.port_use)?;
         let (client, qlog) = self.client_config_for(remote);
         let config = self.config.clone();
@@ -179,11 +223,21 @@ impl libp2p_core::Transport for Transport {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<TransportEvent<Self::ListenerUpgrade, Self::Error>> {
-        match self.listeners.poll_next_unpin(cx) {
-            Poll::Ready(Some(event)) => Poll::Ready(event),
-            _ => {
-                self.waker = Some(cx.waker().clone());
-                Poll::Pending
+        let this = &mut *self;
+        loop {
+            if let Poll::Ready(event) = this.punches.poll_handed_on(cx) {
+                return Poll::Ready(event);
+            }
+            match this.listeners.poll_next_unpin(cx) {
+                Poll::Ready(Some(event)) => {
+                    if let Some(event) = this.punches.divert(event) {
+                        return Poll::Ready(event);
+                    }
+                }
+                _ => {
+                    this.waker = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
             }
         }
     }
@@ -204,6 +258,8 @@ type Event = TransportEvent<Connecting, Error>;
 struct Listener {
     id: ListenerId,
     endpoint: quinn::Endpoint,
+    /// The endpoint's socket, for hole punching.
+    socket: Arc<UdpSocket>,
     local_addr: SocketAddr,
     config: Arc<Config>,
     ledgers: Ledgers,
@@ -226,6 +282,9 @@ impl Listener {
         ledgers: Ledgers,
     ) -> Result<Self, Error> {
         let local_addr = socket.local_addr()?;
+        let punching = socket.try_clone()?;
+        // Shared with quinn's handle, which needs it too: a punch never blocks the task.
+        punching.set_nonblocking(true)?;
         let endpoint = endpoint::endpoint(quinn, socket, true)?;
         let mut pending = VecDeque::new();
         let mut addresses = Vec::new();
@@ -243,6 +302,7 @@ impl Listener {
             id,
             accept: accept(endpoint.clone()),
             endpoint,
+            socket: Arc::new(punching),
             local_addr,
             config,
             ledgers,
