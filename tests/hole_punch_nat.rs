@@ -6,7 +6,8 @@
 //!
 //! Needs root, iproute2 and iptables (`.ci/run` installs them); fails saying why when it
 //! cannot build its namespaces, and removes them on every way out. `docs/hole-punching.md`
-//! has the results and how to run it by hand.
+//! has the results and how to run it by hand; `examples/hole_punch_matrix.rs` runs every pair
+//! of the Rust transports through both kinds of router.
 
 mod nat;
 
@@ -45,25 +46,4 @@ fn ours_punch_a_hole_through_two_nats() {
     );
     let median = summary.median().expect("a direct connection");
     assert!(median <= Duration::from_millis(300), "median {median:?}");
-}
-
-/// By hand (`--ignored --nocapture`): every pair of the Rust transports, through routers that
-/// drop what is sent to them and through routers that do not.
-#[test]
-#[ignore = "takes minutes; run by hand, see docs/hole-punching.md"]
-fn matrix() {
-    let pairs = [
-        (Quic::Ours, Quic::Ours),
-        (Quic::Libp2pQuic, Quic::Libp2pQuic),
-        (Quic::Ours, Quic::Libp2pQuic),
-        (Quic::Libp2pQuic, Quic::Ours),
-    ];
-    for input in [Input::Drop, Input::Accept] {
-        let network = network(input);
-        let rows: Vec<String> = pairs
-            .iter()
-            .map(|&(a, b)| series(&network, Quic::Libp2pQuic, a, b, ATTEMPTS).row())
-            .collect();
-        println!("routers: input {input:?}\n{HEADER}\n{}\n", rows.join("\n"));
-    }
 }
