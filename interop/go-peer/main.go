@@ -38,9 +38,12 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/client"
+	"github.com/libp2p/go-libp2p/p2p/protocol/holepunch"
 	"github.com/libp2p/go-libp2p/p2p/protocol/ping"
 	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
 )
 
 const (
@@ -148,6 +151,10 @@ type options struct {
 	seed          int64
 	seedSet       bool
 	ignoreStdin   bool
+	holePunch     bool
+	relay         string
+	reserve       bool
+	publicNet     string
 }
 
 func parseFlags() options {
@@ -163,6 +170,10 @@ func parseFlags() options {
 	flag.BoolVar(&o.exitAfterMode, "exit-after-mode", false, "exit 0 once the mode finished (default: keep serving until stdin closes or SIGTERM)")
 	flag.Int64Var(&o.seed, "seed", 0, "derive the ed25519 identity deterministically from this number (default: fresh random identity)")
 	flag.BoolVar(&o.ignoreStdin, "ignore-stdin", false, "do not exit when stdin reaches EOF (for running by hand in the background)")
+	flag.BoolVar(&o.holePunch, "holepunch", false, "run the relay client and DCUtR hole punching (EnableHolePunching); --dial waits until hole punching is ready")
+	flag.StringVar(&o.relay, "relay", "", "multiaddr with /p2p/<ID> of a relay to connect to at start (before --dial)")
+	flag.BoolVar(&o.reserve, "reserve", false, "reserve a slot on --relay (then peers can reach us at <relay>/p2p-circuit/p2p/<us>)")
+	flag.StringVar(&o.publicNet, "public-net", "", "an IPv4 CIDR inside a range go-multiaddr calls unroutable (e.g. 198.18.0.0/24 of 198.18.0.0/15) that go-libp2p is to take as public")
 	flag.Parse()
 	flag.Visit(func(f *flag.Flag) {
 		if f.Name == "seed" {
@@ -197,6 +208,9 @@ func parseFlags() options {
 	}
 	if o.openTimeout <= 0 {
 		fatal("--open-timeout must be > 0", nil)
+	}
+	if o.reserve && o.relay == "" {
+		fatal("--reserve needs --relay", nil)
 	}
 	if o.mode != "serve" && o.dial == "" && o.listen == "" {
 		fatal("--mode "+o.mode+" needs --dial or --listen", nil)
@@ -497,6 +511,75 @@ func runStorm(h host.Host, p peer.ID, o options) {
 }
 
 // ---------------------------------------------------------------------------
+// hole punching
+
+// makePublic takes the IPv4 network cidr off go-multiaddr's manet.Unroutable4,
+// so that go-libp2p treats its addresses as public: hole punching offers and
+// accepts only public addresses (manet.IsPublicAddr). Every entry of
+// Unroutable4 that contains cidr is replaced by the prefixes that cover the
+// rest of it, so the rest stays unroutable (in the NAT test, the peers' LANs).
+// It must run before the host starts.
+func makePublic(cidr string) error {
+	_, public, err := net.ParseCIDR(cidr)
+	if err != nil {
+		return err
+	}
+	publicOnes, bits := public.Mask.Size()
+	if bits != 32 {
+		return fmt.Errorf("%s is not an IPv4 network", cidr)
+	}
+	var kept []*net.IPNet
+	found := false
+	for _, n := range manet.Unroutable4 {
+		ones, _ := n.Mask.Size()
+		if !n.Contains(public.IP) || ones > publicOnes {
+			kept = append(kept, n)
+			continue
+		}
+		found = true
+		// The siblings of each prefix of cidr longer than n's.
+		for l := ones + 1; l <= publicOnes; l++ {
+			mask := net.CIDRMask(l, 32)
+			sibling := make(net.IP, 4)
+			copy(sibling, public.IP.To4().Mask(mask))
+			bit := l - 1
+			sibling[bit/8] ^= 0x80 >> (bit % 8)
+			kept = append(kept, &net.IPNet{IP: sibling, Mask: mask})
+		}
+	}
+	if !found {
+		return fmt.Errorf("%s is in no range of manet.Unroutable4", cidr)
+	}
+	manet.Unroutable4 = kept
+	return nil
+}
+
+// holePunchTracer prints go-libp2p's hole punching events (a direct dial, the
+// start and end of each punch, protocol errors) as "holepunch" lines.
+type holePunchTracer struct{}
+
+func (holePunchTracer) Trace(evt *holepunch.Event) {
+	emit("holepunch", kv{"type", evt.Type}, kv{"remote", evt.Remote.String()}, kv{"evt", evt.Evt})
+}
+
+// waitHolePunchReady returns once go-libp2p's hole punching service has a
+// public address to offer: it then registers its stream handler (it polls for
+// such an address itself, every 250 ms to 5 s). Before that, it refuses a
+// hole punch, so a peer must not be reached through the relay earlier.
+func waitHolePunchReady(h host.Host, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		for _, p := range h.Mux().Protocols() {
+			if p == holepunch.Protocol {
+				return nil
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return fmt.Errorf("no public address for hole punching within %s", within)
+}
+
+// ---------------------------------------------------------------------------
 // versions
 
 // depVersion returns the version of module path linked into this binary.
@@ -562,12 +645,22 @@ func main() {
 		}()
 	}
 
+	if o.publicNet != "" {
+		if err := makePublic(o.publicNet); err != nil {
+			fatal("--public-net", err)
+		}
+	}
 	opts := []libp2p.Option{
 		libp2p.Identity(identity(o)),
 		libp2p.NoTransports,
 		libp2p.Transport(libp2pquic.NewTransport),
 		libp2p.ResourceManager(&network.NullResourceManager{}),
-		libp2p.DisableRelay(),
+	}
+	if o.holePunch {
+		// The relay client (go-libp2p's default) and DCUtR.
+		opts = append(opts, libp2p.EnableHolePunching(holepunch.WithTracer(holePunchTracer{})))
+	} else {
+		opts = append(opts, libp2p.DisableRelay())
 	}
 	if o.listen != "" {
 		opts = append(opts, libp2p.ListenAddrStrings(o.listen))
@@ -603,7 +696,15 @@ func main() {
 
 	h.Network().Notify(&network.NotifyBundle{
 		ConnectedF: func(_ network.Network, c network.Conn) {
-			emit("connected", kv{"peer_id", c.RemotePeer().String()}, kv{"remote_addr", c.RemoteMultiaddr().String()})
+			fields := []kv{{"peer_id", c.RemotePeer().String()}, {"remote_addr", c.RemoteMultiaddr().String()}}
+			if o.holePunch {
+				_, err := c.RemoteMultiaddr().ValueForProtocol(ma.P_CIRCUIT)
+				fields = append(fields, kv{"relayed", err == nil})
+				if server := quicServer(c); server != nil {
+					fields = append(fields, kv{"quic_server", *server})
+				}
+			}
+			emit("connected", fields...)
 			if o.dial == "" && o.mode != "serve" {
 				startMode(c.RemotePeer())
 			}
@@ -625,6 +726,39 @@ func main() {
 		emit("listening", kv{"addr", full}, kv{"peer_id", h.ID().String()})
 	}
 
+	if o.relay != "" {
+		addr, err := ma.NewMultiaddr(o.relay)
+		if err != nil {
+			fatal("parse --relay", err)
+		}
+		relay, err := peer.AddrInfoFromP2pAddr(addr)
+		if err != nil {
+			fatal("parse --relay (needs /p2p/<ID>)", err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err = h.Connect(ctx, *relay)
+		cancel()
+		if err != nil {
+			fatal("connect to the relay", err)
+		}
+		if o.holePunch {
+			// Our address comes from the relay's identify.
+			if err := waitHolePunchReady(h, 20*time.Second); err != nil {
+				fatal("hole punching", err)
+			}
+			emit("holepunch_ready", kv{"addrs", fmt.Sprint(h.Addrs())})
+		}
+		if o.reserve {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			_, err := client.Reserve(ctx, h, *relay)
+			cancel()
+			if err != nil {
+				fatal("reserve a slot on the relay", err)
+			}
+			emit("reserved", kv{"relay", relay.ID.String()})
+		}
+	}
+
 	if o.dial != "" {
 		addr, err := ma.NewMultiaddr(o.dial)
 		if err != nil {
@@ -634,7 +768,8 @@ func main() {
 		if err != nil {
 			fatal("parse --dial (needs /p2p/<ID>)", err)
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		// A relayed connection is a limited one.
+		ctx, cancel := context.WithTimeout(network.WithAllowLimitedConn(context.Background(), "dial"), 30*time.Second)
 		err = h.Connect(ctx, *info)
 		cancel()
 		if err != nil {
