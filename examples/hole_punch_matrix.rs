@@ -1,11 +1,16 @@
 //! Hole punching through real Linux NATs, every pair of the Rust transports (ours and
-//! `libp2p-quic`, in both roles), through routers that drop what is sent to them and through
-//! routers that do not: the matrix of `docs/hole-punching.md`. The harness is the NAT test's
-//! (`tests/nat/`). Needs root, iproute2 and iptables; takes a few minutes.
+//! `libp2p-quic`, in both roles) and ours with go-libp2p v0.48 (`interop/go-peer`, in both
+//! roles, and go with go as the baseline), through routers that drop what is sent to them and
+//! through routers that do not: the matrix of `docs/hole-punching.md`. The harness is the NAT
+//! test's (`tests/nat/`). Needs root, iproute2, iptables and Go (for the Go peer); takes a few
+//! minutes.
 //!
 //! ```text
-//! cargo run --example hole_punch_matrix [ATTEMPTS]     # as root
+//! cargo run --example hole_punch_matrix [ATTEMPTS [rust|go|all]]     # as root
 //! ```
+//!
+//! `rust` runs the pairs of Rust transports only, `go` the pairs with go-libp2p only; `all`
+//! (the default) both.
 
 #[path = "../tests/nat/mod.rs"]
 mod nat;
@@ -24,13 +29,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(n) => n.parse()?,
         None => 20,
     };
-    let pairs = [
+    let rust = [
         (Quic::Ours, Quic::Ours),
         (Quic::Libp2pQuic, Quic::Libp2pQuic),
         (Quic::Ours, Quic::Libp2pQuic),
         (Quic::Libp2pQuic, Quic::Ours),
     ];
-    for input in [Input::Drop, Input::Accept] {
+    let go = [
+        (Quic::Go, Quic::Go),
+        (Quic::Ours, Quic::Go),
+        (Quic::Go, Quic::Ours),
+    ];
+    let pairs: Vec<(Quic, Quic)> = match std::env::args().nth(2).as_deref() {
+        None | Some("all") => rust.into_iter().chain(go).collect(),
+        Some("rust") => rust.into(),
+        Some("go") => go.into(),
+        Some(other) => return Err(format!("pairs: rust, go or all, not {other:?}").into()),
+    };
+    let inputs = match std::env::var("ROUTERS").as_deref() {
+        Ok("drop") => vec![Input::Drop],
+        Ok("accept") => vec![Input::Accept],
+        _ => vec![Input::Drop, Input::Accept],
+    };
+    for input in inputs {
         let network = Network::build(input)?;
         let rows: Vec<String> = pairs
             .iter()

@@ -2,7 +2,10 @@
 //! the relayed connection to a direct one. And the relay they meet at.
 
 use std::{
-    sync::mpsc,
+    sync::{
+        atomic::{AtomicI64, Ordering},
+        mpsc,
+    },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -16,7 +19,8 @@ use libp2p::{
 use libp2p_identity::Keypair;
 
 use super::{
-    netns::{Host, Network, A_IP, B_IP, RELAY_IP},
+    go::{go_peer_id_for_seed, GoBuild, GoPeer, Json},
+    netns::{Host, Network, A_IP, B_IP, INTERNET, RELAY_IP},
     node::{peer_node, relay_node, PeerNodeEvent, Quic, RelayNode, Sides},
 };
 
@@ -126,25 +130,51 @@ pub struct Attempt {
     pub b: Outcome,
 }
 
+/// A peer's identity: a key for a Rust peer, the `--seed` of a Go peer.
+enum Identity {
+    Key(Box<Keypair>),
+    Seed(i64),
+}
+
+impl Identity {
+    /// A fresh identity for a peer of `kind`: every attempt has new peers.
+    fn new(kind: Quic) -> Self {
+        static NEXT_SEED: AtomicI64 = AtomicI64::new(0);
+        match kind {
+            Quic::Go => Identity::Seed(
+                (i64::from(std::process::id()) << 24) + NEXT_SEED.fetch_add(1, Ordering::Relaxed),
+            ),
+            _ => Identity::Key(Box::new(Keypair::generate_ed25519())),
+        }
+    }
+
+    fn peer_id(&self) -> PeerId {
+        match self {
+            Identity::Key(keypair) => peer_id(keypair),
+            Identity::Seed(seed) => go_peer_id_for_seed(*seed),
+        }
+    }
+}
+
 /// What a peer is to do.
 struct Plan {
     role: Role,
     kind: Quic,
-    keypair: Keypair,
+    identity: Identity,
     other: PeerId,
     relay: Multiaddr,
 }
 
 /// Run one attempt between a fresh A and B.
 pub fn attempt(network: &Network, relay: &Multiaddr, a: Quic, b: Quic) -> Attempt {
-    let (a_key, b_key) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
-    let (a_id, b_id) = (peer_id(&a_key), peer_id(&b_key));
+    let (a_key, b_key) = (Identity::new(a), Identity::new(b));
+    let (a_id, b_id) = (a_key.peer_id(), b_key.peer_id());
     let (notes_tx, notes) = mpsc::channel();
     let (go, go_rx) = oneshot::channel();
-    let plan = |role, kind, keypair, other| Plan {
+    let plan = |role, kind, identity, other| Plan {
         role,
         kind,
-        keypair,
+        identity,
         other,
         relay: relay.clone(),
     };
@@ -194,7 +224,12 @@ fn spawn_peer(
         Role::B => Host::B,
     };
     let thread = network.spawn_in(host, move || {
-        runtime().block_on(run_peer(plan, notes, go, stopped))
+        if plan.kind == Quic::Go {
+            // The process starts from this thread, in its namespace.
+            runtime().block_on(run_go_peer(plan, notes, go, stopped))
+        } else {
+            runtime().block_on(run_peer(plan, notes, go, stopped))
+        }
     });
     (thread, stop)
 }
@@ -208,7 +243,10 @@ async fn run_peer(
     stopped: oneshot::Receiver<()>,
 ) -> Outcome {
     let sides = Sides::default();
-    let mut swarm = peer_node(plan.kind, plan.keypair.clone(), sides.clone());
+    let Identity::Key(keypair) = &plan.identity else {
+        panic!("a Rust peer has a key")
+    };
+    let mut swarm = peer_node(plan.kind, (**keypair).clone(), sides.clone());
     let ip = if plan.role == Role::A { A_IP } else { B_IP };
     swarm.listen_on(quic_on(ip)).expect("listen");
     swarm.dial(plan.relay.clone()).expect("dial the relay");
@@ -304,5 +342,114 @@ impl Peer {
             self.outcome.server = self.sides.first_with(self.plan.other);
             self.note(Note::Direct);
         }
+    }
+}
+
+/// A Go peer's life (`interop/go-peer`, go-libp2p v0.48.0 with hole punching): it takes the
+/// simulated internet as public (go-libp2p offers and accepts only public addresses for hole
+/// punching, and go-multiaddr calls all of 198.18.0.0/15 unroutable), meets the relay and waits
+/// until go-libp2p's hole punching has our address from the relay's identify. B then reserves a
+/// slot; A, once B is reserved, dials B through the relay. Until told to stop.
+async fn run_go_peer(
+    plan: Plan,
+    notes: Notes,
+    go: Option<oneshot::Receiver<()>>,
+    stopped: oneshot::Receiver<()>,
+) -> Outcome {
+    let Identity::Seed(seed) = plan.identity else {
+        panic!("a Go peer has a seed")
+    };
+    let ip = if plan.role == Role::A { A_IP } else { B_IP };
+    let mut args: Vec<String> = [
+        "--holepunch",
+        "--public-net",
+        INTERNET,
+        "--seed",
+        &seed.to_string(),
+        "--listen",
+        &quic_on(ip).to_string(),
+        "--relay",
+        &plan.relay.to_string(),
+    ]
+    .map(String::from)
+    .into();
+    let mut outcome = Outcome::default();
+    let mut stopped = stopped.fuse();
+    match go {
+        // B waits for nobody.
+        None => args.push("--reserve".into()),
+        // A starts once B is reserved; it dials once its hole punching is ready.
+        Some(go) => {
+            futures::select! {
+                _ = go.fuse() => {}
+                _ = stopped => return outcome,
+            }
+            let b = plan
+                .relay
+                .clone()
+                .with(Protocol::P2pCircuit)
+                .with(Protocol::P2p(plan.other));
+            args.extend(["--dial".into(), b.to_string()]);
+        }
+    }
+    let note = |note| {
+        let _ = notes.send((plan.role, note));
+    };
+    let mut peer = GoPeer::spawn_quiet(GoBuild::Current, &format!("go {:?}", plan.role), &args);
+    let other = plan.other.to_string();
+    loop {
+        tokio::select! {
+            line = peer.next_line(Duration::MAX) => match line {
+                Some(line) => on_go_line(&line, &other, &mut outcome, note),
+                None => {
+                    outcome.log.push(format!("the Go peer ended: {:?}", peer.errors()));
+                    let _ = stopped.await;
+                    break;
+                }
+            },
+            _ = &mut stopped => break,
+        }
+    }
+    peer.shutdown().await;
+    if outcome.direct_at.is_none() {
+        // What the Go peer got to, for the report of the failure.
+        let events: Vec<&str> = peer.seen.iter().map(Json::event).collect();
+        outcome
+            .log
+            .push(format!("go events: {}", events.join(", ")));
+    }
+    outcome
+}
+
+/// What a line of the Go peer tells the attempt.
+fn on_go_line(line: &Json, other: &str, outcome: &mut Outcome, note: impl Fn(Note)) {
+    match line.event() {
+        "reserved" => note(Note::Reserved),
+        "connected" if line.str("peer_id") == Some(other) => {
+            let now = Some(Instant::now());
+            if line.get("relayed") == Some(&Json::Bool(true)) {
+                outcome.relayed_at = outcome.relayed_at.or(now);
+                note(Note::Relayed);
+            } else if outcome.direct_at.is_none() {
+                outcome.direct_at = now;
+                outcome.server = match line.get("quic_server") {
+                    Some(Json::Bool(server)) => Some(*server),
+                    _ => None,
+                };
+                note(Note::Direct);
+            }
+        }
+        "error" => outcome
+            .log
+            .push(format!("go: {}", line.str("what").unwrap_or(""))),
+        "holepunch" => {
+            let evt = line.get("evt");
+            let error = evt.and_then(|e| e.str("Error")).unwrap_or("");
+            outcome.log.push(format!(
+                "go holepunch: {} {error}",
+                line.str("type").unwrap_or("")
+            ));
+        }
+        _ => {}
     }
 }

@@ -5,6 +5,9 @@
 #![allow(dead_code)]
 
 pub mod attempt;
+/// The Go peer's harness (build, spawn, JSON lines), shared with the interop tests.
+#[path = "../common/go/mod.rs"]
+pub mod go;
 pub mod netns;
 pub mod node;
 

@@ -31,6 +31,9 @@ const PREFIX: &str = "lqnat";
 pub const RELAY_IP: &str = "198.18.0.1";
 pub const A_IP: &str = "198.18.1.2";
 pub const B_IP: &str = "198.18.2.2";
+/// The simulated internet: the relay and the routers' WAN addresses. The rest of
+/// 198.18.0.0/15, the peers' LANs included, is private.
+pub const INTERNET: &str = "198.18.0.0/24";
 
 /// The hosts of the network, each a namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,12 +16,17 @@ use libp2p_core::transport::PortUse;
 use libp2p_identity::Keypair;
 
 /// The QUIC transport a node runs on.
+// `Libp2pQuic` is the crate's name, not a repetition of the enum's.
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Quic {
     /// libp2p-quinn.
     Ours,
     /// rust-libp2p's libp2p-quic 0.14.
     Libp2pQuic,
+    /// go-libp2p v0.48.0 with hole punching (`interop/go-peer`): a process of its own, run by
+    /// the attempt; a peer, never the relay.
+    Go,
 }
 
 /// Whether we were the QUIC server of each QUIC connection the transport made, by peer, in
@@ -67,6 +72,7 @@ fn quic(kind: Quic, keypair: &Keypair, sides: Sides) -> Boxed<(PeerId, StreamMux
                 (peer, StreamMuxerBox::new(connection))
             })
             .boxed(),
+        Quic::Go => panic!("the Go peer is a process of its own, not a Rust transport"),
     }
 }
 

@@ -54,7 +54,7 @@ fn build_root() -> PathBuf {
 }
 
 /// The path of the Go peer's binary, built on first use (once per process; skipped when the
-/// binary is newer than `main.go`, `go.mod` and `go.sum`). Panics if Go is missing or the build
+/// binary is newer than every `.go` file, `go.mod` and `go.sum`). Panics if Go is missing or the build
 /// fails: an interop test that cannot run must not pass.
 pub fn go_peer_binary(which: GoBuild) -> PathBuf {
     static CURRENT: OnceLock<PathBuf> = OnceLock::new();
@@ -82,9 +82,23 @@ fn build(which: GoBuild) -> PathBuf {
         None => build_root().join(name),
     };
     let bin = out_dir.join(name);
-    let newest_source = ["main.go", "go.mod", "go.sum"]
-        .iter()
-        .map(|f| mtime(&src.join(f)).unwrap_or_else(|| panic!("missing {}", src.join(f).display())))
+    for f in ["main.go", "go.mod", "go.sum"] {
+        assert!(
+            mtime(&src.join(f)).is_some(),
+            "missing {}",
+            src.join(f).display()
+        );
+    }
+    // Every Go file of the module, and its go.mod and go.sum.
+    let newest_source = std::fs::read_dir(&src)
+        .unwrap_or_else(|e| panic!("read {}: {e}", src.display()))
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "go")
+                || p.file_name()
+                    .is_some_and(|n| n == "go.mod" || n == "go.sum")
+        })
+        .filter_map(|p| mtime(&p))
         .max()
         .unwrap();
     if mtime(&bin).is_some_and(|built| built > newest_source) {

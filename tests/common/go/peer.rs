@@ -28,8 +28,20 @@ pub struct GoPeer {
 impl GoPeer {
     /// Spawn the Go peer with `args`; `label` prefixes its lines in the test output.
     pub fn spawn(which: GoBuild, label: &str, args: &[String]) -> GoPeer {
+        Self::spawn_with(which, label, args, true)
+    }
+
+    /// As [`GoPeer::spawn`], but its lines are not echoed to stdout (they are kept, and a
+    /// failed [`GoPeer::expect`] shows them): for runs of many peers.
+    pub fn spawn_quiet(which: GoBuild, label: &str, args: &[String]) -> GoPeer {
+        Self::spawn_with(which, label, args, false)
+    }
+
+    fn spawn_with(which: GoBuild, label: &str, args: &[String], echo: bool) -> GoPeer {
         let bin = go_peer_binary(which);
-        println!("[{label}] $ {} {}", which.dir_name(), args.join(" "));
+        if echo {
+            println!("[{label}] $ {} {}", which.dir_name(), args.join(" "));
+        }
         let mut child = tokio::process::Command::new(&bin)
             .args(args)
             .stdin(Stdio::piped())
@@ -48,7 +60,7 @@ impl GoPeer {
             while let Ok(Some(line)) = reader.next_line().await {
                 let quiet =
                     line.contains("\"storm_progress\"") || line.contains("\"storm_served\"");
-                if !quiet {
+                if echo && !quiet {
                     println!("[{out_label}] {line}");
                 }
                 match Json::parse(&line) {
@@ -65,7 +77,9 @@ impl GoPeer {
         tokio::spawn(async move {
             let mut reader = BufReader::new(stderr_pipe).lines();
             while let Ok(Some(line)) = reader.next_line().await {
-                println!("[{err_label} stderr] {line}");
+                if echo {
+                    println!("[{err_label} stderr] {line}");
+                }
                 let mut lines = err_lines.lock().unwrap_or_else(|e| e.into_inner());
                 lines.push(line);
                 if lines.len() > 200 {
