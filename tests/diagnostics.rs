@@ -149,29 +149,60 @@ async fn ten_leaking_connections_say_one_line_each_per_scan() {
     }
 }
 
+/// A pair at stream limit `limit` whose listener's application holds every stream, and one
+/// more open of the dialer's, waiting for credit; the dialer warns after `warning`.
+struct Blocked {
+    dialer: Peer,
+    listener: Peer,
+    held: Vec<libp2p_quinn::Stream>,
+    open: futures::channel::oneshot::Receiver<Result<libp2p_quinn::Stream, libp2p_quinn::Error>>,
+    /// How the dialer's logs name its connection.
+    name: String,
+}
+
+async fn blocked_open(limit: u32, warning: Duration) -> Blocked {
+    let mut dialer_config = config(&Keypair::generate_ed25519(), limit);
+    dialer_config.credit_wait_warning = warning;
+    let Pair {
+        dialer,
+        mut listener,
+        ..
+    } = pair_with(dialer_config, config(&Keypair::generate_ed25519(), limit)).await;
+    let name = format!("conn #1 to {} at", dialer.remote);
+    let held = held_by_acceptor(&dialer, &mut listener, limit as usize).await;
+    let open = dialer.open_later();
+    Blocked {
+        dialer,
+        listener,
+        held,
+        open,
+        name,
+    }
+}
+
+/// The dialer's credit warnings so far.
+fn credit_warnings(name: &str) -> Vec<String> {
+    lines("WARN", name)
+        .into_iter()
+        .filter(|l| l.contains("stream credit"))
+        .collect()
+}
+
 /// A blocked open warns again, backing off, while it waits; when the peer gives credit back,
 /// one INFO line says how long it waited. When the connection ends, its story says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocked_open_is_told_again_until_it_goes_ahead() {
     let _ = logs();
-    const LIMIT: u32 = 16;
-    let mut dialer_config = config(&Keypair::generate_ed25519(), LIMIT);
-    dialer_config.credit_wait_warning = Duration::from_millis(100);
-    let Pair {
+    let Blocked {
         dialer,
-        mut listener,
-        ..
-    } = pair_with(dialer_config, config(&Keypair::generate_ed25519(), LIMIT)).await;
-    let name = format!("conn #1 to {} at", dialer.remote);
-    let held = held_by_acceptor(&dialer, &mut listener, LIMIT as usize).await;
-    let blocked = dialer.open_later();
+        listener,
+        held,
+        open: blocked,
+        name,
+    } = blocked_open(16, Duration::from_millis(100)).await;
     // Told at 100 ms and again at 600 ms (then at 2.4 s, 12 s, …).
     eventually("the second credit warning", || {
-        lines("WARN", &name)
-            .iter()
-            .filter(|l| l.contains("stream credit"))
-            .count()
-            >= 2
+        credit_warnings(&name).len() >= 2
     })
     .await;
     drop(held);
@@ -226,23 +257,14 @@ async fn a_blocked_open_is_told_again_until_it_goes_ahead() {
 async fn a_credit_wait_threshold_of_zero_or_max_neither_floods_nor_panics() {
     let _ = logs();
     for threshold in [Duration::ZERO, Duration::MAX] {
-        const LIMIT: u32 = 4;
-        let mut dialer_config = config(&Keypair::generate_ed25519(), LIMIT);
-        dialer_config.credit_wait_warning = threshold;
-        let Pair {
+        let Blocked {
             dialer,
-            mut listener,
-            ..
-        } = pair_with(dialer_config, config(&Keypair::generate_ed25519(), LIMIT)).await;
-        let name = format!("conn #1 to {} at", dialer.remote);
-        let credit_lines = || {
-            lines("WARN", &name)
-                .into_iter()
-                .filter(|l| l.contains("stream credit"))
-                .count()
-        };
-        let held = held_by_acceptor(&dialer, &mut listener, LIMIT as usize).await;
-        let blocked = dialer.open_later();
+            listener: _listener,
+            held,
+            open: blocked,
+            name,
+        } = blocked_open(4, threshold).await;
+        let credit_lines = || credit_warnings(&name).len();
         if threshold.is_zero() {
             // At 1, 6, 24, 144, 264, 384 ms…: the third comes long before a sixth could.
             eventually("the third warning", || credit_lines() >= 3).await;
@@ -267,23 +289,14 @@ async fn a_credit_wait_threshold_of_zero_or_max_neither_floods_nor_panics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocked_open_that_fails_says_it_failed() {
     let _ = logs();
-    const LIMIT: u32 = 4;
-    let mut dialer_config = config(&Keypair::generate_ed25519(), LIMIT);
-    dialer_config.credit_wait_warning = Duration::from_millis(50);
-    let Pair {
-        dialer,
-        mut listener,
-        ..
-    } = pair_with(dialer_config, config(&Keypair::generate_ed25519(), LIMIT)).await;
-    let name = format!("conn #1 to {} at", dialer.remote);
-    let held = held_by_acceptor(&dialer, &mut listener, LIMIT as usize).await;
-    let blocked = dialer.open_later();
-    eventually("the credit warning", || {
-        lines("WARN", &name)
-            .iter()
-            .any(|l| l.contains("stream credit"))
-    })
-    .await;
+    let Blocked {
+        dialer: _dialer,
+        listener,
+        held,
+        open: blocked,
+        name,
+    } = blocked_open(4, Duration::from_millis(50)).await;
+    eventually("the credit warning", || !credit_warnings(&name).is_empty()).await;
     // The listener's connection goes: the waiting open fails.
     drop(listener);
     let result = bounded("the blocked open ends", blocked).await;
