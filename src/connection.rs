@@ -36,7 +36,7 @@ type Opens = BoxStream<'static, Result<(quinn::SendStream, quinn::RecvStream), E
 /// Dropping the `Connection` closes the QUIC connection (code 0) at once; streams still held
 /// fail with a connection-lost error.
 pub struct Connection {
-    connection: quinn::Connection,
+    /// The session's state, which holds the quinn connection.
     session: Arc<Session>,
     /// The transport's watcher, told of the session with its first tracked stream.
     watcher: Watcher,
@@ -111,7 +111,7 @@ impl Connection {
         let number = ledgers.numbered.fetch_add(1, Ordering::Relaxed) + 1;
         let session = Session::new(
             number,
-            connection.clone(),
+            connection,
             peer,
             config,
             ledgers.watcher.inbox(),
@@ -120,7 +120,6 @@ impl Connection {
         ledgers.register(&session);
         tracing::debug!(parent: &session.span, "connection established");
         Self {
-            connection,
             session,
             watcher: ledgers.watcher.clone(),
             tracked: false,
@@ -152,7 +151,7 @@ impl Connection {
 
     /// The peer's address.
     pub fn remote_address(&self) -> SocketAddr {
-        self.connection.remote_address()
+        self.session.remote_address()
     }
 
     /// What this connection's streams look like now: counts by direction and state, and every
@@ -163,7 +162,7 @@ impl Connection {
 
     /// The underlying quinn connection, for statistics such as RTT.
     pub fn quinn(&self) -> &quinn::Connection {
-        &self.connection
+        self.session.connection()
     }
 }
 
@@ -217,8 +216,8 @@ impl StreamMuxer for Connection {
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         let this = self.get_mut();
         let closing = this.closing.get_or_insert_with(|| {
-            this.connection.close(0u32.into(), &[]);
-            let connection = this.connection.clone();
+            let connection = this.session.connection().clone();
+            connection.close(0u32.into(), &[]);
             async move { connection.closed().await }.boxed()
         });
         match futures::ready!(closing.poll_unpin(cx)) {
@@ -243,7 +242,7 @@ impl Drop for Connection {
     fn drop(&mut self) {
         // The watcher and stream futures hold quinn handles too: close explicitly rather than
         // wait for the last of them.
-        self.connection.close(0u32.into(), &[]);
+        self.session.connection().close(0u32.into(), &[]);
     }
 }
 
@@ -252,7 +251,7 @@ impl std::fmt::Debug for Connection {
         f.debug_struct("Connection")
             .field("number", &self.session.number)
             .field("peer", &self.session.peer)
-            .field("id", &self.connection.stable_id())
+            .field("id", &self.session.connection().stable_id())
             .finish_non_exhaustive()
     }
 }
