@@ -275,21 +275,37 @@ fn describe(kind: LeakKind) -> &'static str {
     }
 }
 
-/// Which halves of a stream are still open, in words.
-fn open_halves(s: &StreamInfo) -> &'static str {
+/// Which halves of a stream may be open, as a leak report counts them.
+const OPEN_HALVES: [&str; 4] = [
+    "both halves",
+    "the send half",
+    "the receive half",
+    "no half",
+];
+
+/// Which of [`OPEN_HALVES`] a stream's are.
+fn open_index(s: &StreamInfo) -> usize {
     match (s.send, s.recv) {
-        (HalfState::Open, HalfState::Open) => "both halves",
-        (HalfState::Open, _) => "the send half",
-        (_, HalfState::Open) => "the receive half",
-        _ if s.handle_alive => "no half, yet the handle is kept",
-        _ => "no half (waiting for the peer's acknowledgement)",
+        (HalfState::Open, HalfState::Open) => 0,
+        (HalfState::Open, _) => 1,
+        (_, HalfState::Open) => 2,
+        _ => 3,
+    }
+}
+
+/// Which halves of a stream are still open, in words; of a stream with none, why it is held.
+fn open_halves(s: &StreamInfo) -> &'static str {
+    match open_index(s) {
+        3 if s.handle_alive => "no half, yet the handle is kept",
+        3 => "no half (waiting for the peer's acknowledgement)",
+        i => OPEN_HALVES[i],
     }
 }
 
 /// A leak report's counts over its streams.
 struct Tally {
     by_direction: [u64; 2],
-    /// Streams with both halves, only the send half, only the receive half, no half open.
+    /// Streams by which halves are open, indexed like [`OPEN_HALVES`].
     open: [u64; 4],
     send_stopped: u64,
     oldest: Duration,
@@ -308,13 +324,7 @@ impl Tally {
         };
         for s in streams {
             tally.by_direction[s.direction.index()] += 1;
-            let open = match (s.send, s.recv) {
-                (HalfState::Open, HalfState::Open) => 0,
-                (HalfState::Open, _) => 1,
-                (_, HalfState::Open) => 2,
-                _ => 3,
-            };
-            tally.open[open] += 1;
+            tally.open[open_index(s)] += 1;
             tally.send_stopped += u64::from(s.send == HalfState::Stopped);
             tally.oldest = tally.oldest.max(s.age);
         }
@@ -331,13 +341,7 @@ impl Tally {
 
     /// Which halves are open, by how many streams: `both halves 3, the receive half 13`.
     fn open_halves(&self) -> String {
-        let names = [
-            "both halves",
-            "the send half",
-            "the receive half",
-            "no half",
-        ];
-        let parts: Vec<String> = names
+        let parts: Vec<String> = OPEN_HALVES
             .iter()
             .zip(self.open)
             .filter(|(_, n)| *n > 0)
