@@ -151,6 +151,13 @@ impl Session {
         }
     }
 
+    /// Streams opened, by direction, and streams still tracked; `None` with the ledger off. A
+    /// look at the books' counts, without a snapshot's visit to every stream.
+    pub(crate) fn stream_counts(&self) -> Option<(ByDirection, usize)> {
+        let ledger = self.ledger()?;
+        Some((ledger.counts().opened, ledger.streams().count()))
+    }
+
     /// The totals and every tracked stream, oldest first.
     fn books(&self, now: Stamp) -> (Totals, Vec<StreamInfo>) {
         let Some(ledger) = self.ledger() else {

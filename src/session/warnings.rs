@@ -239,16 +239,13 @@ impl Session {
         let longest = Duration::from_millis(story.longest_credit_wait_ms.load(Ordering::Relaxed));
         let credit_warnings = story.credit_warnings.load(Ordering::Relaxed);
         let leak_reports = story.leak_reports.load(Ordering::Relaxed);
-        let streams = if self.keeps_books() {
-            let totals = self.snapshot().totals;
-            format!(
-                "{} inbound and {} outbound streams opened, {} still in the books",
-                totals.opened[Direction::Inbound.index()],
-                totals.opened[Direction::Outbound.index()],
-                totals.tracked_total(),
-            )
-        } else {
-            "streams not counted (the ledger is off)".to_owned()
+        let streams = match self.stream_counts() {
+            Some((opened, tracked)) => format!(
+                "{} inbound and {} outbound streams opened, {tracked} still in the books",
+                opened[Direction::Inbound.index()],
+                opened[Direction::Outbound.index()],
+            ),
+            None => "streams not counted (the ledger is off)".to_owned(),
         };
         let text = format!(
             "{} ended: {streams}; at most {} open at once; the longest wait for credit {:?} \
