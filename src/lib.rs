@@ -44,6 +44,9 @@ mod stream;
 pub mod test_util;
 mod transport;
 mod watcher;
+// Wired in by the WebTransport transport.
+#[allow(dead_code)]
+mod webtransport;
 
 pub use address::{parse as parse_multiaddr, to_multiaddr};
 pub use config::Config;
