@@ -26,7 +26,7 @@ use p256::{
 };
 use quinn::crypto::rustls::QuicServerConfig;
 use rustls::{
-    pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer},
+    pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer},
     server::{ClientHello, ResolvesServerCert},
     sign::CertifiedKey,
 };
@@ -185,7 +185,7 @@ impl Certs {
 
     /// The certificate served now.
     #[cfg(test)]
-    pub(crate) fn current_certificate(&self) -> CertificateDer<'static> {
+    pub(crate) fn current_certificate(&self) -> rustls::pki_types::CertificateDer<'static> {
         self.state().current.key.cert[0].clone()
     }
 
@@ -232,7 +232,7 @@ impl Schedule {
             // Whole minutes modulo a few seconds would put most keys on the same offset
             // (all of them when the lifetime divides a minute): take the 16 bits as a fraction
             // of the lifetime instead.
-            nanos_to_duration(lifetime.as_nanos() * u128::from(key_bits) >> 16)
+            nanos_to_duration((lifetime.as_nanos() * u128::from(key_bits)) >> 16)
         };
         Self {
             lifetime,
@@ -345,10 +345,7 @@ fn derive(secret: &[u8; 32], not_before: SystemTime, lifetime: Duration) -> Cert
     .expect("ring loads a P-256 PKCS#8 key");
     Cert {
         hash: certhash(&der),
-        key: Arc::new(CertifiedKey::new(
-            vec![CertificateDer::from(der)],
-            signing_key,
-        )),
+        key: Arc::new(CertifiedKey::new(vec![der], signing_key)),
         not_before,
     }
 }

@@ -18,7 +18,7 @@ pub(crate) fn to_wire(code: u32) -> u64 {
 /// The application's code carried by the wire `code`; `None` when the peer's code is not one of
 /// WebTransport's (an HTTP/3 code, or a GREASE value inside the range).
 pub(crate) fn from_wire(code: u64) -> Option<u32> {
-    if !(FIRST..=LAST).contains(&code) || (code - 0x21) % 0x1f == 0 {
+    if !(FIRST..=LAST).contains(&code) || (code - 0x21).is_multiple_of(0x1f) {
         return None;
     }
     let shifted = code - FIRST;
