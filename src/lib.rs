@@ -42,6 +42,9 @@ mod session;
 mod stream;
 #[cfg(feature = "test-util")]
 pub mod test_util;
+// Wired in by the WebTransport transport.
+#[allow(dead_code)]
+mod tls_switch;
 mod transport;
 mod watcher;
 // Wired in by the WebTransport transport.
