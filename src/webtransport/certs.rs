@@ -141,7 +141,7 @@ impl Certs {
     pub(crate) fn roll_if_due(&self, now: SystemTime) -> bool {
         let start = self.schedule.current_start(now);
         let lifetime = self.schedule.lifetime;
-        // Deriving under the write lock holds up new handshakes for about a millisecond, once
+        // Deriving under the write lock holds up new handshakes for a derivation or three, once
         // per roll; in exchange two listeners rolling at once cannot both roll.
         let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
         if start <= state.current.not_before {
