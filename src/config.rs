@@ -7,6 +7,13 @@ use quinn::{
     MtuDiscoveryConfig, VarInt,
 };
 
+/// Unidirectional streams a WebTransport peer may open: HTTP/3's control and two QPACK streams,
+/// and room for two more, as go-libp2p allows.
+const WEBTRANSPORT_UNI_STREAMS: u32 = 5;
+/// QUIC datagrams we buffer on a WebTransport connection; libp2p sends none, so this only
+/// bounds what a peer can make us hold (quinn drops the oldest beyond it).
+const WEBTRANSPORT_DATAGRAM_BUFFER: usize = 16 * 1024;
+
 /// How long a stream may sit unchanged before the ledger warns of a leak, by default.
 pub(crate) const DEFAULT_STREAM_LEAK_WARNING: Duration = Duration::from_secs(60);
 
@@ -72,10 +79,17 @@ pub struct Config {
     /// default. Kept so that code written for `libp2p-quic` compiles unchanged.
     #[deprecated(note = "QUIC draft versions are no longer supported")]
     pub support_draft_29: bool,
+    /// How long each of the WebTransport listener's self-signed certificates is valid.
+    /// Browsers accept at most 14 days, the default. A listener advertises the current and
+    /// the next certificate's hash; the next takes over shortly before the current expires,
+    /// and the listen addresses change with it (`AddressExpired`, then `NewAddress`). The
+    /// certificates derive from the identity key and the time, so a restarted node keeps its
+    /// addresses. Short lifetimes are for tests.
+    pub webtransport_certificate_lifetime: Duration,
 
     /// The largest UDP payload MTU discovery may try; `None`: quinn's default (1452 bytes).
     mtu_upper_bound: Option<u16>,
-    keypair: libp2p_identity::Keypair,
+    pub(crate) keypair: libp2p_identity::Keypair,
     client_tls: Arc<QuicClientConfig>,
     server_tls: Arc<QuicServerConfig>,
     #[cfg(feature = "metrics")]
@@ -110,6 +124,7 @@ impl Config {
             credit_wait_warning: Duration::from_secs(5),
             stream_leak_warning: DEFAULT_STREAM_LEAK_WARNING,
             support_draft_29: false,
+            webtransport_certificate_lifetime: crate::webtransport::certs::DEFAULT_LIFETIME,
             mtu_upper_bound: None,
             keypair: keypair.clone(),
             client_tls: Arc::new(client_tls),
@@ -162,6 +177,23 @@ impl Config {
         transport.receive_window(VarInt::from_u32(self.max_connection_data));
         transport.mtu_discovery_config(self.mtu_discovery.then(|| self.mtu_discovery_config()));
         transport
+    }
+
+    /// The transport parameters of a connection that may speak HTTP/3: the peer's control and
+    /// QPACK streams need unidirectional stream credit, and HTTP/3 datagrams (which browsers
+    /// require for WebTransport) need QUIC datagrams. On a port that serves WebTransport,
+    /// QUIC's connections get the same (ALPN comes after the parameters are fixed), as in
+    /// go-libp2p.
+    pub(crate) fn webtransport_transport_config(&self) -> quinn::TransportConfig {
+        let mut transport = self.transport_config();
+        transport.max_concurrent_uni_streams(VarInt::from_u32(WEBTRANSPORT_UNI_STREAMS));
+        transport.datagram_receive_buffer_size(Some(WEBTRANSPORT_DATAGRAM_BUFFER));
+        transport
+    }
+
+    /// The libp2p TLS server config (ALPN `libp2p`, mutual TLS).
+    pub(crate) fn server_tls(&self) -> Arc<QuicServerConfig> {
+        self.server_tls.clone()
     }
 
     fn mtu_discovery_config(&self) -> MtuDiscoveryConfig {
@@ -229,6 +261,10 @@ impl std::fmt::Debug for Config {
             .field("credit_wait_warning", &self.credit_wait_warning)
             .field("stream_leak_warning", &self.stream_leak_warning)
             .field("support_draft_29", &self.support_draft_29)
+            .field(
+                "webtransport_certificate_lifetime",
+                &self.webtransport_certificate_lifetime,
+            )
             .finish_non_exhaustive()
     }
 }

@@ -21,6 +21,10 @@ use crate::{
     session::{ConnectionSnapshot, Qlog, Session},
     stream::Stream,
     watcher::Watcher,
+    webtransport::{
+        h3::Header,
+        upgrade::{self, Role},
+    },
     Config, Error, PeerIdMismatch,
 };
 
@@ -29,15 +33,21 @@ use crate::{
 /// rather than a boxed future and a clone of the connection's handles for every stream.
 type Opens = BoxStream<'static, Result<(quinn::SendStream, quinn::RecvStream), Error>>;
 
-/// An established QUIC connection to a peer, multiplexing [`Stream`]s.
+/// How many streams' WebTransport headers are read at once: one silent stream must not hold up
+/// the others, nor may a peer make us wait on many.
+const HEADER_READS: usize = 64;
+
+/// An established QUIC or WebTransport connection to a peer, multiplexing [`Stream`]s.
 ///
 /// # Drop
 ///
-/// Dropping the `Connection` closes the QUIC connection (code 0) at once; streams still held
-/// fail with a connection-lost error.
+/// Dropping the `Connection` closes the QUIC connection (code 0; HTTP/3's no-error code 0x100
+/// for WebTransport) at once; streams still held fail with a connection-lost error.
 pub struct Connection {
     /// The session's state, which holds the quinn connection.
     session: Arc<Session>,
+    /// What a WebTransport session's streams start with; `None` for QUIC.
+    header: Option<Header>,
     /// The transport's watcher, told of the session with its first tracked stream.
     watcher: Watcher,
     /// Whether the watcher has been told.
@@ -108,11 +118,35 @@ impl Connection {
         ledgers: &Ledgers,
         qlog: Option<Qlog>,
     ) -> Self {
+        Self::with_header(connection, peer, None, config, ledgers, qlog)
+    }
+
+    /// A WebTransport session's connection, whose streams start with `header`.
+    pub(crate) fn webtransport(
+        connection: quinn::Connection,
+        peer: PeerId,
+        header: Header,
+        config: Arc<Config>,
+        ledgers: &Ledgers,
+        qlog: Option<Qlog>,
+    ) -> Self {
+        Self::with_header(connection, peer, Some(header), config, ledgers, qlog)
+    }
+
+    fn with_header(
+        connection: quinn::Connection,
+        peer: PeerId,
+        header: Option<Header>,
+        config: Arc<Config>,
+        ledgers: &Ledgers,
+        qlog: Option<Qlog>,
+    ) -> Self {
         let number = ledgers.numbered.fetch_add(1, Ordering::Relaxed) + 1;
         let session = Session::new(
             number,
             connection,
             peer,
+            header.is_some(),
             config,
             ledgers.watcher.inbox(),
             qlog,
@@ -121,6 +155,7 @@ impl Connection {
         tracing::debug!(parent: &session.span, "connection established");
         Self {
             session,
+            header,
             watcher: ledgers.watcher.clone(),
             tracked: false,
             inbound: None,
@@ -175,13 +210,9 @@ impl StreamMuxer for Connection {
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::Substream, Self::Error>> {
         let this = self.get_mut();
-        let accepts = this.inbound.get_or_insert_with(|| {
-            futures::stream::unfold(this.session.clone(), |session| async move {
-                let accepted = session.connection().accept_bi().await.map_err(Error::from);
-                Some((accepted, session))
-            })
-            .boxed()
-        });
+        let accepts = this
+            .inbound
+            .get_or_insert_with(|| accepts(this.session.clone(), this.header));
         let halves = futures::ready!(poll_next_open(accepts, cx))?;
         Poll::Ready(Ok(this.stream(halves, Direction::Inbound)))
     }
@@ -191,15 +222,9 @@ impl StreamMuxer for Connection {
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::Substream, Self::Error>> {
         let this = self.get_mut();
-        let opens = this.outbound.get_or_insert_with(|| {
-            futures::stream::unfold(this.session.clone(), |session| async move {
-                let opened = session
-                    .open_with_warning(session.connection().open_bi())
-                    .await;
-                Some((opened, session))
-            })
-            .boxed()
-        });
+        let opens = this
+            .outbound
+            .get_or_insert_with(|| opens(this.session.clone(), this.header));
         let halves = futures::ready!(poll_next_open(opens, cx))?;
         Poll::Ready(Ok(this.stream(halves, Direction::Outbound)))
     }
@@ -217,7 +242,7 @@ impl StreamMuxer for Connection {
         let this = self.get_mut();
         let closing = this.closing.get_or_insert_with(|| {
             let connection = this.session.connection().clone();
-            connection.close(0u32.into(), &[]);
+            connection.close(this.session.close_code(), &[]);
             async move { connection.closed().await }.boxed()
         });
         match futures::ready!(closing.poll_unpin(cx)) {
@@ -225,6 +250,43 @@ impl StreamMuxer for Connection {
             error => Poll::Ready(Err(error.into())),
         }
     }
+}
+
+/// The streams the peer opens: QUIC's as they come; a WebTransport session's once their
+/// header is read, up to [`HEADER_READS`] at once, refusing those of no session of ours.
+fn accepts(session: Arc<Session>, header: Option<Header>) -> Opens {
+    let accepted = futures::stream::unfold(session.clone(), |session| async move {
+        let accepted = session.connection().accept_bi().await.map_err(Error::from);
+        Some((accepted, session))
+    });
+    let Some(header) = header else {
+        return accepted.boxed();
+    };
+    let timeout = session.config.handshake_timeout;
+    accepted
+        .map(move |accepted| async move {
+            match accepted {
+                Ok(halves) => header.accept(halves, timeout).await.map(Ok),
+                Err(e) => Some(Err(e)),
+            }
+        })
+        .buffer_unordered(HEADER_READS)
+        .filter_map(futures::future::ready)
+        .boxed()
+}
+
+/// The streams we open: QUIC's, or a WebTransport session's with the header written; each
+/// waits for stream credit with a warning ([`Session::open_with_warning`]).
+fn opens(session: Arc<Session>, header: Option<Header>) -> Opens {
+    futures::stream::unfold(session, move |session| async move {
+        let connection = session.connection();
+        let opened = match header {
+            None => session.open_with_warning(connection.open_bi()).await,
+            Some(header) => session.open_with_warning(header.open(connection)).await,
+        };
+        Some((opened, session))
+    })
+    .boxed()
 }
 
 /// The next stream `opens` yields: one open or accept, or its error once the connection is
@@ -242,7 +304,9 @@ impl Drop for Connection {
     fn drop(&mut self) {
         // The watcher and stream futures hold quinn handles too: close explicitly rather than
         // wait for the last of them.
-        self.session.connection().close(0u32.into(), &[]);
+        self.session
+            .connection()
+            .close(self.session.close_code(), &[]);
     }
 }
 
@@ -301,6 +365,22 @@ impl Connecting {
         };
         Self {
             inner: inner.boxed(),
+        }
+    }
+
+    /// A WebTransport connection's handshake: QUIC's, the HTTP/3 session, and Noise, all
+    /// within `Config::handshake_timeout`.
+    pub(crate) fn webtransport(
+        connecting: quinn::Connecting,
+        role: Role,
+        expected_peer: Option<PeerId>,
+        config: Arc<Config>,
+        ledgers: Ledgers,
+        qlog: Option<Qlog>,
+    ) -> Self {
+        let upgrade = upgrade::upgrade(connecting, role, expected_peer, config, ledgers, qlog);
+        Self {
+            inner: upgrade.boxed(),
         }
     }
 

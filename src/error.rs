@@ -5,6 +5,8 @@ use std::{io, net::SocketAddr};
 
 use libp2p_identity::PeerId;
 
+use crate::webtransport::WebTransportError;
+
 /// Errors of the [`Transport`](crate::tokio::Transport) and of a [`Connection`](crate::Connection).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -43,6 +45,9 @@ pub enum Error {
     /// A dial as listener to this address is under way already.
     #[error("already punching a hole to {0}")]
     HolePunchInProgress(SocketAddr),
+    /// A WebTransport session did not start: HTTP/3, the CONNECT, or Noise failed.
+    #[error("WebTransport: {0}")]
+    WebTransport(Box<WebTransportError>),
 }
 
 /// The peers of an [`Error::PeerIdMismatch`]. Boxed: two peer ids are 160 bytes, and every

@@ -34,6 +34,7 @@ mod endpoint;
 mod error;
 mod hole_punch;
 pub mod ledger;
+mod listener;
 #[cfg(feature = "metrics")]
 mod metrics;
 #[cfg(feature = "qlog")]
@@ -42,13 +43,9 @@ mod session;
 mod stream;
 #[cfg(feature = "test-util")]
 pub mod test_util;
-// Wired in by the WebTransport transport.
-#[allow(dead_code)]
 mod tls_switch;
 mod transport;
 mod watcher;
-// Wired in by the WebTransport transport.
-#[allow(dead_code)]
 mod webtransport;
 
 pub use address::{parse as parse_multiaddr, to_multiaddr};
@@ -59,6 +56,7 @@ pub use error::{Error, PeerIdMismatch, StreamError};
 pub use metrics::Metrics;
 pub use session::ConnectionSnapshot;
 pub use stream::{Closed, Stream};
+pub use webtransport::WebTransportError;
 
 /// The transport on the tokio runtime, named as in `libp2p-quic`.
 pub mod tokio {

@@ -3,13 +3,15 @@
 //!
 //! | metric | type | labels | meaning |
 //! |---|---|---|---|
-//! | `libp2p_quinn_streams_opened_total` | counter | `direction` | streams opened |
-//! | `libp2p_quinn_streams_dropped_total` | counter | `direction` | `Stream` handles dropped |
-//! | `libp2p_quinn_streams_live` | gauge | `direction` | `Stream` handles alive |
-//! | `libp2p_quinn_stream_halves_ended_total` | counter | `half`, `how` | how halves ended: `send`/`finished`, `send`/`reset`, `recv`/`finished`, `recv`/`reset`, `recv`/`stopped` |
+//! | `libp2p_quinn_streams_opened_total` | counter | `direction`, `transport` | streams opened |
+//! | `libp2p_quinn_streams_dropped_total` | counter | `direction`, `transport` | `Stream` handles dropped |
+//! | `libp2p_quinn_streams_live` | gauge | `direction`, `transport` | `Stream` handles alive |
+//! | `libp2p_quinn_stream_halves_ended_total` | counter | `half`, `how`, `transport` | how halves ended: `send`/`finished`, `send`/`reset`, `recv`/`finished`, `recv`/`reset`, `recv`/`stopped` |
 //! | `libp2p_quinn_stream_credit_wait_seconds` | histogram | — | how long opens that had to wait for stream credit waited |
 //! | `libp2p_quinn_stream_credit_warnings_total` | counter | — | opens that waited past `credit_wait_warning` |
-//! | `libp2p_quinn_stream_leak_warnings_total` | counter | `kind` | leak warnings: `held_after_drop`, `idle_handle` |
+//! | `libp2p_quinn_stream_leak_warnings_total` | counter | `kind`, `transport` | leak warnings: `held_after_drop`, `idle_handle` |
+//!
+//! `transport` is `quic` or `webtransport`: the kind of session the stream belongs to.
 
 use std::{sync::Arc, time::Duration};
 
@@ -29,17 +31,20 @@ use crate::ledger::{Direction, HalfState, LeakKind};
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabel {
     direction: &'static str,
+    transport: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HalfLabel {
     half: &'static str,
     how: &'static str,
+    transport: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
+    transport: &'static str,
 }
 
 /// The transport's metrics; register once, then hand to [`Config::with_metrics`](crate::Config::with_metrics).
@@ -106,40 +111,31 @@ impl Metrics {
         }
     }
 
-    fn direction(direction: Direction) -> DirectionLabel {
-        DirectionLabel {
+    pub(crate) fn stream_opened(&self, direction: Direction, transport: &'static str) {
+        let label = DirectionLabel {
             direction: direction.as_str(),
-        }
+            transport,
+        };
+        self.inner.opened.get_or_create(&label).inc();
+        self.inner.live.get_or_create(&label).inc();
     }
 
-    pub(crate) fn stream_opened(&self, direction: Direction) {
-        self.inner
-            .opened
-            .get_or_create(&Self::direction(direction))
-            .inc();
-        self.inner
-            .live
-            .get_or_create(&Self::direction(direction))
-            .inc();
+    pub(crate) fn stream_dropped(&self, direction: Direction, transport: &'static str) {
+        let label = DirectionLabel {
+            direction: direction.as_str(),
+            transport,
+        };
+        self.inner.dropped.get_or_create(&label).inc();
+        self.inner.live.get_or_create(&label).dec();
     }
 
-    pub(crate) fn stream_dropped(&self, direction: Direction) {
-        self.inner
-            .dropped
-            .get_or_create(&Self::direction(direction))
-            .inc();
-        self.inner
-            .live
-            .get_or_create(&Self::direction(direction))
-            .dec();
-    }
-
-    pub(crate) fn half_ended(&self, half: &'static str, how: HalfState) {
+    pub(crate) fn half_ended(&self, half: &'static str, how: HalfState, transport: &'static str) {
         self.inner
             .halves_ended
             .get_or_create(&HalfLabel {
                 half,
                 how: how.as_str(),
+                transport,
             })
             .inc();
     }
@@ -152,11 +148,12 @@ impl Metrics {
         self.inner.credit_warnings.inc();
     }
 
-    pub(crate) fn leak_warning(&self, kind: LeakKind) {
+    pub(crate) fn leak_warning(&self, kind: LeakKind, transport: &'static str) {
         self.inner
             .leak_warnings
             .get_or_create(&KindLabel {
                 kind: kind.as_str(),
+                transport,
             })
             .inc();
     }

@@ -127,7 +127,10 @@ impl Stream {
     /// Abandon both directions: reset our send half and stop our receive half, both with
     /// `code`. The peer's reads and writes fail with that code.
     pub fn reset(&mut self, code: u32) {
-        let changed = self.cell.lock().reset(code.into());
+        let changed = self
+            .cell
+            .lock()
+            .reset(self.session.wire_code(code).into_inner());
         self.session.send_moved(self.id(), changed);
         self.end_recv(code, true);
     }
@@ -135,7 +138,7 @@ impl Stream {
     /// End our send half if it is still open: finish it (FIN).
     fn end_send(&mut self) -> HalfState {
         let mut half = self.cell.lock();
-        let changed = half.end(false);
+        let changed = half.end(None);
         let state = half.ended_as();
         drop(half);
         self.session.send_moved(self.id(), changed);
@@ -146,7 +149,7 @@ impl Stream {
     /// [`Stream::recv_ended`].
     fn end_recv(&mut self, code: u32, queue: bool) -> HalfState {
         if self.recv_state == Recv::Open {
-            let _ = self.recv.stop(VarInt::from_u32(code));
+            let _ = self.recv.stop(self.session.wire_code(code));
             self.recv_ended(Recv::Stopped, queue);
         }
         self.recv_state.as_half()
@@ -201,7 +204,7 @@ impl AsyncRead for Stream {
                 Poll::Ready(Ok(n))
             }
             Err(e) => {
-                let e = StreamError::from(e);
+                let e = this.session.app_error(e.into());
                 if let StreamError::ResetByPeer(code) = e {
                     this.recv_ended(Recv::ResetByPeer(code), true);
                 }
@@ -233,7 +236,7 @@ impl AsyncWrite for Stream {
                 if let quinn::WriteError::Stopped(code) = &e {
                     cell::peer_stopped(&this.session, &this.cell, code.into_inner());
                 }
-                let e = StreamError::from(e);
+                let e = this.session.app_error(e.into());
                 tracing::debug!(parent: &this.session.span, id = this.id(), error = %e, "write failed");
                 Poll::Ready(Err(e.into()))
             }
@@ -261,6 +264,7 @@ impl Drop for Stream {
         // error rather than a clean end of stream.
         let reset = std::thread::panicking() || self.session.config.reset_on_drop;
         let recv = self.end_recv(CLOSE_CODE, false);
+        let reset = reset.then(|| self.session.wire_code(CLOSE_CODE).into_inner());
         let mut half = self.cell.lock();
         let changed = half.end(reset);
         let send = half.ended_as();

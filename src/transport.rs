@@ -1,36 +1,50 @@
 //! The libp2p [`Transport`]: listeners, dialing, and the address events in between.
 
 use std::{
-    collections::{HashMap, VecDeque},
-    net::{IpAddr, SocketAddr, UdpSocket},
+    collections::HashMap,
+    net::SocketAddr,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll, Waker},
+    time::SystemTime,
 };
 
 use futures::{future::BoxFuture, stream::SelectAll, FutureExt, StreamExt};
-use if_watch::{tokio::IfWatcher, IfEvent};
 use libp2p_core::{
     multiaddr::Multiaddr,
+    multihash::Multihash,
     transport::{DialOpts, ListenerId, PortUse, TransportError, TransportEvent},
     Endpoint,
 };
 use libp2p_identity::PeerId;
 
 use crate::{
-    address,
+    address::{self, Target},
     connection::{Connecting, Ledgers},
     endpoint::{self, QuinnConfigs},
     hole_punch::Punches,
+    listener::Listener,
     session::Qlog,
+    webtransport::{certs::Certs, upgrade::Role, verifier},
     Config, Connection, Error,
 };
 
-/// QUIC v1 transport on the tokio runtime: listens on and dials
-/// `/ip4|ip6/<addr>/udp/<port>/quic-v1[/p2p/<peer>]`.
+/// QUIC v1 and WebTransport transport on the tokio runtime: listens on and dials
+/// `/ip4|ip6/<addr>/udp/<port>/quic-v1[/p2p/<peer>]` and
+/// `/ip4|ip6/<addr>/udp/<port>/quic-v1/webtransport[/certhash/<hash>…][/p2p/<peer>]`.
 ///
 /// A drop-in replacement for `libp2p_quic::tokio::Transport`: same `Output`, same defaults,
 /// same wire protocol.
+///
+/// # WebTransport
+///
+/// Listening on `…/quic-v1/webtransport` serves browsers (and go-libp2p) over HTTP/3 with
+/// self-signed certificates checked by hash: the listener reports
+/// `…/quic-v1/webtransport/certhash/<current>/certhash/<next>`, and reports new addresses when
+/// the certificates roll over ([`Config::webtransport_certificate_lifetime`]). Listening on
+/// `/quic-v1` and `/quic-v1/webtransport` at the same address and explicit port shares one
+/// socket, as go-libp2p does. Dialing a WebTransport address needs at least one certhash.
+/// The connection and its streams are the same as QUIC's. See `docs/webtransport.md`.
 ///
 /// # Hole punching
 ///
@@ -54,6 +68,8 @@ pub struct Transport {
     dialers: HashMap<bool, quinn::Endpoint>,
     punches: Punches,
     ledgers: Ledgers,
+    /// The WebTransport certificates, made at the first WebTransport listen.
+    certs: Option<Arc<Certs>>,
     waker: Option<Waker>,
 }
 
@@ -73,6 +89,7 @@ impl Transport {
             listeners: SelectAll::new(),
             dialers: HashMap::new(),
             punches: Punches::default(),
+            certs: None,
             waker: None,
         }
     }
@@ -83,16 +100,58 @@ impl Transport {
         self.ledgers.clone()
     }
 
-    /// The client config for a dial; with qlog on, one of its own that writes the qlog file.
-    fn client_config_for(&self, remote: SocketAddr) -> (quinn::ClientConfig, Option<Qlog>) {
+    /// The client config for a dial (a WebTransport one checks the certificate against
+    /// `certhashes`); with qlog on, one of its own that writes the qlog file.
+    fn client_config_for(
+        &self,
+        remote: SocketAddr,
+        certhashes: Option<&[Multihash<64>]>,
+    ) -> (quinn::ClientConfig, Option<Qlog>) {
+        let (transport, qlog) = self.dial_transport_config(remote, certhashes.is_some());
+        let Some(certhashes) = certhashes else {
+            return match transport {
+                Some(transport) => (self.config.client_config(Arc::new(transport)), qlog),
+                None => (self.quinn.client.clone(), qlog),
+            };
+        };
+        let mut client = quinn::ClientConfig::new(verifier::client_config(certhashes.to_vec()));
+        let transport = transport.unwrap_or_else(|| self.config.webtransport_transport_config());
+        client.transport_config(Arc::new(transport));
+        (client, qlog)
+    }
+
+    /// With qlog on, the transport config of one dial, writing its qlog file.
+    fn dial_transport_config(
+        &self,
+        remote: SocketAddr,
+        webtransport: bool,
+    ) -> (Option<quinn::TransportConfig>, Option<Qlog>) {
         #[cfg(feature = "qlog")]
         if let Some((file, stream)) = crate::qlog::QlogFile::create("client", remote) {
-            let mut transport = self.config.transport_config();
+            let mut transport = if webtransport {
+                self.config.webtransport_transport_config()
+            } else {
+                self.config.transport_config()
+            };
             transport.qlog_stream(Some(stream));
-            return (self.config.client_config(Arc::new(transport)), Some(file));
+            return (Some(transport), Some(file));
         }
-        let _ = remote;
-        (self.quinn.client.clone(), None)
+        let _ = (remote, webtransport);
+        (None, None)
+    }
+
+    /// The WebTransport certificates, made at the first need.
+    fn certs(&mut self) -> Arc<Certs> {
+        let config = &self.config;
+        self.certs
+            .get_or_insert_with(|| {
+                Certs::new(
+                    &config.keypair,
+                    config.webtransport_certificate_lifetime,
+                    SystemTime::now(),
+                )
+            })
+            .clone()
     }
 
     fn wake(&mut self) {
@@ -158,18 +217,48 @@ impl libp2p_core::Transport for Transport {
         id: ListenerId,
         addr: Multiaddr,
     ) -> Result<(), TransportError<Self::Error>> {
-        let Some((socket_addr, None)) = address::parse(&addr) else {
+        // A listen address names no peer and, for WebTransport, no certificate: we make ours.
+        let Some(Target {
+            socket: socket_addr,
+            peer: None,
+            webtransport,
+        }) = address::parse_target(&addr)
+        else {
             return Err(TransportError::MultiaddrNotSupported(addr));
         };
+        if webtransport
+            .as_ref()
+            .is_some_and(|hashes| !hashes.is_empty())
+        {
+            return Err(TransportError::MultiaddrNotSupported(addr));
+        }
+        let certs = webtransport.map(|_| self.certs());
+        let kind = if certs.is_some() {
+            "WebTransport"
+        } else {
+            "QUIC"
+        };
+        // The other kind on this address and port already: serve both on its socket.
+        if let Some(listener) = self
+            .listeners
+            .iter_mut()
+            .find(|l| l.can_share(socket_addr, certs.is_some()))
+        {
+            listener.add_route(id, certs);
+            tracing::debug!(address = %socket_addr, kind, "listening on a shared socket");
+            self.wake();
+            return Ok(());
+        }
         let socket = endpoint::bind(socket_addr).map_err(Error::from)?;
         let listener = Listener::new(
             id,
+            certs,
             socket,
             &self.quinn,
             self.config.clone(),
             self.ledgers.clone(),
         )?;
-        tracing::debug!(address = %listener.local_addr, "listening");
+        tracing::debug!(address = %listener.local_addr, kind, "listening");
         self.listeners.push(listener);
         // New dials of this family should leave from the listener's port from now on.
         self.dialers.remove(&socket_addr.is_ipv4());
@@ -178,11 +267,8 @@ impl libp2p_core::Transport for Transport {
     }
 
     fn remove_listener(&mut self, id: ListenerId) -> bool {
-        match self.listeners.iter_mut().find(|l| l.id == id) {
-            Some(listener) => {
-                listener.close(Ok(()));
-                true
-            }
+        match self.listeners.iter_mut().find(|l| l.has(id)) {
+            Some(listener) => listener.remove_route(id, Ok(())),
             None => false,
         }
     }
@@ -192,29 +278,47 @@ impl libp2p_core::Transport for Transport {
         addr: Multiaddr,
         opts: DialOpts,
     ) -> Result<Self::Dial, TransportError<Self::Error>> {
-        let Some((remote, expected_peer)) = address::parse(&addr) else {
+        let Some(Target {
+            socket: remote,
+            peer: expected_peer,
+            webtransport,
+        }) = address::parse_target(&addr)
+        else {
             return Err(TransportError::MultiaddrNotSupported(addr));
         };
-        if remote.port() == 0 || remote.ip().is_unspecified() {
+        // Without a certhash, a WebTransport listener's certificate cannot be checked.
+        let no_certhash = webtransport.as_ref().is_some_and(Vec::is_empty);
+        if remote.port() == 0 || remote.ip().is_unspecified() || no_certhash {
             return Err(TransportError::MultiaddrNotSupported(addr));
         }
         if opts.role == Endpoint::Listener {
+            if webtransport.is_some() {
+                return Err(TransportError::MultiaddrNotSupported(addr));
+            }
             return self.punch(addr, remote, expected_peer);
         }
         let endpoint = self.dialing_endpoint(remote, opts.port_use)?;
-        let (client, qlog) = self.client_config_for(remote);
+        let (client, qlog) = self.client_config_for(remote, webtransport.as_deref());
         let config = self.config.clone();
         let ledgers = self.ledgers.clone();
         tracing::debug!(%addr, "dialing");
+        // rustls wants a server name; libp2p authenticates by peer id instead (and a
+        // WebTransport listener by its certificate's hash).
         Ok(async move {
-            // rustls wants a server name; libp2p authenticates by peer id instead.
             let connecting = endpoint
                 .connect_with(client, remote, "l")
                 .map_err(|source| Error::Connect {
                     addr: remote,
                     source,
                 })?;
-            Connecting::new(connecting, expected_peer, config, ledgers, qlog).await
+            let upgrade = match webtransport {
+                None => Connecting::new(connecting, expected_peer, config, ledgers, qlog),
+                Some(certhashes) => {
+                    let role = Role::Dialer { remote, certhashes };
+                    Connecting::webtransport(connecting, role, expected_peer, config, ledgers, qlog)
+                }
+            };
+            upgrade.await
         }
         .boxed())
     }
@@ -249,218 +353,5 @@ impl std::fmt::Debug for Transport {
             .field("config", &self.config)
             .field("listeners", &self.listeners.len())
             .finish_non_exhaustive()
-    }
-}
-
-type Event = TransportEvent<Connecting, Error>;
-
-/// One listening socket and its endpoint, as a stream of transport events.
-struct Listener {
-    id: ListenerId,
-    endpoint: quinn::Endpoint,
-    /// The endpoint's socket, for hole punching.
-    socket: Arc<UdpSocket>,
-    local_addr: SocketAddr,
-    config: Arc<Config>,
-    ledgers: Ledgers,
-    accept: BoxFuture<'static, Option<quinn::Incoming>>,
-    /// Watches interfaces when bound to an unspecified address.
-    if_watcher: Option<IfWatcher>,
-    /// The interface addresses we report as listen addresses.
-    addresses: Vec<IpAddr>,
-    pending: VecDeque<Event>,
-    closed: bool,
-    waker: Option<Waker>,
-}
-
-impl Listener {
-    fn new(
-        id: ListenerId,
-        socket: UdpSocket,
-        quinn: &QuinnConfigs,
-        config: Arc<Config>,
-        ledgers: Ledgers,
-    ) -> Result<Self, Error> {
-        let local_addr = socket.local_addr()?;
-        let punching = socket.try_clone()?;
-        // Shared with quinn's handle, which needs it too: a punch never blocks the task.
-        punching.set_nonblocking(true)?;
-        let endpoint = endpoint::endpoint(quinn, socket, true)?;
-        let mut pending = VecDeque::new();
-        let mut addresses = Vec::new();
-        let if_watcher = if local_addr.ip().is_unspecified() {
-            Some(IfWatcher::new()?)
-        } else {
-            addresses.push(local_addr.ip());
-            pending.push_back(TransportEvent::NewAddress {
-                listener_id: id,
-                listen_addr: address::to_multiaddr(local_addr),
-            });
-            None
-        };
-        Ok(Self {
-            id,
-            accept: accept(endpoint.clone()),
-            endpoint,
-            socket: Arc::new(punching),
-            local_addr,
-            config,
-            ledgers,
-            if_watcher,
-            addresses,
-            pending,
-            closed: false,
-            waker: None,
-        })
-    }
-
-    /// Whether a dial to `remote` may leave from this listener's socket.
-    fn can_dial(&self, remote: SocketAddr) -> bool {
-        !self.closed
-            && self.local_addr.is_ipv4() == remote.is_ipv4()
-            && (!remote.ip().is_loopback() || self.addresses.iter().any(IpAddr::is_loopback))
-    }
-
-    /// Stop accepting and report the listener closed; the socket is freed once the
-    /// connections accepted on it are gone too.
-    fn close(&mut self, reason: Result<(), Error>) {
-        if self.closed {
-            return;
-        }
-        self.closed = true;
-        self.endpoint.set_server_config(None);
-        self.pending.push_back(TransportEvent::ListenerClosed {
-            listener_id: self.id,
-            reason,
-        });
-        if let Some(waker) = self.waker.take() {
-            waker.wake();
-        }
-    }
-
-    /// Turn an interface change into a listen-address event.
-    fn on_if_event(&mut self, event: std::io::Result<IfEvent>) -> Option<Event> {
-        let listener_id = self.id;
-        match event {
-            Ok(IfEvent::Up(net)) => {
-                let ip = net.addr();
-                if ip.is_ipv4() != self.local_addr.is_ipv4() || self.addresses.contains(&ip) {
-                    return None;
-                }
-                self.addresses.push(ip);
-                let listen_addr =
-                    address::to_multiaddr(SocketAddr::new(ip, self.local_addr.port()));
-                Some(TransportEvent::NewAddress {
-                    listener_id,
-                    listen_addr,
-                })
-            }
-            Ok(IfEvent::Down(net)) => {
-                let ip = net.addr();
-                let before = self.addresses.len();
-                self.addresses.retain(|a| *a != ip);
-                if self.addresses.len() == before {
-                    return None;
-                }
-                let listen_addr =
-                    address::to_multiaddr(SocketAddr::new(ip, self.local_addr.port()));
-                Some(TransportEvent::AddressExpired {
-                    listener_id,
-                    listen_addr,
-                })
-            }
-            Err(error) => Some(TransportEvent::ListenerError {
-                listener_id,
-                error: error.into(),
-            }),
-        }
-    }
-}
-
-/// With qlog on, a server config of the connection's own that writes its qlog file.
-fn server_config_for(
-    config: &Config,
-    remote: SocketAddr,
-) -> (Option<quinn::ServerConfig>, Option<Qlog>) {
-    #[cfg(feature = "qlog")]
-    if let Some((file, stream)) = crate::qlog::QlogFile::create("server", remote) {
-        let mut transport = config.transport_config();
-        transport.qlog_stream(Some(stream));
-        return (Some(config.server_config(Arc::new(transport))), Some(file));
-    }
-    let _ = (config, remote);
-    (None, None)
-}
-
-fn accept(endpoint: quinn::Endpoint) -> BoxFuture<'static, Option<quinn::Incoming>> {
-    async move { endpoint.accept().await }.boxed()
-}
-
-impl futures::Stream for Listener {
-    type Item = Event;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
-        loop {
-            if let Some(event) = self.pending.pop_front() {
-                return Poll::Ready(Some(event));
-            }
-            if self.closed {
-                // Dropping the endpoint handle frees the socket once no connection uses it.
-                return Poll::Ready(None);
-            }
-            if let Some(watcher) = self.if_watcher.as_mut() {
-                if let Poll::Ready(Some(event)) = watcher.poll_next_unpin(cx) {
-                    if let Some(event) = self.on_if_event(event) {
-                        return Poll::Ready(Some(event));
-                    }
-                    continue;
-                }
-            }
-            match self.accept.poll_unpin(cx) {
-                Poll::Ready(Some(incoming)) => {
-                    self.accept = accept(self.endpoint.clone());
-                    let send_back_addr = address::to_multiaddr(incoming.remote_address());
-                    let (server, qlog) = server_config_for(&self.config, incoming.remote_address());
-                    let accepted = match server {
-                        Some(server) => incoming.accept_with(Arc::new(server)),
-                        None => incoming.accept(),
-                    };
-                    let connecting = match accepted {
-                        Ok(connecting) => connecting,
-                        Err(error) => {
-                            tracing::debug!(%error, "refused an incoming connection");
-                            continue;
-                        }
-                    };
-                    let upgrade = Connecting::new(
-                        connecting,
-                        None,
-                        self.config.clone(),
-                        self.ledgers.clone(),
-                        qlog,
-                    );
-                    return Poll::Ready(Some(TransportEvent::Incoming {
-                        listener_id: self.id,
-                        upgrade,
-                        local_addr: address::to_multiaddr(self.local_addr),
-                        send_back_addr,
-                    }));
-                }
-                Poll::Ready(None) => {
-                    self.close(Ok(()));
-                    continue;
-                }
-                Poll::Pending => {}
-            }
-            self.waker = Some(cx.waker().clone());
-            return Poll::Pending;
-        }
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        // Refuse new connections at once; established ones live on until they close.
-        self.endpoint.set_server_config(None);
     }
 }

@@ -230,6 +230,7 @@ impl Session {
             number: self.number,
             peer: self.peer,
             connection_id: self.connection.stable_id(),
+            webtransport: self.webtransport,
             remote_address: self.remote_address(),
             stream_limit,
             live_handles: self.live_handles(),
@@ -284,6 +285,8 @@ pub struct ConnectionSnapshot {
     pub peer: PeerId,
     /// quinn's stable id of the connection, unique in this process.
     pub connection_id: usize,
+    /// Whether the connection carries a WebTransport session (else libp2p's QUIC).
+    pub webtransport: bool,
     /// The peer's address.
     pub remote_address: SocketAddr,
     /// Our `max_concurrent_stream_limit` (also our estimate of the peer's).

@@ -132,10 +132,10 @@ impl SendHalf {
         }
     }
 
-    /// End the half if it is still open: finish it, or reset it when `reset` is set.
-    pub(crate) fn end(&mut self, reset: bool) -> Option<HalfState> {
-        if reset && self.state == Send::Open {
-            self.reset(CLOSE_CODE.into())
+    /// End the half if it is still open: finish it, or reset it with the code `reset` gives.
+    pub(crate) fn end(&mut self, reset: Option<u64>) -> Option<HalfState> {
+        if let (Some(code), Send::Open) = (reset, self.state) {
+            self.reset(code)
         } else {
             self.finish()
         }

@@ -25,8 +25,12 @@ use std::{
 
 use libp2p_identity::PeerId;
 
+use quinn::VarInt;
+
 use crate::{
+    error::StreamError,
     ledger::{ByDirection, Clock, Direction, HalfState, Ledger},
+    webtransport::codes,
     Config,
 };
 
@@ -63,6 +67,8 @@ pub(crate) struct Session {
     /// The QUIC connection the session runs on: its streams are opened and accepted here, the
     /// watcher waits for its end, snapshots show its address and id.
     connection: quinn::Connection,
+    /// A WebTransport session: its error codes travel inside HTTP/3's range.
+    pub(crate) webtransport: bool,
     #[cfg(feature = "qlog")]
     we_are_server: bool,
     live: [AtomicU64; 2],
@@ -90,6 +96,7 @@ impl Session {
         number: u64,
         connection: quinn::Connection,
         peer: PeerId,
+        webtransport: bool,
         config: Arc<Config>,
         inbox: Arc<Inbox>,
         qlog: Option<Qlog>,
@@ -111,6 +118,7 @@ impl Session {
             #[cfg(feature = "qlog")]
             we_are_server: connection.side().is_server(),
             connection,
+            webtransport,
             live: Default::default(),
             watched: AtomicU64::new(0),
             look_asked: AtomicBool::new(false),
@@ -128,6 +136,49 @@ impl Session {
     /// The QUIC connection under the session.
     pub(crate) fn connection(&self) -> &quinn::Connection {
         &self.connection
+    }
+
+    /// The code on the wire for an application's stream error code: the same for QUIC,
+    /// WebTransport's mapping into HTTP/3's range for a WebTransport session.
+    pub(crate) fn wire_code(&self, code: u32) -> VarInt {
+        if self.webtransport {
+            VarInt::from_u64(codes::to_wire(code)).expect("WebTransport codes fit a varint")
+        } else {
+            VarInt::from_u32(code)
+        }
+    }
+
+    /// A stream error as the application sees it: a WebTransport peer's codes mapped back.
+    pub(crate) fn app_error(&self, error: StreamError) -> StreamError {
+        if !self.webtransport {
+            return error;
+        }
+        let app = |code: u64| codes::from_wire(code).map_or(code, u64::from);
+        match error {
+            StreamError::ResetByPeer(code) => StreamError::ResetByPeer(app(code)),
+            StreamError::StoppedByPeer(code) => StreamError::StoppedByPeer(app(code)),
+            other => other,
+        }
+    }
+
+    /// The session's kind, as metrics label it.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn transport_label(&self) -> &'static str {
+        if self.webtransport {
+            "webtransport"
+        } else {
+            "quic"
+        }
+    }
+
+    /// The code that closes the connection: 0 for QUIC, as `libp2p-quic`; HTTP/3's
+    /// no-error for WebTransport.
+    pub(crate) fn close_code(&self) -> VarInt {
+        if self.webtransport {
+            VarInt::from_u32(crate::webtransport::h3::H3_NO_ERROR)
+        } else {
+            VarInt::from_u32(0)
+        }
     }
 
     /// The peer's address.
@@ -158,7 +209,7 @@ impl Session {
         self.story.open_now(self.live_handles().iter().sum());
         #[cfg(feature = "metrics")]
         if let Some(m) = &self.config.metrics {
-            m.stream_opened(direction);
+            m.stream_opened(direction, self.transport_label());
         }
         #[cfg(feature = "qlog")]
         if let Some(q) = &self.qlog {
@@ -172,7 +223,7 @@ impl Session {
         self.live[direction.index()].fetch_sub(1, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
         if let Some(m) = &self.config.metrics {
-            m.stream_dropped(direction);
+            m.stream_dropped(direction, self.transport_label());
         }
     }
 
@@ -190,7 +241,7 @@ impl Session {
         let Some(state) = state else { return };
         #[cfg(feature = "metrics")]
         if let (Some(m), HalfState::Finished | HalfState::Reset) = (&self.config.metrics, state) {
-            m.half_ended("send", state);
+            m.half_ended("send", state, self.transport_label());
         }
         #[cfg(feature = "qlog")]
         self.qlog_half(id, "sending", state);
@@ -201,7 +252,7 @@ impl Session {
     pub(crate) fn recv_moved(&self, id: u64, state: HalfState) {
         #[cfg(feature = "metrics")]
         if let Some(m) = &self.config.metrics {
-            m.half_ended("recv", state);
+            m.half_ended("recv", state, self.transport_label());
         }
         #[cfg(feature = "qlog")]
         self.qlog_half(id, "receiving", state);

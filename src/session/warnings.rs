@@ -64,7 +64,12 @@ impl Session {
     /// `conn #3 to <peer> at <address>`: how logs name the session.
     pub(crate) fn name(&self) -> String {
         format!(
-            "conn #{} to {} at {}",
+            "{}conn #{} to {} at {}",
+            if self.webtransport {
+                "WebTransport "
+            } else {
+                ""
+            },
             self.number,
             self.peer,
             self.remote_address()
@@ -221,7 +226,7 @@ impl Session {
         );
         #[cfg(feature = "metrics")]
         if let Some(m) = &self.config.metrics {
-            m.leak_warning(suspect.kind);
+            m.leak_warning(suspect.kind, self.transport_label());
         }
     }
 

@@ -1,0 +1,201 @@
+//! The WebTransport handshake after QUIC's: the HTTP/3 session, then Noise XX on the session's
+//! first stream, which proves the peer's identity and binds it to the listener's certificate
+//! hashes (the `webtransport_certhashes` extension). Yields the same [`Connection`] as QUIC.
+
+use std::{
+    collections::HashSet,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use futures::AsyncWriteExt;
+use libp2p_core::{
+    multihash::Multihash,
+    upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade},
+};
+use libp2p_identity::PeerId;
+use web_transport_proto::http::StatusCode;
+
+use super::{
+    certs::Certs,
+    codes,
+    h3::{self, Header},
+    WebTransportError,
+};
+use crate::{connection::Ledgers, session::Qlog, Config, Connection, Error, PeerIdMismatch};
+
+/// Which end of the session we are.
+pub(crate) enum Role {
+    /// We answer the CONNECT, and send our certificates' hashes in Noise.
+    Listener(Arc<Certs>),
+    /// We send the CONNECT to `remote`, and check that the listener knows every hash of the
+    /// address we dialed.
+    Dialer {
+        remote: SocketAddr,
+        certhashes: Vec<Multihash<64>>,
+    },
+}
+
+/// The whole handshake of a WebTransport connection (ALPN `h3`), within
+/// `Config::handshake_timeout`: QUIC's, the HTTP/3 session, Noise. However it fails, or if the
+/// future is dropped half-way, the connection is closed.
+pub(crate) async fn upgrade(
+    connecting: quinn::Connecting,
+    role: Role,
+    expected_peer: Option<PeerId>,
+    config: Arc<Config>,
+    ledgers: Ledgers,
+    qlog: Option<Qlog>,
+) -> Result<(PeerId, Connection), Error> {
+    let addr = connecting.remote_address();
+    let deadline = tokio::time::Instant::now() + config.handshake_timeout;
+    let timed_out = || Error::HandshakeTimedOut { addr };
+    let connection = tokio::time::timeout_at(deadline, connecting)
+        .await
+        .map_err(|_| timed_out())??;
+    // The HTTP/3 tasks hold the connection too: close it ourselves unless the session starts.
+    let mut unfinished = CloseOnDrop(Some(connection.clone()));
+    let session = async {
+        match role {
+            Role::Listener(certs) => listen(&connection, &certs, &config).await,
+            Role::Dialer { remote, certhashes } => {
+                dial(&connection, remote, certhashes, &config).await
+            }
+        }
+    };
+    let (peer, header) = match tokio::time::timeout_at(deadline, session).await {
+        Ok(Ok(done)) => done,
+        Ok(Err(error)) => return Err(Error::WebTransport(Box::new(error))),
+        Err(_) => return Err(timed_out()),
+    };
+    if let Some(expected) = expected_peer.filter(|expected| *expected != peer) {
+        return Err(Error::PeerIdMismatch(Box::new(PeerIdMismatch {
+            expected,
+            actual: peer,
+        })));
+    }
+    unfinished.0 = None;
+    let connection = Connection::webtransport(connection, peer, header, config, &ledgers, qlog);
+    Ok((peer, connection))
+}
+
+/// Closes a connection whose handshake did not finish.
+struct CloseOnDrop(Option<quinn::Connection>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if let Some(connection) = self.0.take() {
+            connection.close(h3::H3_NO_ERROR.into(), b"WebTransport handshake failed");
+        }
+    }
+}
+
+/// The listener's side: answer the CONNECT, then Noise as the responder.
+async fn listen(
+    connection: &quinn::Connection,
+    certs: &Certs,
+    config: &Config,
+) -> Result<(PeerId, Header), WebTransportError> {
+    let request = h3::accept(connection).await?;
+    if let Some(status) = refusal(&request.url) {
+        let url = request.url.to_string();
+        request.refuse(status, config.handshake_timeout).await;
+        return Err(WebTransportError::BadRequest {
+            url,
+            status: status.as_u16(),
+        });
+    }
+    let header = request.accept().await?;
+    let first = connection.accept_bi().await?;
+    let (send, recv) = header
+        .accept(first, config.handshake_timeout)
+        .await
+        .ok_or(WebTransportError::NoNoiseStream)?;
+    let noise = libp2p_noise::Config::new(&config.keypair)?
+        .with_webtransport_certhashes(certs.noise_hashes());
+    let (peer, mut output) = noise
+        .upgrade_inbound(NoiseStream { send, recv }, "/noise")
+        .await?;
+    let _ = output.close().await;
+    Ok((peer, header))
+}
+
+/// Why a CONNECT is refused, if it is: libp2p serves one path, with `?type=noise`.
+fn refusal(url: &url::Url) -> Option<StatusCode> {
+    if url.path() != h3::PATH {
+        return Some(StatusCode::NOT_FOUND);
+    }
+    let mut types = url.query_pairs().filter(|(key, _)| key == "type");
+    match (types.next(), types.next()) {
+        (Some((_, kind)), None) if kind == "noise" => None,
+        _ => Some(StatusCode::BAD_REQUEST),
+    }
+}
+
+/// The dialer's side: send the CONNECT, then Noise as the initiator.
+async fn dial(
+    connection: &quinn::Connection,
+    remote: SocketAddr,
+    certhashes: Vec<Multihash<64>>,
+    config: &Config,
+) -> Result<(PeerId, Header), WebTransportError> {
+    let url = format!("https://{remote}{}?type=noise", h3::PATH);
+    let url = url::Url::parse(&url).expect("a socket address makes a valid URL");
+    let header = h3::connect(connection, url).await?;
+    let (send, recv) = header.open(connection).await?;
+    let certhashes: HashSet<_> = certhashes.into_iter().collect();
+    let noise =
+        libp2p_noise::Config::new(&config.keypair)?.with_webtransport_certhashes(certhashes);
+    let (peer, mut output) = noise
+        .upgrade_outbound(NoiseStream { send, recv }, "/noise")
+        .await?;
+    let _ = output.close().await;
+    Ok((peer, header))
+}
+
+/// The Noise stream: it lives only through the handshake, before the session's books exist, so
+/// it is two bare quinn halves; dropped, it stops what was not read (the send half finishes
+/// itself).
+struct NoiseStream {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+impl futures::AsyncRead for NoiseStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        futures::AsyncRead::poll_read(Pin::new(&mut self.recv), cx, buf)
+    }
+}
+
+impl futures::AsyncWrite for NoiseStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        futures::AsyncWrite::poll_write(Pin::new(&mut self.send), cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        futures::AsyncWrite::poll_flush(Pin::new(&mut self.send), cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        futures::AsyncWrite::poll_close(Pin::new(&mut self.send), cx)
+    }
+}
+
+impl Drop for NoiseStream {
+    fn drop(&mut self) {
+        let _ = self
+            .recv
+            .stop(codes::to_wire(0).try_into().unwrap_or_default());
+    }
+}
