@@ -97,7 +97,7 @@ async fn ten_leaking_connections_say_one_line_each_per_scan() {
         encode(&mut text, &registry).unwrap();
         metric(
             &text,
-            "libp2p_quinn_stream_leak_warnings_total{kind=\"idle_handle\"}",
+            "libp2p_quinn_stream_leak_warnings_total{kind=\"idle_handle\",transport=\"quic\"}",
         ) == total as f64
     })
     .await;

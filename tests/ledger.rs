@@ -100,14 +100,17 @@ async fn an_application_holding_inbound_streams_is_named_by_both_sides() {
     let mut text = String::new();
     encode(&mut text, &listener_registry).unwrap();
     assert_eq!(
-        metric(&text, "libp2p_quinn_streams_live{direction=\"inbound\"}"),
+        metric(
+            &text,
+            "libp2p_quinn_streams_live{direction=\"inbound\",transport=\"quic\"}"
+        ),
         f64::from(LIMIT),
         "{text}"
     );
     assert!(
         metric(
             &text,
-            "libp2p_quinn_stream_leak_warnings_total{kind=\"idle_handle\"}"
+            "libp2p_quinn_stream_leak_warnings_total{kind=\"idle_handle\",transport=\"quic\"}"
         ) >= f64::from(LIMIT),
         "{text}"
     );
@@ -128,7 +131,10 @@ async fn an_application_holding_inbound_streams_is_named_by_both_sides() {
     let mut text = String::new();
     encode(&mut text, &listener_registry).unwrap();
     assert_eq!(
-        metric(&text, "libp2p_quinn_streams_live{direction=\"inbound\"}"),
+        metric(
+            &text,
+            "libp2p_quinn_streams_live{direction=\"inbound\",transport=\"quic\"}"
+        ),
         0.0,
         "{text}"
     );

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod go;
+pub mod h3_client;
 
 use std::{future::Future, pin::Pin, time::Duration};
 
@@ -320,7 +321,54 @@ pub async fn pair_limited(limit: u32) -> Pair {
 }
 
 pub async fn pair_with(dialer_config: Config, listener_config: Config) -> Pair {
-    pair_via(dialer_config, listener_config, None).await
+    pair_via(QUIC, dialer_config, listener_config, None).await
+}
+
+/// Where a pair's listener listens: QUIC, or WebTransport on the same kind of socket.
+pub const QUIC: &str = "/ip4/127.0.0.1/udp/0/quic-v1";
+pub const WEBTRANSPORT: &str = "/ip4/127.0.0.1/udp/0/quic-v1/webtransport";
+
+/// Two peers connected over `listen` ([`QUIC`] or [`WEBTRANSPORT`]), through a seeded path
+/// that drops `loss` of the datagrams each way if `loss` is above zero.
+#[cfg(feature = "test-util")]
+pub async fn pair_over(
+    listen: &str,
+    dialer_config: Config,
+    listener_config: Config,
+    loss: f64,
+) -> Pair {
+    use libp2p_quinn::test_util::Impairment;
+    let lossy = (loss > 0.0).then(|| (Impairment::lossy(loss), 0x5eed));
+    pair_via(listen, dialer_config, listener_config, lossy).await
+}
+
+/// The UDP socket address of a QUIC or WebTransport multiaddr.
+pub fn socket_of(addr: &Multiaddr) -> std::net::SocketAddr {
+    use libp2p_core::multiaddr::Protocol;
+    let mut ip = None;
+    let mut port = None;
+    for part in addr.iter() {
+        match part {
+            Protocol::Ip4(a) => ip = Some(std::net::IpAddr::from(a)),
+            Protocol::Ip6(a) => ip = Some(a.into()),
+            Protocol::Udp(p) => port = Some(p),
+            _ => {}
+        }
+    }
+    std::net::SocketAddr::new(ip.expect("an IP address"), port.expect("a UDP port"))
+}
+
+/// `addr` with its IP address and UDP port replaced by `socket`'s, the rest kept (a
+/// WebTransport address's certificate hashes).
+pub fn with_socket(addr: &Multiaddr, socket: std::net::SocketAddr) -> Multiaddr {
+    use libp2p_core::multiaddr::Protocol;
+    addr.iter()
+        .map(|part| match part {
+            Protocol::Ip4(_) | Protocol::Ip6(_) => Protocol::from(socket.ip()),
+            Protocol::Udp(_) => Protocol::Udp(socket.port()),
+            other => other,
+        })
+        .collect()
 }
 
 /// Connect two peers through a seeded UDP proxy that drops `loss` of the datagrams each way.
@@ -333,6 +381,7 @@ pub async fn pair_lossy(
 ) -> Pair {
     use libp2p_quinn::test_util::Impairment;
     pair_via(
+        QUIC,
         dialer_config,
         listener_config,
         Some((Impairment::lossy(loss), seed)),
@@ -345,14 +394,19 @@ type Lossy = ();
 #[cfg(feature = "test-util")]
 type Lossy = (libp2p_quinn::test_util::Impairment, u64);
 
-/// Connect two peers, directly or through a lossy proxy.
-async fn pair_via(dialer_config: Config, listener_config: Config, lossy: Option<Lossy>) -> Pair {
+/// Connect two peers over `listen`, directly or through a lossy proxy.
+async fn pair_via(
+    listen_on: &str,
+    dialer_config: Config,
+    listener_config: Config,
+    lossy: Option<Lossy>,
+) -> Pair {
     let dialer_id = dialer_config.local_peer_id();
     let listener_id = listener_config.local_peer_id();
     let mut dialer_t = Transport::new(dialer_config);
     let mut listener_t = Transport::new(listener_config);
-    let listen_addr = listen(&mut listener_t, "/ip4/127.0.0.1/udp/0/quic-v1").await;
-    let (socket, _) = libp2p_quinn::parse_multiaddr(&listen_addr).unwrap();
+    let listen_addr = listen(&mut listener_t, listen_on).await;
+    let socket = socket_of(&listen_addr);
     #[cfg(feature = "test-util")]
     let proxy = match lossy {
         Some((impairment, seed)) => Some(
@@ -363,11 +417,14 @@ async fn pair_via(dialer_config: Config, listener_config: Config, lossy: Option<
         None => None,
     };
     #[cfg(feature = "test-util")]
-    let target = libp2p_quinn::to_multiaddr(proxy.as_ref().map_or(socket, |p| p.local_addr()));
+    let target = with_socket(
+        &listen_addr,
+        proxy.as_ref().map_or(socket, |p| p.local_addr()),
+    );
     #[cfg(not(feature = "test-util"))]
     let target = {
         let _ = lossy;
-        libp2p_quinn::to_multiaddr(socket)
+        listen_addr.clone()
     };
     let dial = dialer_t.dial(target, dial_opts()).expect("dial");
     let (dialed, accepted) = futures::join!(bounded("dial", dial), accept(&mut listener_t));
