@@ -1,14 +1,21 @@
 //! libp2p ping over libp2p-quinn.
 //!
 //! With no arguments, two peers run in this process on loopback and ping each other a few
-//! times. With `--listen <multiaddr>` or `--dial <multiaddr>`, one peer runs, so that two
-//! terminals (or a peer of another implementation) can ping each other.
+//! times. With `--listen <multiaddr>` (more than once to listen on several) or
+//! `--dial <multiaddr>`, one peer runs, so that two terminals (or a peer of another
+//! implementation, or a browser) can ping each other.
 //!
 //! ```text
 //! cargo run --release --example ping
 //! cargo run --release --example ping -- --listen /ip4/127.0.0.1/udp/4001/quic-v1
 //! cargo run --release --example ping -- --dial /ip4/127.0.0.1/udp/4001/quic-v1
+//! cargo run --release --example ping -- --listen /ip4/127.0.0.1/udp/4001/quic-v1 \
+//!     --listen /ip4/127.0.0.1/udp/4001/quic-v1/webtransport
 //! ```
+//!
+//! A WebTransport listener prints its address with the certificate hashes a browser needs
+//! (`…/webtransport/certhash/…/certhash/…/p2p/…`); `docs/webtransport.md` dials it from
+//! js-libp2p.
 
 use std::{error::Error, time::Duration};
 
@@ -24,9 +31,9 @@ use tracing_subscriber::EnvFilter;
 #[derive(Parser, Debug)]
 #[command(about = "libp2p ping over libp2p-quinn")]
 struct Args {
-    /// Listen on this address and answer pings until stopped.
+    /// Listen on this address (repeat to listen on several) and answer pings until stopped.
     #[arg(long, conflicts_with = "dial")]
-    listen: Option<Multiaddr>,
+    listen: Vec<Multiaddr>,
     /// Dial this address and ping it.
     #[arg(long)]
     dial: Option<Multiaddr>,
@@ -102,9 +109,11 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .try_init();
     let args = Args::parse();
 
-    if let Some(addr) = args.listen {
+    if !args.listen.is_empty() {
         let mut listener = swarm()?;
-        listener.listen_on(addr)?;
+        for addr in args.listen {
+            listener.listen_on(addr)?;
+        }
         return run(&mut listener, None).await;
     }
     if let Some(addr) = args.dial {

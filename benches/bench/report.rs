@@ -159,8 +159,10 @@ pub fn summary(report: &Report, options: &Options) -> String {
         options.rounds
     );
 
-    for reference in [Kind::RawQuinn, Kind::Libp2pQuic] {
-        if !transports.contains(&reference) {
+    // Ours is the reference of WebTransport: the same streams, another handshake.
+    for reference in [Kind::RawQuinn, Kind::Libp2pQuic, Kind::Ours] {
+        let wanted = reference != Kind::Ours || transports.contains(&Kind::OursWebTransport);
+        if !wanted || !transports.contains(&reference) {
             continue;
         }
         let mut header = vec!["metric".to_string(), "better".to_string()];

@@ -38,6 +38,9 @@ pub enum Kind {
     Ours,
     /// This crate with `stream_ledger = false`: the ledger's cost is the difference.
     OursNoLedger,
+    /// This crate over WebTransport (`/quic-v1/webtransport`): HTTP/3 and Noise at the start,
+    /// then the same streams behind a two-byte header.
+    OursWebTransport,
     /// rust-libp2p's QUIC transport.
     Libp2pQuic,
     /// quinn with libp2p's TLS configs and our transport parameters, no libp2p at all: the
@@ -48,9 +51,10 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Ours,
         Kind::OursNoLedger,
+        Kind::OursWebTransport,
         Kind::Libp2pQuic,
         Kind::RawQuinn,
         Kind::TcpNoiseYamux,
@@ -60,6 +64,7 @@ impl Kind {
         match self {
             Kind::Ours => "ours",
             Kind::OursNoLedger => "ours-no-ledger",
+            Kind::OursWebTransport => "ours-webtransport",
             Kind::Libp2pQuic => "libp2p-quic",
             Kind::RawQuinn => "raw-quinn",
             Kind::TcpNoiseYamux => "tcp-noise-yamux",
@@ -69,6 +74,7 @@ impl Kind {
     fn listen_addr(self) -> Multiaddr {
         let addr = match self {
             Kind::TcpNoiseYamux => "/ip4/127.0.0.1/tcp/0",
+            Kind::OursWebTransport => "/ip4/127.0.0.1/udp/0/quic-v1/webtransport",
             _ => "/ip4/127.0.0.1/udp/0/quic-v1",
         };
         addr.parse().expect("valid multiaddr")
@@ -100,9 +106,9 @@ type Libp2pTransport = Boxed<(PeerId, StreamMuxerBox)>;
 /// A libp2p transport of `kind`, boxed as a Swarm boxes it.
 fn libp2p_transport(kind: Kind, keypair: &Keypair) -> Libp2pTransport {
     match kind {
-        Kind::Ours | Kind::OursNoLedger => {
+        Kind::Ours | Kind::OursNoLedger | Kind::OursWebTransport => {
             let mut config = libp2p_quinn::Config::new(keypair);
-            config.stream_ledger = kind == Kind::Ours;
+            config.stream_ledger = kind != Kind::OursNoLedger;
             libp2p_quinn::tokio::Transport::new(config)
                 .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)))
                 .boxed()
