@@ -7,6 +7,9 @@ use quinn::{
     MtuDiscoveryConfig, VarInt,
 };
 
+/// The longest validity browsers accept of a certificate they check by hash.
+pub(crate) const DEFAULT_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(14 * 24 * 60 * 60);
+
 /// Unidirectional streams a WebTransport peer may open: HTTP/3's control and two QPACK streams,
 /// and room for two more, as go-libp2p allows.
 const WEBTRANSPORT_UNI_STREAMS: u32 = 5;
@@ -124,7 +127,7 @@ impl Config {
             credit_wait_warning: Duration::from_secs(5),
             stream_leak_warning: DEFAULT_STREAM_LEAK_WARNING,
             support_draft_29: false,
-            webtransport_certificate_lifetime: crate::webtransport::certs::DEFAULT_LIFETIME,
+            webtransport_certificate_lifetime: DEFAULT_CERTIFICATE_LIFETIME,
             mtu_upper_bound: None,
             keypair: keypair.clone(),
             client_tls: Arc::new(client_tls),

@@ -378,9 +378,15 @@ impl Connecting {
         ledgers: Ledgers,
         qlog: Option<Qlog>,
     ) -> Self {
-        let upgrade = upgrade::upgrade(connecting, role, expected_peer, config, ledgers, qlog);
+        let inner = async move {
+            let (peer, connection, header) =
+                upgrade::upgrade(connecting, role, expected_peer, &config).await?;
+            let connection =
+                Connection::webtransport(connection, peer, header, config, &ledgers, qlog);
+            Ok((peer, connection))
+        };
         Self {
-            inner: upgrade.boxed(),
+            inner: inner.boxed(),
         }
     }
 

@@ -51,12 +51,11 @@ mod webtransport;
 pub use address::{parse as parse_multiaddr, to_multiaddr};
 pub use config::Config;
 pub use connection::{Connecting, Connection, Ledgers};
-pub use error::{Error, PeerIdMismatch, StreamError};
+pub use error::{Error, PeerIdMismatch, StreamError, WebTransportError};
 #[cfg(feature = "metrics")]
 pub use metrics::Metrics;
 pub use session::ConnectionSnapshot;
 pub use stream::{Closed, Stream};
-pub use webtransport::WebTransportError;
 
 /// The transport on the tokio runtime, named as in `libp2p-quic`.
 pub mod tokio {

@@ -24,7 +24,8 @@ async fn unsupported_addresses_are_refused_not_panicked_on() {
         "/ip4/127.0.0.1/udp/4001/quic",
         "/ip4/127.0.0.1/udp/4001",
         "/dns4/localhost/udp/4001/quic-v1",
-        "/ip4/127.0.0.1/udp/4001/quic-v1/webtransport",
+        "/ip4/127.0.0.1/udp/4001/quic-v1/webtransport/webtransport",
+        "/ip4/127.0.0.1/udp/4001/webtransport",
         "/memory/1",
     ] {
         let addr: Multiaddr = text.parse().unwrap();
@@ -36,6 +37,27 @@ async fn unsupported_addresses_are_refused_not_panicked_on() {
             matches!(t.dial(addr.clone(), dial_opts()), Err(TransportError::MultiaddrNotSupported(a)) if a == addr),
             "dial {text}"
         );
+    }
+    // A WebTransport listener makes its own certificates; a dial needs their hashes, SHA-256
+    // ones, to check the listener's.
+    let certhash = "uEiDOCHuRe1JXJ9ptk5gPWR8Qtabd_1a5BzF9knD3h7_hFw";
+    let sha1 = "uERQAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    for (text, listen, dial) in [
+        (format!("/ip4/127.0.0.1/udp/4001/quic-v1/webtransport/certhash/{certhash}"), false, true),
+        ("/ip4/127.0.0.1/udp/4001/quic-v1/webtransport".to_owned(), true, false),
+        (format!("/ip4/127.0.0.1/udp/4001/quic-v1/webtransport/certhash/{sha1}"), false, false),
+    ] {
+        let addr: Multiaddr = text.parse().unwrap();
+        let refused = |r: &Result<(), TransportError<Error>>| {
+            matches!(r, Err(TransportError::MultiaddrNotSupported(a)) if *a == addr)
+        };
+        if !listen {
+            assert!(refused(&t.listen_on(ListenerId::next(), addr.clone())), "listen {text}");
+        }
+        if !dial {
+            let dialed = t.dial(addr.clone(), dial_opts()).map(|_| ());
+            assert!(refused(&dialed), "dial {text}");
+        }
     }
     // Nowhere to dial to.
     for text in [

@@ -12,7 +12,8 @@
 //! - [`books`]: the connection's ledger: streams joining and leaving, snapshots;
 //! - [`open`]: opening a stream, and the wait for stream credit;
 //! - [`warnings`]: what the session says when credit runs out or a stream looks leaked;
-//! - [`inbox`]: how streams ask the watcher task for a look.
+//! - [`inbox`]: how streams ask the watcher task for a look;
+//! - [`codes`]: a WebTransport session's error codes inside HTTP/3's range.
 
 use std::{
     net::SocketAddr,
@@ -30,12 +31,12 @@ use quinn::VarInt;
 use crate::{
     error::StreamError,
     ledger::{ByDirection, Clock, Direction, HalfState, Ledger},
-    webtransport::codes,
     Config,
 };
 
 mod books;
 pub(crate) mod cell;
+pub(crate) mod codes;
 mod inbox;
 mod open;
 mod warnings;
@@ -175,7 +176,7 @@ impl Session {
     /// no-error for WebTransport.
     pub(crate) fn close_code(&self) -> VarInt {
         if self.webtransport {
-            VarInt::from_u32(crate::webtransport::h3::H3_NO_ERROR)
+            VarInt::from_u32(codes::H3_NO_ERROR)
         } else {
             VarInt::from_u32(0)
         }

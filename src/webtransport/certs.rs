@@ -32,7 +32,8 @@ use rustls::{
 };
 
 /// What Chromium accepts at most for a certificate pinned by hash.
-pub(crate) const DEFAULT_LIFETIME: Duration = Duration::from_secs(14 * 24 * 60 * 60);
+#[cfg(test)]
+pub(crate) const DEFAULT_LIFETIME: Duration = crate::config::DEFAULT_CERTIFICATE_LIFETIME;
 
 /// How far a dialer's clock may be off, for long lifetimes (go's `clockSkewAllowance`).
 const MAX_SKEW: Duration = Duration::from_secs(60 * 60);
@@ -76,7 +77,7 @@ struct Cert {
 
 impl Certs {
     /// The certificates of `keypair` at `now`. `lifetime` is the validity of each certificate
-    /// ([`DEFAULT_LIFETIME`]: 14 days, what Chromium allows at most).
+    /// (by default 14 days, what Chromium allows at most).
     ///
     /// # Panics
     ///

@@ -15,13 +15,11 @@ use web_transport_proto::{
     StreamUni, VarInt,
 };
 
-use super::WebTransportError;
+pub(crate) use crate::session::codes::H3_NO_ERROR;
+use crate::WebTransportError;
 
 /// Where libp2p's WebTransport sessions are requested, with `?type=noise`.
 pub(crate) const PATH: &str = "/.well-known/libp2p-webtransport";
-
-/// HTTP/3's "no error" (RFC 9114, 8.1): the code that closes a WebTransport connection.
-pub(crate) const H3_NO_ERROR: u32 = 0x100;
 /// A unidirectional stream of a type we do not serve.
 const H3_STREAM_CREATION_ERROR: u32 = 0x103;
 /// A request stream besides the CONNECT: we serve no other HTTP/3 request.

@@ -21,11 +21,10 @@ use web_transport_proto::http::StatusCode;
 
 use super::{
     certs::Certs,
-    codes,
     h3::{self, Header},
-    WebTransportError,
 };
-use crate::{connection::Ledgers, session::Qlog, Config, Connection, Error, PeerIdMismatch};
+use crate::session::codes;
+use crate::{Config, Error, PeerIdMismatch, WebTransportError};
 
 /// Which end of the session we are.
 pub(crate) enum Role {
@@ -40,16 +39,15 @@ pub(crate) enum Role {
 }
 
 /// The whole handshake of a WebTransport connection (ALPN `h3`), within
-/// `Config::handshake_timeout`: QUIC's, the HTTP/3 session, Noise. However it fails, or if the
-/// future is dropped half-way, the connection is closed.
+/// `Config::handshake_timeout`: QUIC's, the HTTP/3 session, Noise. Yields the peer, the
+/// connection and the header of the session's streams. However it fails, or if the future is
+/// dropped half-way, the connection is closed.
 pub(crate) async fn upgrade(
     connecting: quinn::Connecting,
     role: Role,
     expected_peer: Option<PeerId>,
-    config: Arc<Config>,
-    ledgers: Ledgers,
-    qlog: Option<Qlog>,
-) -> Result<(PeerId, Connection), Error> {
+    config: &Config,
+) -> Result<(PeerId, quinn::Connection, Header), Error> {
     let addr = connecting.remote_address();
     let deadline = tokio::time::Instant::now() + config.handshake_timeout;
     let timed_out = || Error::HandshakeTimedOut { addr };
@@ -60,9 +58,9 @@ pub(crate) async fn upgrade(
     let mut unfinished = CloseOnDrop(Some(connection.clone()));
     let session = async {
         match role {
-            Role::Listener(certs) => listen(&connection, &certs, &config).await,
+            Role::Listener(certs) => listen(&connection, &certs, config).await,
             Role::Dialer { remote, certhashes } => {
-                dial(&connection, remote, certhashes, &config).await
+                dial(&connection, remote, certhashes, config).await
             }
         }
     };
@@ -78,8 +76,7 @@ pub(crate) async fn upgrade(
         })));
     }
     unfinished.0 = None;
-    let connection = Connection::webtransport(connection, peer, header, config, &ledgers, qlog);
-    Ok((peer, connection))
+    Ok((peer, connection, header))
 }
 
 /// Closes a connection whose handshake did not finish.

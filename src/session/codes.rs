@@ -4,6 +4,9 @@
 //! (draft-ietf-webtrans-http3, "Resetting Data Streams"): the codes start at
 //! [`FIRST`] and skip every HTTP/3 GREASE value (`0x1f·N + 0x21`), one in each 0x1f.
 
+/// HTTP/3's "no error" (RFC 9114, 8.1): the code that closes a WebTransport connection.
+pub(crate) const H3_NO_ERROR: u32 = 0x100;
+
 /// The wire code of application code 0.
 const FIRST: u64 = 0x52e4_a40f_a8db;
 /// The wire code of application code `u32::MAX`.
