@@ -87,7 +87,7 @@ pub struct Config {
     /// the next certificate's hash; the next takes over shortly before the current expires,
     /// and the listen addresses change with it (`AddressExpired`, then `NewAddress`). The
     /// certificates derive from the identity key and the time, so a restarted node keeps its
-    /// addresses. Short lifetimes are for tests.
+    /// addresses. Short lifetimes are for tests (at least 1 s is used).
     pub webtransport_certificate_lifetime: Duration,
 
     /// The largest UDP payload MTU discovery may try; `None`: quinn's default (1452 bytes).

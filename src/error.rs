@@ -5,7 +5,6 @@ use std::{io, net::SocketAddr};
 
 use libp2p_identity::PeerId;
 
-
 /// Errors of the [`Transport`](crate::tokio::Transport) and of a [`Connection`](crate::Connection).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

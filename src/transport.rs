@@ -29,6 +29,9 @@ use crate::{
     Config, Connection, Error,
 };
 
+/// The shortest certificate lifetime we take (tests roll in seconds; nothing rolls faster).
+const MIN_CERTIFICATE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// QUIC v1 and WebTransport transport on the tokio runtime: listens on and dials
 /// `/ip4|ip6/<addr>/udp/<port>/quic-v1[/p2p/<peer>]` and
 /// `/ip4|ip6/<addr>/udp/<port>/quic-v1/webtransport[/certhash/<hash>…][/p2p/<peer>]`.
@@ -145,9 +148,11 @@ impl Transport {
         let config = &self.config;
         self.certs
             .get_or_insert_with(|| {
+                // Shorter would roll faster than a handshake completes.
+                let lifetime = config.webtransport_certificate_lifetime;
                 Certs::new(
                     &config.keypair,
-                    config.webtransport_certificate_lifetime,
+                    lifetime.max(MIN_CERTIFICATE_LIFETIME),
                     SystemTime::now(),
                 )
             })

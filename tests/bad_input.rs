@@ -43,16 +43,29 @@ async fn unsupported_addresses_are_refused_not_panicked_on() {
     let certhash = "uEiDOCHuRe1JXJ9ptk5gPWR8Qtabd_1a5BzF9knD3h7_hFw";
     let sha1 = "uERQAAAAAAAAAAAAAAAAAAAAAAAAAAA";
     for (text, listen, dial) in [
-        (format!("/ip4/127.0.0.1/udp/4001/quic-v1/webtransport/certhash/{certhash}"), false, true),
-        ("/ip4/127.0.0.1/udp/4001/quic-v1/webtransport".to_owned(), true, false),
-        (format!("/ip4/127.0.0.1/udp/4001/quic-v1/webtransport/certhash/{sha1}"), false, false),
+        (
+            format!("/ip4/127.0.0.1/udp/4001/quic-v1/webtransport/certhash/{certhash}"),
+            false,
+            true,
+        ),
+        (
+            "/ip4/127.0.0.1/udp/4001/quic-v1/webtransport".to_owned(),
+            true,
+            false,
+        ),
+        (
+            format!("/ip4/127.0.0.1/udp/4001/quic-v1/webtransport/certhash/{sha1}"),
+            false,
+            false,
+        ),
     ] {
         let addr: Multiaddr = text.parse().unwrap();
-        let refused = |r: &Result<(), TransportError<Error>>| {
-            matches!(r, Err(TransportError::MultiaddrNotSupported(a)) if *a == addr)
-        };
+        let refused = |r: &Result<(), TransportError<Error>>| matches!(r, Err(TransportError::MultiaddrNotSupported(a)) if *a == addr);
         if !listen {
-            assert!(refused(&t.listen_on(ListenerId::next(), addr.clone())), "listen {text}");
+            assert!(
+                refused(&t.listen_on(ListenerId::next(), addr.clone())),
+                "listen {text}"
+            );
         }
         if !dial {
             let dialed = t.dial(addr.clone(), dial_opts()).map(|_| ());
