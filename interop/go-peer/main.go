@@ -91,7 +91,13 @@ func emit(event string, fields ...kv) {
 
 func emitError(what string, err error) {
 	if err != nil {
-		what = what + ": " + err.Error()
+		msg := err.Error()
+		if msg == "" {
+			// webtransport-go's errors for a session torn down under a stream read
+			// print as "": show their fields instead.
+			msg = fmt.Sprintf("%#v", err)
+		}
+		what = what + ": " + msg
 	}
 	emit("error", kv{"what", what})
 }
