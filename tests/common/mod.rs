@@ -2,6 +2,7 @@
 //! muxer, and bounded waits.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod go;
 
 use std::{future::Future, pin::Pin, time::Duration};
