@@ -1,4 +1,4 @@
-// go-peer: a small go-libp2p peer (QUIC transport only) used as an interop
+// go-peer: a small go-libp2p peer (QUIC and WebTransport) used as an interop
 // partner for libp2p-quinn's tests.
 //
 // The same source builds against two go-libp2p versions:
@@ -42,6 +42,7 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/protocol/holepunch"
 	"github.com/libp2p/go-libp2p/p2p/protocol/ping"
 	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
+	webtransport "github.com/libp2p/go-libp2p/p2p/transport/webtransport"
 	ma "github.com/multiformats/go-multiaddr"
 	manet "github.com/multiformats/go-multiaddr/net"
 )
@@ -90,7 +91,13 @@ func emit(event string, fields ...kv) {
 
 func emitError(what string, err error) {
 	if err != nil {
-		what = what + ": " + err.Error()
+		msg := err.Error()
+		if msg == "" {
+			// webtransport-go's errors for a session torn down under a stream read
+			// print as "": show their fields instead.
+			msg = fmt.Sprintf("%#v", err)
+		}
+		what = what + ": " + msg
 	}
 	emit("error", kv{"what", what})
 }
@@ -139,7 +146,7 @@ func fatal(what string, err error) {
 // options
 
 type options struct {
-	listen        string
+	listen        listenFlag
 	dial          string
 	mode          string
 	count         int
@@ -157,9 +164,23 @@ type options struct {
 	publicNet     string
 }
 
+// listenFlag collects every --listen: one flag per address, so that QUIC and
+// WebTransport (or several interfaces) can be listened on at once.
+type listenFlag []string
+
+func (l *listenFlag) String() string { return strings.Join(*l, " ") }
+
+func (l *listenFlag) Set(v string) error {
+	if v == "" {
+		return errors.New("empty multiaddr")
+	}
+	*l = append(*l, v)
+	return nil
+}
+
 func parseFlags() options {
 	var o options
-	flag.StringVar(&o.listen, "listen", "", "multiaddr to listen on, e.g. /ip4/127.0.0.1/udp/0/quic-v1 (default: listen on nothing)")
+	flag.Var(&o.listen, "listen", "multiaddr to listen on, e.g. /ip4/127.0.0.1/udp/0/quic-v1 or .../quic-v1/webtransport; repeat it for several (default: listen on nothing)")
 	flag.StringVar(&o.dial, "dial", "", "multiaddr with /p2p/<ID> of the peer to connect to")
 	flag.StringVar(&o.mode, "mode", "serve", "what to do after connecting (to the --dial peer, else to the first peer that connects): ping|echo|storm|serve")
 	flag.IntVar(&o.count, "count", 0, "ping count (default 5) / storm streams (default 2560)")
@@ -212,7 +233,7 @@ func parseFlags() options {
 	if o.reserve && o.relay == "" {
 		fatal("--reserve needs --relay", nil)
 	}
-	if o.mode != "serve" && o.dial == "" && o.listen == "" {
+	if o.mode != "serve" && o.dial == "" && len(o.listen) == 0 {
 		fatal("--mode "+o.mode+" needs --dial or --listen", nil)
 	}
 	return o
@@ -579,6 +600,18 @@ func waitHolePunchReady(h host.Host, within time.Duration) error {
 	return fmt.Errorf("no public address for hole punching within %s", within)
 }
 
+// transportOf names the transport of a listen address: "webtransport",
+// "quic-v1", or "other".
+func transportOf(a ma.Multiaddr) string {
+	if _, err := a.ValueForProtocol(ma.P_WEBTRANSPORT); err == nil {
+		return "webtransport"
+	}
+	if _, err := a.ValueForProtocol(ma.P_QUIC_V1); err == nil {
+		return "quic-v1"
+	}
+	return "other"
+}
+
 // ---------------------------------------------------------------------------
 // versions
 
@@ -619,7 +652,7 @@ func emitVersions(o options) {
 	// ticket?") on every inbound handshake when built with Go >= 1.26, since
 	// crypto/tls no longer returns an error from SendSessionTicket when
 	// session tickets are disabled (libp2p disables them).
-	if o.listen != "" && strings.HasPrefix(qv, "v0.") && minorOf(qv) >= 0 && minorOf(qv) < 57 &&
+	if len(o.listen) != 0 && strings.HasPrefix(qv, "v0.") && minorOf(qv) >= 0 && minorOf(qv) < 57 &&
 		strings.HasPrefix(runtime.Version(), "go1.") && minorOf(runtime.Version()) >= 26 {
 		emit("warning", kv{"what", "quic-go " + qv + " built with " + runtime.Version() +
 			" panics on the first inbound QUIC handshake; use this peer as a dialer only"})
@@ -654,6 +687,9 @@ func main() {
 		libp2p.Identity(identity(o)),
 		libp2p.NoTransports,
 		libp2p.Transport(libp2pquic.NewTransport),
+		// Beside QUIC, on the same quic-go sockets: a WebTransport listener given
+		// the same UDP port as a QUIC one shares its socket.
+		libp2p.Transport(webtransport.New),
 		libp2p.ResourceManager(&network.NullResourceManager{}),
 	}
 	if o.holePunch {
@@ -662,8 +698,8 @@ func main() {
 	} else {
 		opts = append(opts, libp2p.DisableRelay())
 	}
-	if o.listen != "" {
-		opts = append(opts, libp2p.ListenAddrStrings(o.listen))
+	if len(o.listen) != 0 {
+		opts = append(opts, libp2p.ListenAddrStrings(o.listen...))
 	} else {
 		opts = append(opts, libp2p.NoListenAddrs)
 	}
@@ -721,9 +757,11 @@ func main() {
 	if err != nil {
 		fatal("listen addresses", err)
 	}
+	// go-libp2p lists them in its own order (WebTransport first): "transport"
+	// tells the lines apart without parsing the address.
 	for _, a := range addrs {
 		full := a.String() + "/p2p/" + h.ID().String()
-		emit("listening", kv{"addr", full}, kv{"peer_id", h.ID().String()})
+		emit("listening", kv{"addr", full}, kv{"peer_id", h.ID().String()}, kv{"transport", transportOf(a)})
 	}
 
 	if o.relay != "" {

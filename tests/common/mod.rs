@@ -2,6 +2,7 @@
 //! muxer, and bounded waits.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod go;
 pub mod h3_client;
 

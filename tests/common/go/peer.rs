@@ -138,6 +138,34 @@ impl GoPeer {
         }
     }
 
+    /// The `listening` line of `transport` (`"quic-v1"` or `"webtransport"`, the line's
+    /// `transport` field), from the lines seen so far or the next ones. With several
+    /// `--listen`, go-libp2p prints them in its own order (WebTransport first), so pick by
+    /// transport, not by position. Panics after `within`.
+    pub async fn expect_listening(&mut self, transport: &str, within: Duration) -> Json {
+        self.drain();
+        let matches = |v: &Json| v.event() == "listening" && v.str("transport") == Some(transport);
+        if let Some(v) = self.seen.iter().find(|v| matches(v)) {
+            return v.clone();
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.next()).await {
+                Ok(Some(v)) => {
+                    self.seen.push(v.clone());
+                    if matches(&v) {
+                        return v;
+                    }
+                }
+                Ok(None) | Err(_) => panic!(
+                    "[{}] no {transport:?} listening line within {within:?}; last lines:{}",
+                    self.label,
+                    self.history()
+                ),
+            }
+        }
+    }
+
     /// The next line, whatever its event (kept in `seen` too); `None` after `within` or once
     /// the process has ended.
     pub async fn next_line(&mut self, within: Duration) -> Option<Json> {
