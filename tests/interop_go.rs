@@ -1,6 +1,7 @@
 //! Interop with go-libp2p (v0.48.0, quic-go v0.59.0): the Go test peer of `interop/go-peer`,
 //! built by the test run itself, against a libp2p `Swarm` on our transport. Loopback only; each
-//! test has a time limit, and each runs with either side dialing.
+//! test has a time limit, and each runs with either side dialing, over QUIC and over
+//! WebTransport (`*_webtransport`: go-libp2p's WebTransport transport, webtransport-go v0.10).
 //!
 //! - ping: Go pings us and we ping Go; both sides name the right peer.
 //! - echo: 1 MiB through one stream, each way, bytes checked.
@@ -58,6 +59,8 @@ fn run<F: Future<Output = ()>>(name: &str, limit: Duration, test: impl FnOnce() 
 enum Topology {
     GoDialsOurs,
     OursDialsGo,
+    GoDialsOursWebTransport,
+    OursDialsGoWebTransport,
 }
 
 impl Topology {
@@ -65,8 +68,38 @@ impl Topology {
         match self {
             Topology::GoDialsOurs => "go dials ours",
             Topology::OursDialsGo => "ours dials go",
+            Topology::GoDialsOursWebTransport => "go dials ours, WebTransport",
+            Topology::OursDialsGoWebTransport => "ours dials go, WebTransport",
         }
     }
+
+    fn go_dials(self) -> bool {
+        matches!(
+            self,
+            Topology::GoDialsOurs | Topology::GoDialsOursWebTransport
+        )
+    }
+
+    /// What the listening side listens on, and the `transport` of the Go peer's line for it.
+    fn listen(self) -> (&'static str, &'static str) {
+        match self {
+            Topology::GoDialsOurs | Topology::OursDialsGo => {
+                ("/ip4/127.0.0.1/udp/0/quic-v1", "quic-v1")
+            }
+            _ => ("/ip4/127.0.0.1/udp/0/quic-v1/webtransport", "webtransport"),
+        }
+    }
+}
+
+/// `addr` (QUIC or WebTransport, with its certhashes) at `via`, naming `peer`.
+fn dial_addr(addr: &Multiaddr, via: SocketAddr, peer: PeerId) -> Multiaddr {
+    let without_peer: Multiaddr = addr
+        .iter()
+        .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+        .collect();
+    common::with_socket(&without_peer, via)
+        .with_p2p(peer)
+        .unwrap()
 }
 
 /// A Rust node and a Go peer, connected.
@@ -108,12 +141,6 @@ async fn route(
     panic!("the lossy proxy needs feature test-util")
 }
 
-fn socket_of(addr: &Multiaddr) -> SocketAddr {
-    libp2p_quinn::parse_multiaddr(addr)
-        .unwrap_or_else(|| panic!("not a QUIC address: {addr}"))
-        .0
-}
-
 /// Start both sides with the Go peer in `mode_args`, connect them as `topology` says (through
 /// a lossy proxy if `lossy` has a seed), and check that each side sees the other's peer id.
 async fn connect(
@@ -128,42 +155,38 @@ async fn connect(
     let mut proxy = None;
     let mut args: Vec<String> = vec!["--seed".into(), GO_SEED.to_string()];
     args.extend(mode_args.iter().map(|s| s.to_string()));
-    let mut go = match topology {
-        Topology::GoDialsOurs => {
-            let ours = node.listen().await;
-            let via = route(
-                socket_of(&ours),
-                lossy,
-                #[cfg(feature = "test-util")]
-                &mut proxy,
-            )
-            .await;
-            let dial = libp2p_quinn::to_multiaddr(via)
-                .with_p2p(node.peer_id)
-                .unwrap();
-            args.extend(["--dial".into(), dial.to_string()]);
-            GoPeer::spawn(GoBuild::Current, "go", &args)
-        }
-        Topology::OursDialsGo => {
-            args.extend(["--listen".into(), "/ip4/127.0.0.1/udp/0/quic-v1".into()]);
-            let mut go = GoPeer::spawn(GoBuild::Current, "go", &args);
-            let listening = go.expect("listening", STEP).await;
-            assert_eq!(
-                listening.str("peer_id"),
-                Some(go_id.to_string().as_str()),
-                "the Go peer's id is the one its seed gives"
-            );
-            let addr: Multiaddr = listening.str("addr").unwrap().parse().unwrap();
-            let via = route(
-                socket_of(&addr),
-                lossy,
-                #[cfg(feature = "test-util")]
-                &mut proxy,
-            )
-            .await;
-            node.dial(libp2p_quinn::to_multiaddr(via).with_p2p(go_id).unwrap());
-            go
-        }
+    let (listen, transport) = topology.listen();
+    let mut go = if topology.go_dials() {
+        let ours = node.listen_on(listen).await;
+        let via = route(
+            common::socket_of(&ours),
+            lossy,
+            #[cfg(feature = "test-util")]
+            &mut proxy,
+        )
+        .await;
+        let dial = dial_addr(&ours, via, node.peer_id);
+        args.extend(["--dial".into(), dial.to_string()]);
+        GoPeer::spawn(GoBuild::Current, "go", &args)
+    } else {
+        args.extend(["--listen".into(), listen.into()]);
+        let mut go = GoPeer::spawn(GoBuild::Current, "go", &args);
+        let listening = go.expect_listening(transport, STEP).await;
+        assert_eq!(
+            listening.str("peer_id"),
+            Some(go_id.to_string().as_str()),
+            "the Go peer's id is the one its seed gives"
+        );
+        let addr: Multiaddr = listening.str("addr").unwrap().parse().unwrap();
+        let via = route(
+            common::socket_of(&addr),
+            lossy,
+            #[cfg(feature = "test-util")]
+            &mut proxy,
+        )
+        .await;
+        node.dial(dial_addr(&addr, via, go_id));
+        go
     };
     let connected = go.expect("connected", STEP).await;
     assert_eq!(
@@ -532,5 +555,62 @@ fn storm_lossy_ours_dials_go() {
         "storm_lossy_ours_dials_go",
         Duration::from_secs(600),
         || storm(Topology::OursDialsGo, Some(6)),
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The same over WebTransport
+
+#[test]
+fn ping_go_dials_ours_webtransport() {
+    run(
+        "ping_go_dials_ours_webtransport",
+        Duration::from_secs(90),
+        || ping(Topology::GoDialsOursWebTransport),
+    );
+}
+
+#[test]
+fn ping_ours_dials_go_webtransport() {
+    run(
+        "ping_ours_dials_go_webtransport",
+        Duration::from_secs(90),
+        || ping(Topology::OursDialsGoWebTransport),
+    );
+}
+
+#[test]
+fn echo_go_dials_ours_webtransport() {
+    run(
+        "echo_go_dials_ours_webtransport",
+        Duration::from_secs(120),
+        || echo(Topology::GoDialsOursWebTransport),
+    );
+}
+
+#[test]
+fn echo_ours_dials_go_webtransport() {
+    run(
+        "echo_ours_dials_go_webtransport",
+        Duration::from_secs(120),
+        || echo(Topology::OursDialsGoWebTransport),
+    );
+}
+
+#[test]
+fn storm_go_dials_ours_webtransport() {
+    run(
+        "storm_go_dials_ours_webtransport",
+        Duration::from_secs(240),
+        || storm(Topology::GoDialsOursWebTransport, None),
+    );
+}
+
+#[test]
+fn storm_ours_dials_go_webtransport() {
+    run(
+        "storm_ours_dials_go_webtransport",
+        Duration::from_secs(240),
+        || storm(Topology::OursDialsGoWebTransport, None),
     );
 }

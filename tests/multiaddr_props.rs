@@ -87,6 +87,12 @@ fn listening_and_dialing_never_panic() {
                 // Port 0 on loopback only: never bind or dial anything else.
                 let (socket, _) = match libp2p_quinn::parse_multiaddr(&addr) {
                     Some(parsed) => parsed,
+                    // A WebTransport listen address: listened on like QUIC's; no dial without
+                    // a certificate hash.
+                    None if webtransport_socket(&addr).is_some() => {
+                        prop_assert!(transport.dial(addr.clone(), common_dial_opts()).is_err());
+                        webtransport_socket(&addr).unwrap()
+                    }
                     None => {
                         prop_assert!(transport
                             .listen_on(ListenerId::next(), addr.clone())
@@ -106,6 +112,24 @@ fn listening_and_dialing_never_panic() {
             })
             .unwrap();
     });
+}
+
+/// The socket of `/ip…/udp/…/quic-v1/webtransport[/p2p/…]` (no certhash), if `addr` is one.
+fn webtransport_socket(addr: &Multiaddr) -> Option<(std::net::SocketAddr, Option<PeerId>)> {
+    let mut parts: Vec<Protocol> = addr.iter().collect();
+    let peer = match parts.last() {
+        Some(Protocol::P2p(peer)) => {
+            let peer = *peer;
+            parts.pop();
+            Some(peer)
+        }
+        _ => None,
+    };
+    if parts.pop() != Some(Protocol::WebTransport) {
+        return None;
+    }
+    let quic: Multiaddr = parts.into_iter().collect();
+    libp2p_quinn::parse_multiaddr(&quic).map(|(socket, _)| (socket, peer))
 }
 
 fn common_dial_opts() -> libp2p_core::transport::DialOpts {

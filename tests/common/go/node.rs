@@ -213,15 +213,26 @@ impl RustNode {
 
     /// Listen on loopback and return the address (with `/p2p/<our id>`).
     pub async fn listen(&mut self) -> Multiaddr {
+        self.listen_on("/ip4/127.0.0.1/udp/0/quic-v1").await
+    }
+
+    /// Listen on `addr` and return the address reported for it (with `/p2p/<our id>`): the
+    /// next one that is WebTransport if `addr` is, else the next QUIC one.
+    pub async fn listen_on(&mut self, addr: &str) -> Multiaddr {
+        let addr: Multiaddr = addr.parse().unwrap();
+        let webtransport = |a: &Multiaddr| {
+            a.iter()
+                .any(|p| p == libp2p::multiaddr::Protocol::WebTransport)
+        };
+        let wanted = webtransport(&addr);
         self.commands
-            .unbounded_send(Command::Listen(
-                "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap(),
-            ))
+            .unbounded_send(Command::Listen(addr))
             .expect("driver alive");
         match self
-            .wait_for(Duration::from_secs(10), |e| {
-                matches!(e, NodeEvent::Listening(_))
-            })
+            .wait_for(
+                Duration::from_secs(10),
+                |e| matches!(e, NodeEvent::Listening(a) if webtransport(a) == wanted),
+            )
             .await
         {
             Some(NodeEvent::Listening(addr)) => addr.with_p2p(self.peer_id).unwrap(),
