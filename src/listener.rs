@@ -38,6 +38,9 @@ pub(crate) type Event = TransportEvent<Connecting, Error>;
 const ALPN_LIBP2P: &[u8] = b"libp2p";
 const ALPN_H3: &[u8] = b"h3";
 
+/// How many connections may wait for their ClientHello at once on a WebTransport port.
+const MAX_ROUTING: usize = 1024;
+
 /// The shortest wait for a certificate roll, so that a clock that jumps cannot spin us.
 const MIN_ROLL_WAIT: Duration = Duration::from_millis(50);
 
@@ -53,6 +56,8 @@ struct WebTransport {
 
 impl WebTransport {
     fn new(id: ListenerId, certs: Arc<Certs>) -> Self {
+        // The certificates may have been made long ago, by an earlier listener.
+        certs.roll_if_due(SystemTime::now());
         let hashes = certs.address_hashes();
         let roll = Box::pin(tokio::time::sleep(until(certs.next_roll())));
         Self {
@@ -200,9 +205,16 @@ impl Listener {
         server
     }
 
-    /// Whether a dial to `remote` may leave from this listener's socket.
-    pub(crate) fn can_dial(&self, remote: SocketAddr) -> bool {
-        !self.closed
+    /// Whether a dial to `remote` may leave from this listener's socket: a QUIC dial only from a
+    /// socket that serves QUIC, for the peer sees (and may dial back) the port it came from.
+    pub(crate) fn can_dial(&self, remote: SocketAddr, webtransport: bool) -> bool {
+        let serves = if webtransport {
+            self.webtransport.is_some()
+        } else {
+            self.quic.is_some()
+        };
+        serves
+            && !self.closed
             && self.local_addr.is_ipv4() == remote.is_ipv4()
             && (!remote.ip().is_loopback() || self.addresses.iter().any(IpAddr::is_loopback))
     }
@@ -286,12 +298,11 @@ impl Listener {
             Ok(IfEvent::Up(net)) => (net.addr(), true),
             Ok(IfEvent::Down(net)) => (net.addr(), false),
             Err(error) => {
-                let error = Error::from(error);
-                if let Some(id) = self.ids().first() {
-                    self.pending.push_back(TransportEvent::ListenerError {
-                        listener_id: *id,
-                        error,
-                    });
+                // Each route hears of it (io::Error is not Clone).
+                for listener_id in self.ids() {
+                    let error = std::io::Error::new(error.kind(), error.to_string()).into();
+                    self.pending
+                        .push_back(TransportEvent::ListenerError { listener_id, error });
                 }
                 return;
             }
@@ -326,6 +337,8 @@ impl Listener {
             .roll
             .as_mut()
             .reset(tokio::time::Instant::now() + next);
+        // A reset timer is not armed until polled: poll it, or no wake comes at its deadline.
+        let _ = webtransport.roll.poll_unpin(cx);
         let hashes = webtransport.certs.address_hashes();
         if hashes == webtransport.hashes {
             return;
@@ -349,9 +362,16 @@ impl Listener {
     }
 
     /// A connection arrived: report it, or, on a port that serves WebTransport, wait for its
-    /// ClientHello to know which route it is for.
+    /// ClientHello to know which route it is for. Those waits are bounded in number: beyond
+    /// [`MAX_ROUTING`] new connections are refused, so that clients who never finish their
+    /// ClientHello cannot make us hold unbounded state before the `Swarm` even hears of them.
     fn on_incoming(&mut self, incoming: quinn::Incoming) -> Option<Event> {
         let remote = incoming.remote_address();
+        if self.webtransport.is_some() && self.routing.len() >= MAX_ROUTING {
+            tracing::debug!(%remote, "refused a connection: too many ClientHellos under way");
+            incoming.refuse();
+            return None;
+        }
         let (server, qlog) = self.server_config_for(remote);
         let accepted = match server {
             Some(server) => incoming.accept_with(Arc::new(server)),
@@ -365,7 +385,7 @@ impl Listener {
             }
         };
         if self.webtransport.is_none() {
-            return self.incoming(ALPN_LIBP2P, connecting, qlog);
+            return self.routed(ALPN_LIBP2P, connecting, qlog);
         }
         let timeout = self.config.handshake_timeout;
         self.routing.push(
@@ -393,8 +413,8 @@ impl Listener {
         None
     }
 
-    /// The event of a connection for the route of `alpn`.
-    fn incoming(
+    /// The event of a connection whose ALPN, `alpn`, says which route it is for.
+    fn routed(
         &self,
         alpn: &[u8],
         connecting: quinn::Connecting,
@@ -473,8 +493,8 @@ impl futures::Stream for Listener {
                 continue;
             }
             if let Poll::Ready(Some(routed)) = self.routing.poll_next_unpin(cx) {
-                if let Some(event) = routed
-                    .and_then(|(alpn, connecting, qlog)| self.incoming(&alpn, connecting, qlog))
+                if let Some(event) =
+                    routed.and_then(|(alpn, connecting, qlog)| self.routed(&alpn, connecting, qlog))
                 {
                     return Poll::Ready(Some(event));
                 }

@@ -224,7 +224,7 @@ impl AsyncWrite for Stream {
         let this = &*self;
         let mut half = this.cell.lock();
         if let Err(e) = half.writable() {
-            return Poll::Ready(Err(e.into()));
+            return Poll::Ready(Err(this.session.app_error(e).into()));
         }
         match futures::ready!(half.poll_write(cx, buf)) {
             Ok(n) => {
@@ -254,7 +254,7 @@ impl AsyncWrite for Stream {
         let this = &*self;
         let (changed, result) = this.cell.lock().close();
         this.session.send_moved(this.id(), changed);
-        Poll::Ready(result.map_err(Into::into))
+        Poll::Ready(result.map_err(|e| this.session.app_error(e).into()))
     }
 }
 

@@ -172,9 +172,14 @@ impl Transport {
         &mut self,
         remote: SocketAddr,
         port_use: PortUse,
+        webtransport: bool,
     ) -> Result<quinn::Endpoint, Error> {
         if port_use == PortUse::Reuse {
-            if let Some(listener) = self.listeners.iter().find(|l| l.can_dial(remote)) {
+            let listener = self
+                .listeners
+                .iter()
+                .find(|l| l.can_dial(remote, webtransport));
+            if let Some(listener) = listener {
                 return Ok(listener.endpoint.clone());
             }
             if let Some(endpoint) = self.dialers.get(&remote.is_ipv4()) {
@@ -201,7 +206,7 @@ impl Transport {
         let Some(peer) = peer else {
             return Err(TransportError::MultiaddrNotSupported(addr));
         };
-        let listener = self.listeners.iter().find(|l| l.can_dial(remote));
+        let listener = self.listeners.iter().find(|l| l.can_dial(remote, false));
         let socket = listener
             .ok_or(Error::NoActiveListenerForDialAsListener)?
             .socket
@@ -302,7 +307,7 @@ impl libp2p_core::Transport for Transport {
             }
             return self.punch(addr, remote, expected_peer);
         }
-        let endpoint = self.dialing_endpoint(remote, opts.port_use)?;
+        let endpoint = self.dialing_endpoint(remote, opts.port_use, webtransport.is_some())?;
         let (client, qlog) = self.client_config_for(remote, webtransport.as_deref());
         let config = self.config.clone();
         let ledgers = self.ledgers.clone();

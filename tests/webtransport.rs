@@ -297,6 +297,70 @@ async fn stream_error_codes_cross_the_session_as_sent() {
         .get_ref()
         .and_then(|e| e.downcast_ref::<libp2p_quinn::StreamError>());
     assert_eq!(code, Some(&libp2p_quinn::StreamError::ResetByPeer(42)));
-    // On the wire: 42 in WebTransport's mapping.
-    let _ = pair.listener.quinn.stats();
+
+    // The other way: the acceptor stops our writing with 7; every write after says 7, the
+    // first (quinn's error) and the later ones (our own record of the stop).
+    let mut out = pair.dialer.open().await;
+    out.write_all(b"hello").await.unwrap();
+    let mut inbound = pair.listener.accept().await;
+    inbound.reset(7);
+    let stopped = bounded("the stop arrives", async {
+        loop {
+            if let Err(e) = out.write_all(&[0; 1024]).await {
+                break e;
+            }
+        }
+    })
+    .await;
+    for error in [stopped, out.write_all(b"again").await.unwrap_err()] {
+        let code = error
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<libp2p_quinn::StreamError>());
+        assert_eq!(code, Some(&libp2p_quinn::StreamError::StoppedByPeer(7)));
+    }
+}
+
+/// The next incoming connection's address as its listener saw it.
+async fn next_send_back_addr(transport: &mut Transport) -> Multiaddr {
+    loop {
+        if let TransportEvent::Incoming {
+            upgrade,
+            send_back_addr,
+            ..
+        } = next_event(transport).await
+        {
+            bounded("handshake", upgrade).await.expect("handshake");
+            return send_back_addr;
+        }
+    }
+}
+
+/// A dial that reuses a listening port leaves from a listener of its own kind: a peer that sees
+/// a QUIC connection come from a port takes that port for our QUIC address (and DCUtR punches
+/// from it), so it must not be a port that refuses QUIC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dial_reusing_a_port_leaves_from_a_listener_of_its_kind() {
+    init_tracing();
+    let mut client = transport();
+    let client_quic = listen(&mut client, QUIC).await;
+    let client_webtransport = listen(&mut client, WEBTRANSPORT).await;
+    let reuse = libp2p_core::transport::DialOpts {
+        role: libp2p_core::Endpoint::Dialer,
+        port_use: libp2p_core::transport::PortUse::Reuse,
+    };
+    for (listen_on, from) in [(QUIC, &client_quic), (WEBTRANSPORT, &client_webtransport)] {
+        let mut server = transport();
+        let server_addr = listen(&mut server, listen_on).await;
+        let dial = client.dial(server_addr, reuse).unwrap();
+        let (dialed, seen) = bounded("dial", async {
+            futures::join!(dial, next_send_back_addr(&mut server))
+        })
+        .await;
+        dialed.expect("dial");
+        assert_eq!(
+            socket_of(&seen).port(),
+            socket_of(from).port(),
+            "a {listen_on} dial left from {seen}"
+        );
+    }
 }

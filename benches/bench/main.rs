@@ -306,7 +306,7 @@ impl Options {
     const USAGE: &'static str = "usage: bench [--rounds N] [--quick] [--only WORKLOAD,...] \
         [--transports TRANSPORT,...] [--bulk-mib N] [--streams N] [--scale CONNSxSTREAMS]\n  \
         workloads: handshake, bulk, seq_churn, conc_churn, memory, scale\n  \
-        transports: ours, ours-no-ledger, libp2p-quic, raw-quinn, tcp-noise-yamux";
+        transports: ours, ours-no-ledger, ours-webtransport, libp2p-quic, raw-quinn, tcp-noise-yamux";
 
     /// Parse the command line (without the program name). `--quick` sets the defaults that the
     /// other options then override, wherever it stands.

@@ -7,8 +7,12 @@
 //! (its SETTINGS; its QPACK streams, which must stay open; anything else is stopped), the other
 //! keeps our control stream open and ends the connection when the peer ends the session.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
+use futures::FutureExt;
 use tokio::{io::AsyncReadExt, sync::oneshot};
 use web_transport_proto::{
     http::StatusCode, ConnectError, ConnectRequest, ConnectResponse, Frame, Setting, Settings,
@@ -89,7 +93,16 @@ impl Header {
             }
             Ok(())
         };
-        let refusal = match tokio::time::timeout(timeout, read).await {
+        // The header almost always came with the stream's first bytes: read it without a
+        // timer then (arming one per stream costs churn a few percent).
+        let read = {
+            let mut read = std::pin::pin!(read);
+            match (&mut read).now_or_never() {
+                Some(done) => Ok(done),
+                None => tokio::time::timeout(timeout, read).await,
+            }
+        };
+        let refusal = match read {
             Ok(Ok(())) => return Some((send, recv)),
             Ok(Err(Some(code))) => code,
             Ok(Err(None)) => H3_REQUEST_INCOMPLETE,
@@ -243,39 +256,43 @@ fn read_peer_uni_streams(connection: &quinn::Connection) -> oneshot::Receiver<Se
 }
 
 async fn peer_uni_streams(connection: quinn::Connection, settings: oneshot::Sender<Settings>) {
-    let mut settings = Some(settings);
-    while let Ok(mut recv) = connection.accept_uni().await {
-        let Ok(kind) = VarInt::read(&mut recv).await else {
-            continue;
-        };
-        match StreamUni(kind) {
-            StreamUni::CONTROL if settings.is_some() => {
+    // Each stream on its own: one that never says its type must hold up no other. The peer
+    // has five unidirectional streams of credit, so at most five wait.
+    let settings = Arc::new(Mutex::new(Some(settings)));
+    while let Ok(recv) = connection.accept_uni().await {
+        tokio::spawn(peer_uni_stream(recv, settings.clone()));
+    }
+}
+
+type SettingsSender = Arc<Mutex<Option<oneshot::Sender<Settings>>>>;
+
+async fn peer_uni_stream(mut recv: quinn::RecvStream, settings: SettingsSender) {
+    let Ok(kind) = VarInt::read(&mut recv).await else {
+        return;
+    };
+    match StreamUni(kind) {
+        StreamUni::CONTROL => {
+            let sender = settings.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(sender) = sender {
                 // Settings::read wants the stream type, which we have read already.
                 let mut typed = Vec::new();
                 kind.encode(&mut typed);
                 let mut control = (&typed[..]).chain(&mut recv);
                 match Settings::read(&mut control).await {
                     Ok(received) => {
-                        if let Some(sender) = settings.take() {
-                            let _ = sender.send(received);
-                        }
+                        let _ = sender.send(received);
                     }
-                    Err(error) => {
-                        tracing::debug!(%error, "bad HTTP/3 SETTINGS");
-                        settings = None;
-                    }
+                    Err(error) => tracing::debug!(%error, "bad HTTP/3 SETTINGS"),
                 }
-                tokio::spawn(drain(recv));
             }
-            // Closing either would be an error for the peer; we announce no dynamic table, so
-            // little ever comes on them.
-            StreamUni::QPACK_ENCODER | StreamUni::QPACK_DECODER => {
-                tokio::spawn(drain(recv));
-            }
-            // WebTransport's own unidirectional streams included: libp2p uses none.
-            _ => {
-                let _ = recv.stop(H3_STREAM_CREATION_ERROR.into());
-            }
+            drain(recv).await;
+        }
+        // Closing either would be an error for the peer; we announce no dynamic table, so
+        // little ever comes on them.
+        StreamUni::QPACK_ENCODER | StreamUni::QPACK_DECODER => drain(recv).await,
+        // WebTransport's own unidirectional streams included: libp2p uses none.
+        _ => {
+            let _ = recv.stop(H3_STREAM_CREATION_ERROR.into());
         }
     }
 }
