@@ -107,14 +107,14 @@ async fn listen(
     }
     let header = request.accept().await?;
     let first = connection.accept_bi().await?;
-    let (send, recv) = header
+    let halves = header
         .accept(first, config.handshake_timeout)
         .await
         .ok_or(WebTransportError::NoNoiseStream)?;
     let noise = libp2p_noise::Config::new(&config.keypair)?
         .with_webtransport_certhashes(certs.noise_hashes());
     let (peer, mut output) = noise
-        .upgrade_inbound(NoiseStream { send, recv }, "/noise")
+        .upgrade_inbound(NoiseStream::new(halves, config), "/noise")
         .await?;
     let _ = output.close().await;
     Ok((peer, header))
@@ -142,23 +142,37 @@ async fn dial(
     let url = format!("https://{remote}{}?type=noise", h3::PATH);
     let url = url::Url::parse(&url).expect("a socket address makes a valid URL");
     let header = h3::connect(connection, url).await?;
-    let (send, recv) = header.open(connection).await?;
+    let halves = header.open(connection).await?;
     let certhashes: HashSet<_> = certhashes.into_iter().collect();
     let noise =
         libp2p_noise::Config::new(&config.keypair)?.with_webtransport_certhashes(certhashes);
     let (peer, mut output) = noise
-        .upgrade_outbound(NoiseStream { send, recv }, "/noise")
+        .upgrade_outbound(NoiseStream::new(halves, config), "/noise")
         .await?;
     let _ = output.close().await;
     Ok((peer, header))
 }
 
 /// The Noise stream: it lives only through the handshake, before the session's books exist, so
-/// it is two bare quinn halves; dropped, it stops what was not read (the send half finishes
-/// itself).
+/// it is two bare quinn halves. Its send half finishes itself when dropped; its receive half is
+/// read to the peer's FIN in the background rather than stopped: a STOP_SENDING that reaches a
+/// browser still closing its side of the Noise stream fails its dial ("Received
+/// STOP_SENDING").
 struct NoiseStream {
     send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    recv: Option<quinn::RecvStream>,
+    /// How long the peer may take to finish its side.
+    linger: std::time::Duration,
+}
+
+impl NoiseStream {
+    fn new((send, recv): (quinn::SendStream, quinn::RecvStream), config: &Config) -> Self {
+        Self {
+            send,
+            recv: Some(recv),
+            linger: config.handshake_timeout,
+        }
+    }
 }
 
 impl futures::AsyncRead for NoiseStream {
@@ -167,7 +181,10 @@ impl futures::AsyncRead for NoiseStream {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        futures::AsyncRead::poll_read(Pin::new(&mut self.recv), cx, buf)
+        match self.recv.as_mut() {
+            Some(recv) => futures::AsyncRead::poll_read(Pin::new(recv), cx, buf),
+            None => Poll::Ready(Ok(0)),
+        }
     }
 }
 
@@ -191,8 +208,20 @@ impl futures::AsyncWrite for NoiseStream {
 
 impl Drop for NoiseStream {
     fn drop(&mut self) {
-        let _ = self
-            .recv
-            .stop(codes::to_wire(0).try_into().unwrap_or_default());
+        let (Some(mut recv), Ok(runtime)) =
+            (self.recv.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let linger = self.linger;
+        runtime.spawn(async move {
+            let drained = tokio::time::timeout(linger, async {
+                let mut buf = [0; 64];
+                while let Ok(Some(_)) = recv.read(&mut buf).await {}
+            });
+            if drained.await.is_err() {
+                let _ = recv.stop(codes::to_wire(0).try_into().unwrap_or_default());
+            }
+        });
     }
 }

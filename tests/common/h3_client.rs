@@ -18,8 +18,9 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Trusts any server certificate: for clients whose test is about the server's side.
 #[derive(Debug)]
-struct AnyCertificate;
+pub struct AnyCertificate;
 
 impl ServerCertVerifier for AnyCertificate {
     fn verify_server_cert(
