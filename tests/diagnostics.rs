@@ -349,3 +349,48 @@ async fn a_stream_dropped_after_its_transport_says_no_false_alarm() {
         lines("WARN", "watcher task is gone")
     );
 }
+
+/// A WebTransport session's streams are counted and told of like QUIC's: its credit warning
+/// names it `WebTransport conn #1 to <peer>`, and its metrics say `transport="webtransport"`.
+#[cfg(feature = "test-util")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webtransport_session_is_named_and_counted_as_such() {
+    let _ = logs();
+    const LIMIT: u32 = 16;
+    let mut registry = Registry::default();
+    let mut dialer_config =
+        config(&Keypair::generate_ed25519(), LIMIT).with_metrics(Metrics::new(&mut registry));
+    dialer_config.credit_wait_warning = Duration::from_millis(100);
+    let listener_config = config(&Keypair::generate_ed25519(), LIMIT);
+    let Pair {
+        dialer,
+        mut listener,
+        ..
+    } = pair_over(WEBTRANSPORT, dialer_config, listener_config, 0.0).await;
+    let name = format!("WebTransport conn #1 to {} at", dialer.remote);
+    // The session's CONNECT stream holds one of the listener's slots for the session's life,
+    // and the Noise stream's slot comes back only with quinn's next batch of credit (it
+    // announces credit once an eighth of the limit is free).
+    let held = held_by_acceptor(&dialer, &mut listener, LIMIT as usize - 2).await;
+    let blocked = dialer.open_later();
+    eventually("the credit warning", || !credit_warnings(&name).is_empty()).await;
+    drop(held);
+    let _s = bounded("the blocked open goes ahead", blocked)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut text = String::new();
+    encode(&mut text, &registry).unwrap();
+    let opened = metric(
+        &text,
+        "libp2p_quinn_streams_opened_total{direction=\"outbound\",transport=\"webtransport\"}",
+    );
+    assert_eq!(opened, f64::from(LIMIT - 1), "{text}");
+    assert_eq!(
+        metric(
+            &text,
+            "libp2p_quinn_streams_opened_total{direction=\"outbound\",transport=\"quic\"}"
+        ),
+        0.0
+    );
+}

@@ -364,3 +364,37 @@ async fn a_dial_reusing_a_port_leaves_from_a_listener_of_its_kind() {
         );
     }
 }
+
+/// On `0.0.0.0` a WebTransport listener reports an address per interface, each with its
+/// certificate hashes, as a QUIC listener does without them; the loopback one serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webtransport_listener_on_every_interface_reports_each_with_its_hashes() {
+    init_tracing();
+    let mut server = transport();
+    let all: Multiaddr = "/ip4/0.0.0.0/udp/0/quic-v1/webtransport".parse().unwrap();
+    server.listen_on(ListenerId::next(), all).unwrap();
+    let loopback = loop {
+        match next_event(&mut server).await {
+            TransportEvent::NewAddress { listen_addr, .. } => {
+                assert_eq!(certhashes(&listen_addr).len(), 2, "{listen_addr}");
+                assert!(listen_addr.iter().any(|p| p == Protocol::WebTransport));
+                if socket_of(&listen_addr).ip().is_loopback() {
+                    break listen_addr;
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    let mut client = transport();
+    let dial = client.dial(loopback, dial_opts()).unwrap();
+    let accept = async {
+        loop {
+            if let TransportEvent::Incoming { upgrade, .. } = next_event(&mut server).await {
+                break upgrade.await;
+            }
+        }
+    };
+    let (dialed, accepted) = bounded("dial", async { futures::join!(dial, accept) }).await;
+    dialed.expect("dial");
+    accepted.expect("accept");
+}
