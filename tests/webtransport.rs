@@ -94,6 +94,12 @@ async fn swarms_ping_each_other_over_webtransport() {
     .await;
 }
 
+/// Two peers with fresh identities and default settings, over WebTransport.
+async fn webtransport_pair() -> Pair {
+    let config = || Config::new(&Keypair::generate_ed25519());
+    pair_over(WEBTRANSPORT, config(), config(), 0.0).await
+}
+
 /// `opener` sends `data` on a new stream and closes it; `acceptor` echoes it back.
 async fn echo(opener: &Peer, acceptor: &mut Peer, data: &[u8]) {
     let mut out = opener.open().await;
@@ -120,14 +126,7 @@ async fn echo(opener: &Peer, acceptor: &mut Peer, data: &[u8]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mebibyte_echoes_each_way() {
     init_tracing();
-    let keys = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
-    let mut pair = pair_over(
-        WEBTRANSPORT,
-        Config::new(&keys.0),
-        Config::new(&keys.1),
-        0.0,
-    )
-    .await;
+    let mut pair = webtransport_pair().await;
     let data: Vec<u8> = (0..MIB).map(|i| (i * 31 % 251) as u8).collect();
     echo(&pair.dialer, &mut pair.listener, &data).await;
     echo(&pair.listener, &mut pair.dialer, &data).await;
@@ -276,14 +275,7 @@ async fn certificates_roll_over_and_an_address_from_before_still_connects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_error_codes_cross_the_session_as_sent() {
     init_tracing();
-    let keys = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
-    let mut pair = pair_over(
-        WEBTRANSPORT,
-        Config::new(&keys.0),
-        Config::new(&keys.1),
-        0.0,
-    )
-    .await;
+    let mut pair = webtransport_pair().await;
     let mut out = pair.dialer.open().await;
     out.write_all(&[7; 1024]).await.unwrap();
     let mut inbound = pair.listener.accept().await;
