@@ -134,6 +134,8 @@ frame_types! {
     ACK_FREQUENCY = 0xaf,
     IMMEDIATE_ACK = 0x1f,
     // DATAGRAM
+    // Reliable stream reset
+    RESET_STREAM_AT = 0x24,
 }
 
 const STREAM_TYS: RangeInclusive<u64> = RangeInclusive::new(0x08, 0x0f);
@@ -145,6 +147,7 @@ pub(crate) enum Frame {
     Ping,
     Ack(Ack),
     ResetStream(ResetStream),
+    ResetStreamAt(ResetStreamAt),
     StopSending(StopSending),
     Crypto(Crypto),
     NewToken(NewToken),
@@ -172,6 +175,7 @@ impl Frame {
         match *self {
             Padding => FrameType::PADDING,
             ResetStream(_) => FrameType::RESET_STREAM,
+            ResetStreamAt(_) => FrameType::RESET_STREAM_AT,
             Close(self::Close::Connection(_)) => FrameType::CONNECTION_CLOSE,
             Close(self::Close::Application(_)) => FrameType::APPLICATION_CLOSE,
             MaxData(_) => FrameType::MAX_DATA,
@@ -582,6 +586,18 @@ impl Iter {
                 error_code: self.bytes.get()?,
                 final_offset: self.bytes.get()?,
             }),
+            FrameType::RESET_STREAM_AT => {
+                let frame = ResetStreamAt {
+                    id: self.bytes.get()?,
+                    error_code: self.bytes.get()?,
+                    final_offset: self.bytes.get()?,
+                    reliable_size: self.bytes.get()?,
+                };
+                if frame.reliable_size > frame.final_offset {
+                    return Err(IterErr::Malformed);
+                }
+                Frame::ResetStreamAt(frame)
+            }
             FrameType::CONNECTION_CLOSE => Frame::Close(Close::Connection(ConnectionClose {
                 error_code: self.bytes.get()?,
                 frame_type: {
@@ -844,6 +860,32 @@ impl ResetStream {
         out.write(self.id); // <= 8 bytes
         out.write(self.error_code); // <= 8 bytes
         out.write(self.final_offset); // <= 8 bytes
+    }
+}
+
+/// A RESET_STREAM_AT frame (draft-ietf-quic-reliable-stream-reset): a RESET_STREAM that still
+/// delivers the stream's data below `reliable_size`
+#[allow(unreachable_pub)] // fuzzing only
+#[cfg_attr(feature = "arbitrary", derive(Arbitrary))]
+#[derive(Debug, Copy, Clone)]
+pub struct ResetStreamAt {
+    pub(crate) id: StreamId,
+    pub(crate) error_code: VarInt,
+    pub(crate) final_offset: VarInt,
+    pub(crate) reliable_size: VarInt,
+}
+
+impl FrameStruct for ResetStreamAt {
+    const SIZE_BOUND: usize = 1 + 8 + 8 + 8 + 8;
+}
+
+impl ResetStreamAt {
+    pub(crate) fn encode<W: BufMut>(&self, out: &mut W) {
+        out.write(FrameType::RESET_STREAM_AT); // 1 byte
+        out.write(self.id); // <= 8 bytes
+        out.write(self.error_code); // <= 8 bytes
+        out.write(self.final_offset); // <= 8 bytes
+        out.write(self.reliable_size); // <= 8 bytes
     }
 }
 

@@ -89,6 +89,10 @@ macro_rules! make_struct {
             /// Frequency
             pub(crate) min_ack_delay: Option<VarInt>,
 
+            /// The endpoint accepts RESET_STREAM_AT frames
+            /// (draft-ietf-quic-reliable-stream-reset)
+            pub(crate) reset_stream_at: bool,
+
             // Server-only
             /// The value of the Destination Connection ID field from the first Initial packet sent
             /// by the client
@@ -126,6 +130,7 @@ macro_rules! make_struct {
                     initial_src_cid: None,
                     grease_quic_bit: false,
                     min_ack_delay: None,
+                    reset_stream_at: false,
 
                     original_dst_cid: None,
                     retry_src_cid: None,
@@ -174,6 +179,7 @@ impl TransportParameters {
             min_ack_delay: Some(
                 VarInt::from_u64(u64::try_from(TIMER_GRANULARITY.as_micros()).unwrap()).unwrap(),
             ),
+            reset_stream_at: config.reset_stream_at,
             grease_transport_parameter: Some(ReservedTransportParameter::random(rng)),
             write_order: Some({
                 let mut order = std::array::from_fn(|i| i as u8);
@@ -196,6 +202,7 @@ impl TransportParameters {
             || cached.initial_max_streams_uni > self.initial_max_streams_uni
             || cached.max_datagram_frame_size > self.max_datagram_frame_size
             || cached.grease_quic_bit && !self.grease_quic_bit
+            || cached.reset_stream_at && !self.reset_stream_at
         {
             return Err(TransportError::PROTOCOL_VIOLATION(
                 "0-RTT accepted with incompatible transport parameters",
@@ -373,6 +380,12 @@ impl TransportParameters {
                         w.write_var(0);
                     }
                 }
+                TransportParameterId::ResetStreamAt => {
+                    if self.reset_stream_at {
+                        w.write_var(id as u64);
+                        w.write_var(0);
+                    }
+                }
                 TransportParameterId::MinAckDelayDraft07 => {
                     if let Some(x) = self.min_ack_delay {
                         w.write_var(id as u64);
@@ -475,6 +488,10 @@ impl TransportParameters {
                 }
                 TransportParameterId::GreaseQuicBit => match len {
                     0 => params.grease_quic_bit = true,
+                    _ => return Err(Error::Malformed),
+                },
+                TransportParameterId::ResetStreamAt => match len {
+                    0 => params.reset_stream_at = true,
                     _ => return Err(Error::Malformed),
                 },
                 TransportParameterId::MinAckDelayDraft07 => params.min_ack_delay = Some(r.get()?),
@@ -633,6 +650,9 @@ pub(crate) enum TransportParameterId {
     InitialSourceConnectionId = 0x0F,
     RetrySourceConnectionId = 0x10,
 
+    // https://datatracker.ietf.org/doc/html/draft-ietf-quic-reliable-stream-reset-09#section-3
+    ResetStreamAt = 0x1D,
+
     // Smallest possible ID of reserved transport parameter https://datatracker.ietf.org/doc/html/rfc9000#section-22.3
     ReservedTransportParameter = 0x1B,
 
@@ -648,7 +668,7 @@ pub(crate) enum TransportParameterId {
 
 impl TransportParameterId {
     /// Array with all supported transport parameter IDs
-    const SUPPORTED: [Self; 21] = [
+    const SUPPORTED: [Self; 22] = [
         Self::MaxIdleTimeout,
         Self::MaxUdpPayloadSize,
         Self::InitialMaxData,
@@ -670,6 +690,7 @@ impl TransportParameterId {
         Self::RetrySourceConnectionId,
         Self::GreaseQuicBit,
         Self::MinAckDelayDraft07,
+        Self::ResetStreamAt,
     ];
 }
 
@@ -709,6 +730,7 @@ impl TryFrom<u64> for TransportParameterId {
             id if Self::RetrySourceConnectionId == id => Self::RetrySourceConnectionId,
             id if Self::GreaseQuicBit == id => Self::GreaseQuicBit,
             id if Self::MinAckDelayDraft07 == id => Self::MinAckDelayDraft07,
+            id if Self::ResetStreamAt == id => Self::ResetStreamAt,
             _ => return Err(()),
         };
         Ok(param)
@@ -750,6 +772,7 @@ mod test {
             }),
             grease_quic_bit: true,
             min_ack_delay: Some(2_000u32.into()),
+            reset_stream_at: true,
             ..TransportParameters::default()
         };
         params.write(&mut buf);

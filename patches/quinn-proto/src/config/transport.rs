@@ -32,6 +32,7 @@ pub struct TransportConfig {
     pub(crate) receive_window: VarInt,
     pub(crate) send_window: u64,
     pub(crate) send_fairness: bool,
+    pub(crate) reset_stream_at: bool,
 
     pub(crate) packet_threshold: u32,
     pub(crate) time_threshold: f32,
@@ -156,6 +157,22 @@ impl TransportConfig {
     /// many small streams.
     pub fn send_fairness(&mut self, value: bool) -> &mut Self {
         self.send_fairness = value;
+        self
+    }
+
+    /// Whether to advertise support for receiving RESET_STREAM_AT frames
+    ///
+    /// RESET_STREAM_AT ([draft-ietf-quic-reliable-stream-reset]) resets a stream while still
+    /// delivering its first bytes reliably: WebTransport uses it so that a reset stream's header
+    /// always reaches the peer. When enabled, the `reset_stream_at` transport parameter is sent and
+    /// such frames are accepted; otherwise receiving one is a connection error. Sending them
+    /// with [`SendStream::reset_at()`](crate::SendStream::reset_at) needs only the peer's support.
+    ///
+    /// Defaults to `false`.
+    ///
+    /// [draft-ietf-quic-reliable-stream-reset]: https://datatracker.ietf.org/doc/draft-ietf-quic-reliable-stream-reset/
+    pub fn reset_stream_at(&mut self, value: bool) -> &mut Self {
+        self.reset_stream_at = value;
         self
     }
 
@@ -378,6 +395,7 @@ impl Default for TransportConfig {
             receive_window: VarInt::MAX,
             send_window: (8 * STREAM_RWND).into(),
             send_fairness: true,
+            reset_stream_at: false,
 
             packet_threshold: 3,
             time_threshold: 9.0 / 8.0,
@@ -416,6 +434,7 @@ impl fmt::Debug for TransportConfig {
             receive_window,
             send_window,
             send_fairness,
+            reset_stream_at,
             packet_threshold,
             time_threshold,
             initial_rtt,
@@ -445,6 +464,7 @@ impl fmt::Debug for TransportConfig {
             .field("receive_window", receive_window)
             .field("send_window", send_window)
             .field("send_fairness", send_fairness)
+            .field("reset_stream_at", reset_stream_at)
             .field("packet_threshold", packet_threshold)
             .field("time_threshold", time_threshold)
             .field("initial_rtt", initial_rtt)

@@ -228,6 +228,37 @@ impl Assembler {
         self.bytes_read
     }
 
+    /// Whether every byte below `offset` was received and read by the application
+    pub(super) fn delivered_through(&self, offset: u64) -> bool {
+        match &self.state {
+            State::Ordered => self.bytes_read >= offset,
+            State::Unordered { recvd } => {
+                offset == 0
+                    || recvd
+                        .iter()
+                        .next()
+                        .is_some_and(|r| r.start == 0 && r.end >= offset)
+                        && self.data.iter().all(|chunk| chunk.offset >= offset)
+            }
+        }
+    }
+
+    /// Discard buffered data from `offset` on
+    pub(super) fn truncate(&mut self, offset: u64) {
+        for mut chunk in mem::take(&mut self.data).into_vec() {
+            let keep = offset
+                .saturating_sub(chunk.offset)
+                .min(chunk.bytes.len() as u64) as usize;
+            self.buffered -= chunk.bytes.len() - keep;
+            if keep == 0 {
+                self.allocated -= chunk.allocation_size;
+                continue;
+            }
+            chunk.bytes.truncate(keep);
+            self.data.push(chunk);
+        }
+    }
+
     /// Discard all buffered data
     pub(super) fn clear(&mut self) {
         self.data.clear();

@@ -83,8 +83,8 @@ pub use streams::StreamsState;
 #[cfg(not(fuzzing))]
 use streams::StreamsState;
 pub use streams::{
-    Chunks, ClosedStream, FinishError, ReadError, ReadableError, RecvStream, SendStream,
-    ShouldTransmit, StreamEvent, Streams, WriteError, Written,
+    Chunks, ClosedStream, FinishError, ReadError, ReadableError, RecvStream, ResetAtError,
+    SendStream, ShouldTransmit, StreamEvent, Streams, WriteError, Written,
 };
 
 mod timer;
@@ -1629,6 +1629,9 @@ impl Connection {
             for (id, _) in retransmits.reset_stream.iter() {
                 self.streams.reset_acked(*id);
             }
+            for &(id, _, reliable_size) in retransmits.reset_stream_at.iter() {
+                self.streams.reset_at_acked(id, reliable_size);
+            }
         }
 
         for frame in info.stream_frames {
@@ -2857,6 +2860,17 @@ impl Connection {
                         self.spaces[SpaceId::Data].pending.max_data = true;
                     }
                 }
+                Frame::ResetStreamAt(frame) => {
+                    if !self.config.reset_stream_at {
+                        // Not advertised, so to us this is an unknown frame type (RFC 9000 §12.4)
+                        return Err(TransportError::FRAME_ENCODING_ERROR(
+                            "RESET_STREAM_AT without the reset_stream_at transport parameter",
+                        ));
+                    }
+                    if self.streams.received_reset_at(frame)?.should_transmit() {
+                        self.spaces[SpaceId::Data].pending.max_data = true;
+                    }
+                }
                 Frame::DataBlocked { offset } => {
                     debug!(offset, "peer claims to be blocked at connection level");
                 }
@@ -3649,6 +3663,12 @@ impl Connection {
 
     /// The number of bytes of packets containing retransmittable frames that have not been
     /// acknowledged or declared lost.
+    /// Send RESET_STREAM_AT frames whether or not the peer advertised support
+    #[cfg(test)]
+    pub(crate) fn assume_peer_accepts_reset_stream_at(&mut self) {
+        self.streams.peer_reset_stream_at = true;
+    }
+
     #[cfg(test)]
     pub(crate) fn bytes_in_flight(&self) -> u64 {
         self.path.in_flight.bytes

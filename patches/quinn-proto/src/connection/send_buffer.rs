@@ -25,6 +25,8 @@ pub(super) struct SendBuffer {
     acks: RangeSet,
     /// Previously transmitted ranges deemed lost
     retransmits: RangeSet,
+    /// Offset from which data was abandoned by a RESET_STREAM_AT, never to be (re)transmitted
+    abandoned_from: Option<u64>,
 }
 
 impl SendBuffer {
@@ -121,13 +123,14 @@ impl SendBuffer {
         if self.unsent != 0 {
             max_len -= VarInt::size(unsafe { VarInt::from_u64_unchecked(self.unsent) });
         }
-        if self.offset - self.unsent < max_len as u64 {
+        let sendable_end = self.sendable_end();
+        if sendable_end.saturating_sub(self.unsent) < max_len as u64 {
             encode_length = true;
             max_len -= 8;
         }
 
-        let end = self
-            .offset
+        let end = sendable_end
+            .max(self.unsent)
             .min((max_len as u64).saturating_add(self.unsent));
         let result = self.unsent..end;
         self.unsent = end;
@@ -168,10 +171,26 @@ impl SendBuffer {
         };
     }
 
+    /// Abandon data from `offset` on, as a RESET_STREAM_AT with that reliable size does
+    ///
+    /// The abandoned data is never (re)transmitted, and counts as acknowledged so that its storage
+    /// is released along with the reliable data before it.
+    pub(super) fn abandon_from(&mut self, offset: u64) {
+        let offset = self.abandoned_from.map_or(offset, |x| x.min(offset));
+        self.abandoned_from = Some(offset);
+        self.retransmits.remove(offset..u64::MAX);
+        if offset < self.offset {
+            self.ack(offset..self.offset);
+        }
+    }
+
     /// Queue a range of sent but unacknowledged data to be retransmitted
-    pub(super) fn retransmit(&mut self, range: Range<u64>) {
+    pub(super) fn retransmit(&mut self, mut range: Range<u64>) {
         debug_assert!(range.end <= self.unsent, "unsent data can't be lost");
-        self.retransmits.insert(range);
+        range.end = range.end.min(self.sendable_end());
+        if range.start < range.end {
+            self.retransmits.insert(range);
+        }
     }
 
     pub(super) fn retransmit_all_for_0rtt(&mut self) {
@@ -194,7 +213,12 @@ impl SendBuffer {
     ///
     /// There may be sent unacknowledged data even when this is false.
     pub(super) fn has_unsent_data(&self) -> bool {
-        self.unsent != self.offset || !self.retransmits.is_empty()
+        self.unsent < self.sendable_end() || !self.retransmits.is_empty()
+    }
+
+    /// The offset up to which data may be transmitted
+    fn sendable_end(&self) -> u64 {
+        self.abandoned_from.unwrap_or(self.offset)
     }
 
     /// Bytes still retained from application writes, including acknowledged data

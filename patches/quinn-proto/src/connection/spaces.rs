@@ -311,6 +311,8 @@ pub struct Retransmits {
     pub(super) data_blocked: bool,
     pub(super) max_stream_id: [bool; 2],
     pub(super) reset_stream: Vec<(StreamId, VarInt)>,
+    /// Stream, error code and reliable size of each RESET_STREAM_AT frame
+    pub(super) reset_stream_at: Vec<(StreamId, VarInt, VarInt)>,
     pub(super) stop_sending: Vec<frame::StopSending>,
     pub(super) max_stream_data: FxHashSet<StreamId>,
     pub(super) stream_data_blocked: FxHashSet<StreamId>,
@@ -357,6 +359,7 @@ impl Retransmits {
             && !(self.data_blocked && streams.can_send_data_blocked())
             && !self.max_stream_id.into_iter().any(|x| x)
             && self.reset_stream.is_empty()
+            && self.reset_stream_at.is_empty()
             && self.stop_sending.is_empty()
             && self
                 .max_stream_data
@@ -390,6 +393,7 @@ impl ::std::ops::BitOrAssign for Retransmits {
             self.max_stream_id[dir as usize] |= rhs.max_stream_id[dir as usize];
         }
         self.reset_stream.extend_from_slice(&rhs.reset_stream);
+        self.reset_stream_at.extend_from_slice(&rhs.reset_stream_at);
         self.stop_sending.extend_from_slice(&rhs.stop_sending);
         self.max_stream_data.extend(&rhs.max_stream_data);
         self.stream_data_blocked.extend(&rhs.stream_data_blocked);

@@ -4386,3 +4386,135 @@ fn preferred_address() {
     let mut pair = Pair::new(Arc::new(EndpointConfig::default()), server_config);
     pair.connect();
 }
+
+/// A pair whose endpoints both accept RESET_STREAM_AT frames, or only the client
+fn reset_stream_at_pair(server_accepts: bool) -> (Pair, ConnectionHandle, ConnectionHandle) {
+    let mut transport = TransportConfig::default();
+    transport.reset_stream_at(true);
+    let transport = Arc::new(transport);
+    let server = ServerConfig {
+        transport: match server_accepts {
+            true => transport.clone(),
+            false => Arc::new(TransportConfig::default()),
+        },
+        ..server_config()
+    };
+    let mut pair = Pair::new(Default::default(), server);
+    let mut client = client_config();
+    client.transport_config(transport);
+    let (client_ch, server_ch) = pair.connect_with(client);
+    (pair, client_ch, server_ch)
+}
+
+/// Reads what the server can read of stream `s` now: the bytes, then what ended the read
+fn server_read(pair: &mut Pair, server_ch: ConnectionHandle, s: StreamId) -> (Vec<u8>, ReadError) {
+    let mut recv = pair.server_recv(server_ch, s);
+    let mut chunks = recv.read(true).unwrap();
+    let mut bytes = Vec::new();
+    let end = loop {
+        match chunks.next(usize::MAX) {
+            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk.bytes),
+            Ok(None) => panic!("stream finished instead of reset"),
+            Err(e) => break e,
+        }
+    };
+    let _ = chunks.finalize();
+    (bytes, end)
+}
+
+#[test]
+fn reset_stream_at() {
+    let _guard = subscribe();
+    let (mut pair, client_ch, server_ch) = reset_stream_at_pair(true);
+    let s = pair.client_streams(client_ch).open(Dir::Uni).unwrap();
+    let msg = (0..100u8).collect::<Vec<_>>();
+    pair.client_send(client_ch, s).write(&msg).unwrap();
+    const ERROR: VarInt = VarInt(42);
+    pair.client_send(client_ch, s).reset_at(ERROR, 10).unwrap();
+    pair.drive();
+
+    assert_matches!(pair.server_streams(server_ch).accept(Dir::Uni), Some(stream) if stream == s);
+    let (bytes, end) = server_read(&mut pair, server_ch, s);
+    assert_eq!(bytes, &msg[..10]);
+    assert_eq!(end, ReadError::Reset(ERROR));
+    assert_matches!(
+        pair.client_conn_mut(client_ch).poll(),
+        Some(Event::Stream(StreamEvent::Finished { id })) if id == s
+    );
+    assert_eq!(pair.client_streams(client_ch).send_streams(), 0);
+    let stats = pair.client_conn_mut(client_ch).stats();
+    assert_eq!(stats.frame_tx.reset_stream_at, 1);
+}
+
+#[test]
+fn reset_stream_at_retransmits_reliable_data_only() {
+    let _guard = subscribe();
+    let (mut pair, client_ch, server_ch) = reset_stream_at_pair(true);
+    let s = pair.client_streams(client_ch).open(Dir::Uni).unwrap();
+    let msg = (0..20_000).map(|i| i as u8).collect::<Vec<_>>();
+    pair.client_send(client_ch, s).write(&msg).unwrap();
+    pair.drive_client();
+    pair.server.inbound.clear(); // Lose it all
+    let sent_before = pair.client_conn_mut(client_ch).stats().udp_tx.bytes;
+
+    const ERROR: VarInt = VarInt(42);
+    pair.client_send(client_ch, s)
+        .reset_at(ERROR, 1000)
+        .unwrap();
+    pair.drive();
+
+    let resent = pair.client_conn_mut(client_ch).stats().udp_tx.bytes - sent_before;
+    assert!(
+        resent < 4000,
+        "retransmitted {resent} bytes for 1000 reliable ones"
+    );
+    assert_matches!(pair.server_streams(server_ch).accept(Dir::Uni), Some(stream) if stream == s);
+    let (bytes, end) = server_read(&mut pair, server_ch, s);
+    assert_eq!(bytes, &msg[..1000]);
+    assert_eq!(end, ReadError::Reset(ERROR));
+    assert_matches!(
+        pair.client_conn_mut(client_ch).poll(),
+        Some(Event::Stream(StreamEvent::Finished { id })) if id == s
+    );
+}
+
+#[test]
+fn reset_stream_at_needs_the_peers_parameter() {
+    let _guard = subscribe();
+    let (mut pair, client_ch, _) = reset_stream_at_pair(false);
+    let s = pair.client_streams(client_ch).open(Dir::Uni).unwrap();
+    pair.client_send(client_ch, s).write(b"hello").unwrap();
+    assert_eq!(
+        pair.client_send(client_ch, s).reset_at(VarInt(42), 2),
+        Err(ResetAtError::Unsupported)
+    );
+}
+
+#[test]
+fn reset_stream_at_without_the_parameter_is_a_frame_encoding_error() {
+    let _guard = subscribe();
+    let (mut pair, client_ch, _) = reset_stream_at_pair(false);
+    // Misbehave: send the frame although the server never advertised support
+    pair.client_conn_mut(client_ch)
+        .assume_peer_accepts_reset_stream_at();
+    let s = pair.client_streams(client_ch).open(Dir::Uni).unwrap();
+    pair.client_send(client_ch, s).write(b"hello").unwrap();
+    pair.client_send(client_ch, s)
+        .reset_at(VarInt(42), 2)
+        .unwrap();
+    pair.drive();
+    // The server's CONNECTION_CLOSE acknowledges the frame too
+    assert_matches!(
+        pair.client_conn_mut(client_ch).poll(),
+        Some(Event::Stream(StreamEvent::Finished { id })) if id == s
+    );
+    assert_matches!(
+        pair.client_conn_mut(client_ch).poll(),
+        Some(Event::ConnectionLost {
+            reason: ConnectionError::ConnectionClosed(ConnectionClose {
+                error_code: TransportErrorCode::FRAME_ENCODING_ERROR,
+                ..
+            })
+        })
+    );
+}

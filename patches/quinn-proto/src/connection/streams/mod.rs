@@ -21,7 +21,7 @@ pub use recv::{Chunks, ReadError, ReadableError};
 mod send;
 pub(crate) use send::{ByteSlice, BytesArray};
 use send::{BytesSource, Send, SendState};
-pub use send::{FinishError, WriteError, Written};
+pub use send::{FinishError, ResetAtError, WriteError, Written};
 
 mod state;
 #[allow(unreachable_pub)] // fuzzing only
@@ -349,6 +349,49 @@ impl<'a> SendStream<'a> {
         self.pending.reset_stream.push((self.id, error_code));
 
         // Don't reopen an already-closed stream we haven't forgotten yet
+        Ok(())
+    }
+
+    /// Abandon transmitting data on a stream, except for its first `reliable_size` bytes
+    ///
+    /// Sends a RESET_STREAM_AT frame ([draft-ietf-quic-reliable-stream-reset]): the peer reads
+    /// the stream's data up to `reliable_size`, then learns of the reset with `error_code`. That
+    /// data is retransmitted until acknowledged; data written past it is dropped. The stream
+    /// finishes ([`StreamEvent::Finished`]) once the peer has acknowledged both.
+    ///
+    /// May be called again with a smaller `reliable_size`, or followed by [`reset()`]
+    /// (equivalent to a reliable size of zero), with the same `error_code`. Fails if the peer
+    /// did not advertise support ([`TransportConfig::reset_stream_at()`]), if `reliable_size` is
+    /// larger than the data written or than a previous call's, or if the stream was already
+    /// reset without a reliable size.
+    ///
+    /// # Panics
+    /// - when applied to a receive stream
+    ///
+    /// [draft-ietf-quic-reliable-stream-reset]: https://datatracker.ietf.org/doc/draft-ietf-quic-reliable-stream-reset/
+    /// [`reset()`]: Self::reset
+    /// [`TransportConfig::reset_stream_at()`]: crate::TransportConfig::reset_stream_at
+    pub fn reset_at(&mut self, error_code: VarInt, reliable_size: u64) -> Result<(), ResetAtError> {
+        if !self.state.peer_reset_stream_at {
+            return Err(ResetAtError::Unsupported);
+        }
+        let max_send_data = self.state.max_send_data(self.id);
+        let stream = self
+            .state
+            .send
+            .get_mut(&self.id)
+            .map(get_or_insert_send(max_send_data))
+            .ok_or(ResetAtError::ClosedStream)?;
+
+        let buffered = stream.pending.buffered();
+        stream.reset_at(reliable_size)?;
+        // Restore the portion of the send window consumed by the data that we aren't about to
+        // send, as `reset` does
+        self.state.buffered_data -= buffered - stream.pending.buffered();
+        let reliable_size = VarInt::from_u64(reliable_size).expect("at most the data written");
+        self.pending
+            .reset_stream_at
+            .push((self.id, error_code, reliable_size));
         Ok(())
     }
 

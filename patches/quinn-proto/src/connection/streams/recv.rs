@@ -65,6 +65,23 @@ impl Recv {
         }
 
         let new_bytes = self.credit_consumed_by(end, received, max_data)?;
+        if let RecvState::ResetRecvd { reliable_size, .. } = self.state {
+            // Data below the reliable size of a RESET_STREAM_AT is still delivered. The reset
+            // already accounted for flow control up to the final size, and data past the reliable
+            // size will never be read.
+            let mut frame = frame;
+            frame
+                .data
+                .truncate(reliable_size.saturating_sub(frame.offset) as usize);
+            if !self.stopped && !frame.data.is_empty() {
+                self.assembler
+                    .insert(frame.offset, frame.data, payload_len)
+                    .map_err(|_| {
+                        TransportError::INTERNAL_ERROR("too many gaps in stream buffer")
+                    })?;
+            }
+            return Ok((0, false));
+        }
 
         // Stopped streams don't need to wait for the actual data, they just need to know
         // how much there was.
@@ -93,8 +110,11 @@ impl Recv {
 
         self.stopped = true;
         self.assembler.clear();
-        // Issue flow control credit for unread data
-        let read_credits = self.end - self.assembler.bytes_read();
+        // Issue flow control credit for unread data, unless a reset already did
+        let read_credits = match self.state {
+            RecvState::ResetRecvd { .. } => 0,
+            RecvState::Recv { .. } => self.end - self.assembler.bytes_read(),
+        };
         // This may send a spurious STOP_SENDING if we've already received all data, but it's a bit
         // fiddly to distinguish that from the case where we've received a FIN but are missing some
         // data that the peer might still be trying to retransmit, in which case a STOP_SENDING is
@@ -155,7 +175,12 @@ impl Recv {
 
     /// Whether data is still being accepted from the peer
     pub(super) fn is_receiving(&self) -> bool {
-        matches!(self.state, RecvState::Recv { .. })
+        match self.state {
+            RecvState::Recv { .. } => true,
+            RecvState::ResetRecvd { reliable_size, .. } => {
+                !self.assembler.delivered_through(reliable_size)
+            }
+        }
     }
 
     fn final_offset(&self) -> Option<u64> {
@@ -166,10 +191,13 @@ impl Recv {
     }
 
     /// Returns `false` iff the reset was redundant
+    ///
+    /// `reliable_size` is that of a RESET_STREAM_AT frame, `None` for RESET_STREAM.
     pub(super) fn reset(
         &mut self,
         error_code: VarInt,
         final_offset: VarInt,
+        reliable_size: Option<VarInt>,
         received: u64,
         max_data: u64,
     ) -> Result<bool, TransportError> {
@@ -185,24 +213,55 @@ impl Recv {
         }
         self.credit_consumed_by(final_offset.into(), received, max_data)?;
 
-        if matches!(self.state, RecvState::ResetRecvd { .. }) {
-            return Ok(false);
+        let new_reliable_size = reliable_size.map_or(0, u64::from);
+        if let RecvState::ResetRecvd {
+            error_code: first_code,
+            reliable_size: ref mut current,
+            ..
+        } = self.state
+        {
+            if first_code != error_code && (reliable_size.is_some() || *current > 0) {
+                return Err(TransportError::STREAM_STATE_ERROR(
+                    "reset with a different error code",
+                ));
+            }
+            // A later reset may only lower the reliable size; one that raises it was reordered
+            // and is ignored
+            if new_reliable_size >= *current {
+                return Ok(false);
+            }
+            *current = new_reliable_size;
+        } else {
+            self.state = RecvState::ResetRecvd {
+                size: final_offset.into(),
+                error_code,
+                reliable_size: new_reliable_size,
+            };
         }
-        self.state = RecvState::ResetRecvd {
-            size: final_offset.into(),
-            error_code,
-        };
-        // Nuke buffers so that future reads fail immediately, which ensures future reads don't
-        // issue flow control credit redundant to that already issued. We could instead special-case
-        // reset streams during read, but it's unclear if there's any benefit to retaining data for
-        // reset streams.
-        self.assembler.clear();
+        if self.assembler.delivered_through(new_reliable_size) {
+            // Nuke buffers so that future reads fail immediately. We could instead special-case
+            // reset streams during read, but it's unclear if there's any benefit to retaining data
+            // for reset streams.
+            self.assembler.clear();
+        } else {
+            // Keep what is below the reliable size for the application to read
+            self.assembler.truncate(new_reliable_size);
+        }
         Ok(true)
+    }
+
+    /// Whether the peer reset the stream
+    pub(super) fn is_reset(&self) -> bool {
+        matches!(self.state, RecvState::ResetRecvd { .. })
     }
 
     pub(super) fn reset_code(&self) -> Option<VarInt> {
         match self.state {
-            RecvState::ResetRecvd { error_code, .. } => Some(error_code),
+            RecvState::ResetRecvd {
+                error_code,
+                reliable_size,
+                ..
+            } if self.assembler.delivered_through(reliable_size) => Some(error_code),
             _ => None,
         }
     }
@@ -297,14 +356,28 @@ impl<'a> Chunks<'a> {
             ChunksState::Finalized => panic!("must not call next() after finalize()"),
         };
 
-        if let Some(chunk) = rs.assembler.read(max_length, self.ordered) {
+        if let RecvState::ResetRecvd { reliable_size, .. } = rs.state {
+            // Only data below a RESET_STREAM_AT's reliable size is buffered. The reset already
+            // issued the flow control credit for it, so reading it issues none.
+            if let Some(chunk) = rs.assembler.read(max_length, self.ordered) {
+                debug_assert!(chunk.offset + chunk.bytes.len() as u64 <= reliable_size);
+                return Ok(Some(chunk));
+            }
+        } else if let Some(chunk) = rs.assembler.read(max_length, self.ordered) {
             self.read += chunk.bytes.len() as u64;
             return Ok(Some(chunk));
         }
 
         match rs.state {
-            RecvState::ResetRecvd { error_code, .. } => {
-                debug_assert_eq!(self.read, 0, "reset streams have empty buffers");
+            RecvState::ResetRecvd {
+                error_code,
+                reliable_size,
+                ..
+            } => {
+                if !rs.assembler.delivered_through(reliable_size) {
+                    // Data below the reliable size is still to come
+                    return Err(ReadError::Blocked);
+                }
                 let state = mem::replace(&mut self.state, ChunksState::Reset(error_code));
                 // At this point if we have `rs` self.state must be `ChunksState::Readable`
                 let recv = match state {
@@ -432,8 +505,16 @@ impl From<IllegalOrderedRead> for ReadableError {
 
 #[derive(Debug, Copy, Clone, Eq, PartialEq)]
 enum RecvState {
-    Recv { size: Option<u64> },
-    ResetRecvd { size: u64, error_code: VarInt },
+    Recv {
+        size: Option<u64>,
+    },
+    ResetRecvd {
+        size: u64,
+        error_code: VarInt,
+        /// Data below this offset is delivered before the reset (RESET_STREAM_AT); zero for
+        /// RESET_STREAM
+        reliable_size: u64,
+    },
 }
 
 impl Default for RecvState {

@@ -91,10 +91,63 @@ impl Send {
     /// Update stream state due to a reset sent by the local application
     pub(super) fn reset(&mut self) {
         use SendState::*;
-        if let DataSent { .. } | Ready = self.state {
+        if let DataSent { .. } | Ready | ResetAtSent { .. } = self.state {
             self.state = ResetSent;
             self.pending.discard();
             self.fin_pending = false;
+        }
+    }
+
+    /// Update stream state due to a RESET_STREAM_AT sent by the local application
+    ///
+    /// Data below `reliable_size` is still (re)transmitted until acknowledged; data beyond it is
+    /// abandoned. A later call may only lower the reliable size.
+    pub(super) fn reset_at(&mut self, reliable_size: u64) -> Result<(), ResetAtError> {
+        if reliable_size > self.pending.offset() {
+            return Err(ResetAtError::BeyondWritten);
+        }
+        match self.state {
+            SendState::Ready | SendState::DataSent { .. } => {}
+            SendState::ResetAtSent {
+                reliable_size: current,
+                ..
+            } if reliable_size <= current => {}
+            SendState::ResetAtSent { .. } => return Err(ResetAtError::RaisesReliableSize),
+            SendState::ResetSent => return Err(ResetAtError::ClosedStream),
+        }
+        self.state = SendState::ResetAtSent {
+            reliable_size,
+            reset_acked: false,
+        };
+        self.pending.abandon_from(reliable_size);
+        self.fin_pending = false;
+        Ok(())
+    }
+
+    /// Handle the acknowledgement of a RESET_STREAM_AT frame
+    ///
+    /// Returns whether the stream is now fully delivered: the frame carrying the smallest reliable
+    /// size and all data below it were acknowledged.
+    pub(super) fn reset_at_acked(&mut self, acked_reliable_size: u64) -> bool {
+        match self.state {
+            SendState::ResetAtSent {
+                reliable_size,
+                ref mut reset_acked,
+            } => {
+                // An older frame with a larger reliable size doesn't release us from delivering
+                // the smaller one's promise to the peer
+                *reset_acked |= acked_reliable_size == reliable_size;
+                *reset_acked && self.pending.is_fully_acked()
+            }
+            _ => false,
+        }
+    }
+
+    /// The reliable size of the RESET_STREAM_AT sent on this stream, if any
+    pub(super) fn reliable_size(&self) -> Option<u64> {
+        match self.state {
+            SendState::ResetAtSent { reliable_size, .. } => Some(reliable_size),
+            _ => None,
         }
     }
 
@@ -120,6 +173,9 @@ impl Send {
             } => {
                 *finish_acked |= frame.fin;
                 *finish_acked && self.pending.is_fully_acked()
+            }
+            SendState::ResetAtSent { reset_acked, .. } => {
+                reset_acked && self.pending.is_fully_acked()
             }
             _ => false,
         }
@@ -291,8 +347,32 @@ pub(super) enum SendState {
     Ready,
     /// Stream was finished; now sending retransmits only
     DataSent { finish_acked: bool },
+    /// Sent RESET_STREAM_AT; now sending data below the reliable size only
+    ResetAtSent {
+        /// The smallest reliable size sent
+        reliable_size: u64,
+        /// Whether the frame carrying `reliable_size` was acknowledged
+        reset_acked: bool,
+    },
     /// Sent RESET
     ResetSent,
+}
+
+/// Reasons why a reset with a reliable size might fail
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ResetAtError {
+    /// The peer did not advertise support for RESET_STREAM_AT
+    #[error("peer does not support RESET_STREAM_AT")]
+    Unsupported,
+    /// The reliable size is larger than the data written to the stream
+    #[error("reliable size beyond the data written")]
+    BeyondWritten,
+    /// The stream was already reset with a smaller reliable size, which may only be lowered
+    #[error("reliable size may only be lowered")]
+    RaisesReliableSize,
+    /// The stream has not been opened, or was already reset without a reliable size
+    #[error("closed stream")]
+    ClosedStream,
 }
 
 /// Reasons why attempting to finish a stream might fail

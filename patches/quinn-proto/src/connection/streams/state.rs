@@ -134,6 +134,8 @@ pub struct StreamsState {
     initial_max_stream_data_uni: VarInt,
     initial_max_stream_data_bidi_local: VarInt,
     initial_max_stream_data_bidi_remote: VarInt,
+    /// Whether the peer accepts RESET_STREAM_AT frames
+    pub(in crate::connection) peer_reset_stream_at: bool,
 
     /// The shrink to be applied to local_max_data when receive_window is shrunk
     receive_window_shrink_debt: u64,
@@ -184,6 +186,7 @@ impl StreamsState {
             initial_max_stream_data_uni: 0u32.into(),
             initial_max_stream_data_bidi_local: 0u32.into(),
             initial_max_stream_data_bidi_remote: 0u32.into(),
+            peer_reset_stream_at: false,
             receive_window_shrink_debt: 0,
             data_blocked_limit: None,
         };
@@ -201,6 +204,7 @@ impl StreamsState {
         self.initial_max_stream_data_uni = params.initial_max_stream_data_uni;
         self.initial_max_stream_data_bidi_local = params.initial_max_stream_data_bidi_local;
         self.initial_max_stream_data_bidi_remote = params.initial_max_stream_data_bidi_remote;
+        self.peer_reset_stream_at = params.reset_stream_at;
         self.max[Dir::Bi as usize] = params.initial_max_streams_bidi.into();
         self.max[Dir::Uni as usize] = params.initial_max_streams_uni.into();
         self.received_max_data(params.initial_max_data);
@@ -319,7 +323,37 @@ impl StreamsState {
         self.validate_receive_id(id).inspect_err(|_e| {
             debug!("received illegal RESET_STREAM frame");
         })?;
+        self.reset_recv(id, error_code, final_offset, None)
+    }
 
+    /// Process incoming RESET_STREAM_AT frame
+    ///
+    /// If successful, returns whether a `MAX_DATA` frame needs to be transmitted
+    #[allow(unreachable_pub)] // fuzzing only
+    pub fn received_reset_at(
+        &mut self,
+        frame: frame::ResetStreamAt,
+    ) -> Result<ShouldTransmit, TransportError> {
+        let frame::ResetStreamAt {
+            id,
+            error_code,
+            final_offset,
+            reliable_size,
+        } = frame;
+        self.validate_receive_id(id).inspect_err(|_e| {
+            debug!("received illegal RESET_STREAM_AT frame");
+        })?;
+        self.reset_recv(id, error_code, final_offset, Some(reliable_size))
+    }
+
+    /// Reset a receive stream, delivering data below `reliable_size` first if given
+    fn reset_recv(
+        &mut self,
+        id: StreamId,
+        error_code: VarInt,
+        final_offset: VarInt,
+        reliable_size: Option<VarInt>,
+    ) -> Result<ShouldTransmit, TransportError> {
         let rs = match self
             .recv
             .get_mut(&id)
@@ -333,13 +367,21 @@ impl StreamsState {
         };
 
         // State transition
+        let first_reset = !rs.is_reset();
         if !rs.reset(
             error_code,
             final_offset,
+            reliable_size,
             self.data_recvd,
             self.local_max_data,
         )? {
             // Redundant reset
+            return Ok(ShouldTransmit(false));
+        }
+        if !first_reset {
+            // A RESET_STREAM_AT lowered the reliable size: flow control was settled by the first
+            // reset, and the application may now see the reset sooner
+            self.on_stream_frame(true, id);
             return Ok(ShouldTransmit(false));
         }
         let bytes_read = rs.assembler.bytes_read();
@@ -398,14 +440,31 @@ impl StreamsState {
         }
     }
 
+    /// Handle the acknowledgement of a RESET_STREAM_AT frame
+    pub(crate) fn reset_at_acked(&mut self, id: StreamId, reliable_size: VarInt) {
+        let hash_map::Entry::Occupied(mut e) = self.send.entry(id) else {
+            return;
+        };
+        let Some(stream) = e.get_mut().as_mut() else {
+            return;
+        };
+        if stream.reset_at_acked(reliable_size.into()) {
+            // As with a FIN, the peer now has all the data it will get
+            e.remove_entry();
+            self.stream_freed(id, StreamHalf::Send);
+            self.events.push_back(StreamEvent::Finished { id });
+        }
+    }
+
     /// Whether any stream data is queued, regardless of control frames
     pub(crate) fn can_send_stream_data(&self) -> bool {
-        // Reset streams may linger in the pending stream list, but will never produce stream frames
+        // Reset streams may linger in the pending stream list, but will never produce stream
+        // frames; nor will streams reset with a reliable size whose data below it was all sent
         self.pending.iter().any(|stream| {
             self.send
                 .get(&stream.id)
                 .and_then(|s| s.as_ref())
-                .is_some_and(|s| !s.is_reset())
+                .is_some_and(|s| !s.is_reset() && s.is_pending())
         })
     }
 
@@ -464,6 +523,33 @@ impl StreamsState {
             }
             .encode(buf);
             stats.reset_stream += 1;
+        }
+
+        // RESET_STREAM_AT
+        while buf.len() + frame::ResetStreamAt::SIZE_BOUND < max_size {
+            let Some((id, error_code, reliable_size)) = pending.reset_stream_at.pop() else {
+                break;
+            };
+            let Some(stream) = self.send.get_mut(&id).and_then(|s| s.as_mut()) else {
+                continue;
+            };
+            if stream.reliable_size() != Some(reliable_size.into()) {
+                // Superseded by a reset with a smaller reliable size, or with none
+                continue;
+            }
+            trace!(stream = %id, %reliable_size, "RESET_STREAM_AT");
+            retransmits
+                .get_or_create()
+                .reset_stream_at
+                .push((id, error_code, reliable_size));
+            frame::ResetStreamAt {
+                id,
+                error_code,
+                final_offset: VarInt::try_from(stream.offset()).expect("impossibly large offset"),
+                reliable_size,
+            }
+            .encode(buf);
+            stats.reset_stream_at += 1;
         }
 
         // STOP_SENDING
@@ -626,8 +712,9 @@ impl StreamsState {
 
             // Reset streams aren't removed from the pending list and still exist while the peer
             // hasn't acknowledged the reset, but should not generate STREAM frames, so we need to
-            // check for them explicitly.
-            if stream.is_reset() {
+            // check for them explicitly. Nor should streams reset with a reliable size whose data
+            // below it was all sent.
+            if stream.is_reset() || !stream.is_pending() {
                 continue;
             }
 
@@ -738,11 +825,13 @@ impl StreamsState {
         if stream.is_reset() {
             return;
         }
-        if !stream.is_pending() {
+        let was_pending = stream.is_pending();
+        // A stream reset with a reliable size sends no FIN, and only data below that size
+        stream.fin_pending |= frame.fin && stream.reliable_size().is_none();
+        stream.pending.retransmit(frame.offsets);
+        if !was_pending && stream.is_pending() {
             self.pending.push_pending(frame.id, stream.priority);
         }
-        stream.fin_pending |= frame.fin;
-        stream.pending.retransmit(frame.offsets);
     }
 
     pub(crate) fn retransmit_all_for_0rtt(&mut self) {
@@ -1056,10 +1145,12 @@ pub(super) fn get_or_insert_recv(
 mod tests {
     use super::*;
     use crate::{
-        ReadableError, RecvStream, SendStream, TransportErrorCode, WriteError,
-        connection::State as ConnState, connection::Streams,
+        FrameStats, ReadError, ReadableError, RecvStream, ResetAtError, SendStream,
+        TransportErrorCode, WriteError, connection::State as ConnState, connection::Streams,
     };
+    use assert_matches::assert_matches;
     use bytes::Bytes;
+    use std::ops::Range;
 
     fn make(side: Side) -> StreamsState {
         StreamsState::new(
@@ -1204,6 +1295,327 @@ mod tests {
         });
         assert!(!server.send[&id].as_ref().unwrap().is_pending());
         assert_eq!(server.write_limit(), 24);
+    }
+
+    /// A client receiving on a server-initiated unidirectional stream, up to a 1 MiB window
+    fn reset_at_receiver() -> (StreamsState, StreamId) {
+        let mut client = StreamsState::new(
+            Side::Client,
+            1u32.into(),
+            1u32.into(),
+            1024 * 1024,
+            (1024 * 1024u32).into(),
+            (1024 * 1024u32).into(),
+        );
+        client.set_params(&TransportParameters::default());
+        (client, StreamId::new(Side::Server, Dir::Uni, 0))
+    }
+
+    fn stream_frame(id: StreamId, offsets: Range<u64>) -> frame::Stream {
+        let data = (offsets.start..offsets.end)
+            .map(|i| i as u8)
+            .collect::<Vec<_>>();
+        frame::Stream {
+            id,
+            offset: offsets.start,
+            fin: false,
+            data: data.into(),
+        }
+    }
+
+    fn reset_at(
+        id: StreamId,
+        code: u32,
+        final_offset: u32,
+        reliable_size: u32,
+    ) -> frame::ResetStreamAt {
+        frame::ResetStreamAt {
+            id,
+            error_code: code.into(),
+            final_offset: final_offset.into(),
+            reliable_size: reliable_size.into(),
+        }
+    }
+
+    /// Reads everything readable now: the bytes, then what ended the read
+    fn read_all(
+        state: &mut StreamsState,
+        id: StreamId,
+    ) -> (Vec<u8>, Result<Option<()>, ReadError>) {
+        let mut pending = Retransmits::default();
+        let mut recv = RecvStream {
+            id,
+            state,
+            pending: &mut pending,
+        };
+        let mut chunks = recv.read(true).unwrap();
+        let mut bytes = Vec::new();
+        let end = loop {
+            match chunks.next(usize::MAX) {
+                Ok(Some(chunk)) => bytes.extend_from_slice(&chunk.bytes),
+                Ok(None) => break Ok(None::<()>),
+                Err(e) => break Err(e),
+            }
+        };
+        let _ = chunks.finalize();
+        (bytes, end)
+    }
+
+    #[test]
+    fn reset_at_delivers_reliable_prefix() {
+        let (mut client, id) = reset_at_receiver();
+        let initial_max = client.local_max_data;
+        let _ = client.received(stream_frame(id, 0..10), 10).unwrap();
+        let _ = client.received_reset_at(reset_at(id, 7, 100, 30)).unwrap();
+        assert_eq!(
+            client.data_recvd, 100,
+            "the final size counts against flow control"
+        );
+
+        // What has arrived is readable; the reset waits for the rest of the reliable data
+        let (bytes, end) = read_all(&mut client, id);
+        assert_eq!(bytes, (0..10).collect::<Vec<u8>>());
+        assert_eq!(end, Err(ReadError::Blocked));
+
+        // Data past the reliable size is never delivered
+        let _ = client.received(stream_frame(id, 10..60), 50).unwrap();
+        assert_eq!(client.data_recvd, 100);
+        let (bytes, end) = read_all(&mut client, id);
+        assert_eq!(bytes, (10..30).collect::<Vec<u8>>());
+        assert_eq!(end, Err(ReadError::Reset(7u32.into())));
+        assert!(!client.recv.contains_key(&id) || client.recv[&id].is_none());
+        assert_eq!(
+            client.local_max_data - initial_max,
+            100,
+            "credit for the whole final size, once"
+        );
+    }
+
+    #[test]
+    fn reset_at_below_data_read_resets_at_once() {
+        let (mut client, id) = reset_at_receiver();
+        let _ = client.received(stream_frame(id, 0..10), 10).unwrap();
+        let (bytes, _) = read_all(&mut client, id);
+        assert_eq!(bytes.len(), 10);
+        let _ = client.received_reset_at(reset_at(id, 7, 20, 5)).unwrap();
+        let (bytes, end) = read_all(&mut client, id);
+        assert!(bytes.is_empty());
+        assert_eq!(end, Err(ReadError::Reset(7u32.into())));
+    }
+
+    #[test]
+    fn reset_at_reliable_size_only_lowers() {
+        let (mut client, id) = reset_at_receiver();
+        let _ = client.received(stream_frame(id, 0..5), 5).unwrap();
+        let _ = client.received_reset_at(reset_at(id, 7, 100, 30)).unwrap();
+        // A reordered frame with a larger reliable size is ignored
+        let _ = client.received_reset_at(reset_at(id, 7, 100, 50)).unwrap();
+        let _ = client.received(stream_frame(id, 5..50), 45).unwrap();
+        let (bytes, end) = read_all(&mut client, id);
+        assert_eq!(bytes, (0..30).collect::<Vec<u8>>());
+        assert_eq!(end, Err(ReadError::Reset(7u32.into())));
+
+        // Lowering below what arrived ends delivery there
+        let (mut client, id) = reset_at_receiver();
+        let _ = client.received(stream_frame(id, 0..5), 5).unwrap();
+        let _ = client.received_reset_at(reset_at(id, 7, 100, 30)).unwrap();
+        let _ = client.received_reset_at(reset_at(id, 7, 100, 3)).unwrap();
+        let (bytes, end) = read_all(&mut client, id);
+        assert_eq!(bytes, (0..3).collect::<Vec<u8>>());
+        assert_eq!(end, Err(ReadError::Reset(7u32.into())));
+
+        // So does a RESET_STREAM, as a reliable size of zero
+        let (mut client, id) = reset_at_receiver();
+        let _ = client.received(stream_frame(id, 0..5), 5).unwrap();
+        let _ = client.received_reset_at(reset_at(id, 7, 100, 30)).unwrap();
+        let _ = client
+            .received_reset(frame::ResetStream {
+                id,
+                error_code: 7u32.into(),
+                final_offset: 100u32.into(),
+            })
+            .unwrap();
+        let (bytes, end) = read_all(&mut client, id);
+        assert!(bytes.is_empty());
+        assert_eq!(end, Err(ReadError::Reset(7u32.into())));
+    }
+
+    #[test]
+    fn reset_at_errors() {
+        let code = |e: TransportError| e.code;
+
+        // A different error code than the first reset
+        let (mut client, id) = reset_at_receiver();
+        let _ = client.received_reset_at(reset_at(id, 7, 100, 30)).unwrap();
+        let err = client
+            .received_reset_at(reset_at(id, 8, 100, 10))
+            .unwrap_err();
+        assert_eq!(code(err), TransportErrorCode::STREAM_STATE_ERROR);
+
+        // A final size that changed
+        let (mut client, id) = reset_at_receiver();
+        let _ = client.received_reset_at(reset_at(id, 7, 100, 30)).unwrap();
+        let err = client
+            .received_reset_at(reset_at(id, 7, 101, 30))
+            .unwrap_err();
+        assert_eq!(code(err), TransportErrorCode::FINAL_SIZE_ERROR);
+
+        // A final size below data already received
+        let (mut client, id) = reset_at_receiver();
+        let _ = client.received(stream_frame(id, 0..50), 50).unwrap();
+        let err = client
+            .received_reset_at(reset_at(id, 7, 40, 30))
+            .unwrap_err();
+        assert_eq!(code(err), TransportErrorCode::FINAL_SIZE_ERROR);
+
+        // Data past the final size after the reset
+        let (mut client, id) = reset_at_receiver();
+        let _ = client.received_reset_at(reset_at(id, 7, 40, 30)).unwrap();
+        let err = client.received(stream_frame(id, 30..50), 20).unwrap_err();
+        assert_eq!(code(err), TransportErrorCode::FINAL_SIZE_ERROR);
+
+        // A final size beyond flow control
+        let (mut client, id) = reset_at_receiver();
+        let err = client
+            .received_reset_at(reset_at(id, 7, 2 * 1024 * 1024, 0))
+            .unwrap_err();
+        assert_eq!(code(err), TransportErrorCode::FLOW_CONTROL_ERROR);
+
+        // Our own unidirectional stream: send-only
+        let (mut client, _) = reset_at_receiver();
+        client.max[Dir::Uni as usize] = 1;
+        let ours = StreamId::new(Side::Client, Dir::Uni, 0);
+        client.insert(false, ours);
+        let err = client
+            .received_reset_at(reset_at(ours, 7, 10, 5))
+            .unwrap_err();
+        assert_eq!(code(err), TransportErrorCode::STREAM_STATE_ERROR);
+
+        // Our own bidirectional stream, never opened
+        let (mut client, _) = reset_at_receiver();
+        let unopened = StreamId::new(Side::Client, Dir::Bi, 3);
+        let err = client
+            .received_reset_at(reset_at(unopened, 7, 10, 5))
+            .unwrap_err();
+        assert_eq!(code(err), TransportErrorCode::STREAM_STATE_ERROR);
+    }
+
+    #[test]
+    fn stop_after_reset_at_issues_no_more_credit() {
+        let (mut client, id) = reset_at_receiver();
+        let initial_max = client.local_max_data;
+        let _ = client.received(stream_frame(id, 0..10), 10).unwrap();
+        let _ = client.received_reset_at(reset_at(id, 7, 100, 30)).unwrap();
+        let mut pending = Retransmits::default();
+        RecvStream {
+            id,
+            state: &mut client,
+            pending: &mut pending,
+        }
+        .stop(0u32.into())
+        .unwrap();
+        assert_eq!(client.local_max_data - initial_max, 100);
+    }
+
+    #[test]
+    fn reset_at_sender_keeps_reliable_data_only() {
+        let mut server = make(Side::Server);
+        server.set_params(&TransportParameters {
+            initial_max_streams_uni: 1u32.into(),
+            initial_max_data: 1000u32.into(),
+            initial_max_stream_data_uni: 1000u32.into(),
+            reset_stream_at: true,
+            ..TransportParameters::default()
+        });
+        let (mut pending, state) = (Retransmits::default(), ConnState::Established);
+        let id = Streams {
+            state: &mut server,
+            conn_state: &state,
+        }
+        .open(Dir::Uni)
+        .unwrap();
+        let mut stream = SendStream {
+            id,
+            state: &mut server,
+            pending: &mut pending,
+            conn_state: &state,
+        };
+        stream.write(&[42; 100]).unwrap();
+        assert_eq!(
+            stream.reset_at(3u32.into(), 101),
+            Err(ResetAtError::BeyondWritten)
+        );
+        stream.reset_at(3u32.into(), 40).unwrap();
+        assert_eq!(
+            stream.reset_at(3u32.into(), 41),
+            Err(ResetAtError::RaisesReliableSize)
+        );
+        stream.reset_at(3u32.into(), 30).unwrap();
+        assert!(stream.write(&[1]).is_err(), "no writes after a reset");
+        // The abandoned data shares its storage with the reliable data before it
+        assert_eq!(server.buffered_data, 100);
+
+        // Only the reliable data is sent, and the newest frame only
+        let mut buf = Vec::new();
+        let frames = server.write_stream_frames(&mut buf, 1200, true);
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].offsets, 0..30);
+        assert!(!frames[0].fin);
+        let mut sent = ThinRetransmits::default();
+        let mut stats = FrameStats::default();
+        let mut control = Vec::new();
+        server.write_control_frames(&mut control, &mut pending, &mut sent, &mut stats, 1200);
+        assert_eq!(stats.reset_stream_at, 1);
+        assert_eq!(
+            sent.get().unwrap().reset_stream_at,
+            [(id, 3u32.into(), 30u32.into())]
+        );
+
+        // A lost range is retransmitted below the reliable size only
+        server.retransmit(frame::StreamMeta {
+            id,
+            offsets: 20..30,
+            fin: false,
+        });
+        buf.clear();
+        let frames = server.write_stream_frames(&mut buf, 1200, true);
+        assert_eq!(frames[0].offsets, 20..30);
+
+        // Finished once the frame and the data are both acknowledged
+        server.reset_at_acked(id, 30u32.into());
+        assert!(server.send.contains_key(&id));
+        server.received_ack_of(frame::StreamMeta {
+            id,
+            offsets: 0..30,
+            fin: false,
+        });
+        assert!(!server.send.contains_key(&id));
+        assert_eq!(server.buffered_data, 0);
+        assert_matches!(server.poll(), Some(StreamEvent::Finished { id: finished }) if finished == id);
+    }
+
+    #[test]
+    fn reset_at_needs_peer_support() {
+        let mut server = make(Side::Server);
+        server.set_params(&TransportParameters {
+            initial_max_streams_uni: 1u32.into(),
+            ..TransportParameters::default()
+        });
+        let (mut pending, state) = (Retransmits::default(), ConnState::Established);
+        let id = Streams {
+            state: &mut server,
+            conn_state: &state,
+        }
+        .open(Dir::Uni)
+        .unwrap();
+        let result = SendStream {
+            id,
+            state: &mut server,
+            pending: &mut pending,
+            conn_state: &state,
+        }
+        .reset_at(3u32.into(), 0);
+        assert_eq!(result, Err(ResetAtError::Unsupported));
     }
 
     #[test]
