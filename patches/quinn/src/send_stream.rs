@@ -6,7 +6,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use proto::{ClosedStream, ConnectionError, FinishError, StreamId, Written};
+use proto::{ClosedStream, ConnectionError, FinishError, ResetAtError, StreamId, Written};
 use thiserror::Error;
 
 use crate::{
@@ -206,6 +206,28 @@ impl SendStream {
             return Ok(());
         }
         conn.inner.send_stream(self.stream).reset(error_code)?;
+        conn.wake();
+        Ok(())
+    }
+
+    /// Close the send stream immediately, except for its first `reliable_size` bytes
+    ///
+    /// Like [`reset()`](Self::reset), but the peer still receives the data written below
+    /// `reliable_size` before it learns of the reset (a RESET_STREAM_AT frame, from
+    /// [draft-ietf-quic-reliable-stream-reset]). Fails if the peer does not support it (see
+    /// [`TransportConfig::reset_stream_at()`](crate::TransportConfig::reset_stream_at)), if
+    /// `reliable_size` is larger than the data written, or if the stream was already reset with
+    /// no or a smaller reliable size. A later call may lower the reliable size.
+    ///
+    /// [draft-ietf-quic-reliable-stream-reset]: https://datatracker.ietf.org/doc/draft-ietf-quic-reliable-stream-reset/
+    pub fn reset_at(&mut self, error_code: VarInt, reliable_size: u64) -> Result<(), ResetAtError> {
+        let mut conn = self.conn.state.lock("SendStream::reset_at");
+        if self.is_0rtt && conn.check_0rtt().is_err() {
+            return Ok(());
+        }
+        conn.inner
+            .send_stream(self.stream)
+            .reset_at(error_code, reliable_size)?;
         conn.wake();
         Ok(())
     }
