@@ -179,6 +179,11 @@ impl Config {
         transport.stream_receive_window(VarInt::from_u32(self.max_stream_data));
         transport.receive_window(VarInt::from_u32(self.max_connection_data));
         transport.mtu_discovery_config(self.mtu_discovery.then(|| self.mtu_discovery_config()));
+        // WebTransport wants its stream resets to keep the header (draft-ietf-webtrans-http3);
+        // a QUIC connection on the same port gets the same parameters, and go-libp2p offers
+        // it on both too.
+        #[cfg(feature = "reset-stream-at")]
+        transport.reset_stream_at(true);
         transport
     }
 

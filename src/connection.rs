@@ -146,7 +146,7 @@ impl Connection {
             number,
             connection,
             peer,
-            header.is_some(),
+            header.map(|header| header.as_bytes().len() as u8),
             config,
             ledgers.watcher.inbox(),
             qlog,

@@ -117,6 +117,35 @@ pub enum StreamError {
     Closed,
 }
 
+/// Why [`Stream::reset_at`](crate::Stream::reset_at) did not reset the stream.
+#[cfg(feature = "reset-stream-at")]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResetAtError {
+    /// The peer did not advertise RESET_STREAM_AT (draft-ietf-quic-reliable-stream-reset).
+    #[error("the peer does not accept RESET_STREAM_AT")]
+    Unsupported,
+    /// The reliable size is more than the data written.
+    #[error("reliable size beyond the data written")]
+    BeyondWritten,
+    /// Our send half was already reset.
+    #[error("stream already reset")]
+    AlreadyReset,
+}
+
+#[cfg(feature = "reset-stream-at")]
+impl From<quinn::ResetAtError> for ResetAtError {
+    fn from(e: quinn::ResetAtError) -> Self {
+        match e {
+            quinn::ResetAtError::Unsupported => ResetAtError::Unsupported,
+            quinn::ResetAtError::BeyondWritten => ResetAtError::BeyondWritten,
+            quinn::ResetAtError::RaisesReliableSize | quinn::ResetAtError::ClosedStream => {
+                ResetAtError::AlreadyReset
+            }
+        }
+    }
+}
+
 impl StreamError {
     /// The `io::ErrorKind` that rust-libp2p code matches on for this failure (the same kinds
     /// quinn and `libp2p-quic` use).

@@ -51,6 +51,8 @@ mod webtransport;
 pub use address::{parse as parse_multiaddr, to_multiaddr};
 pub use config::Config;
 pub use connection::{Connecting, Connection, Ledgers};
+#[cfg(feature = "reset-stream-at")]
+pub use error::ResetAtError;
 pub use error::{Error, PeerIdMismatch, StreamError, WebTransportError};
 #[cfg(feature = "metrics")]
 pub use metrics::Metrics;

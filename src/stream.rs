@@ -91,8 +91,13 @@ impl Stream {
         session: Arc<Session>,
     ) -> Self {
         let id = VarInt::from(send.id()).into_inner();
+        // A WebTransport header is on the streams we open only
+        let header_len = match direction {
+            Direction::Outbound => session.header_len,
+            Direction::Inbound => 0,
+        };
         let cell = session.join(direction, |key, entry| {
-            Cell::new(direction, send, key, entry)
+            Cell::new(direction, send, header_len, key, entry)
         });
         session.stream_opened(id, direction);
         tracing::trace!(parent: &session.span, id, %direction, "stream opened");
@@ -133,6 +138,22 @@ impl Stream {
             .reset(self.session.wire_code(code).into_inner());
         self.session.send_moved(self.id(), changed);
         self.end_recv(code, true);
+    }
+
+    /// Abandon both directions as [`reset`](Self::reset) does, except that the peer still
+    /// reads the first `reliable_size` bytes we wrote before it sees the reset: a
+    /// RESET_STREAM_AT frame (draft-ietf-quic-reliable-stream-reset), which the peer must
+    /// support (go-libp2p does since v0.47). On a WebTransport stream we opened, the bytes
+    /// count after the stream's header, which is always delivered.
+    #[cfg(feature = "reset-stream-at")]
+    pub fn reset_at(&mut self, code: u32, reliable_size: u64) -> Result<(), crate::ResetAtError> {
+        let changed = self
+            .cell
+            .lock()
+            .reset_at(self.session.wire_code(code), reliable_size)?;
+        self.session.send_moved(self.id(), changed);
+        self.end_recv(code, true);
+        Ok(())
     }
 
     /// End our send half if it is still open: finish it (FIN).

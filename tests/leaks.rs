@@ -46,10 +46,12 @@ enum Seen {
     NotRead,
 }
 
-/// Over WebTransport, a stream reset before its header arrives never reaches the acceptor: its
-/// data is gone with the reset, and with it the header that says whose stream it is (other
-/// WebTransport stacks drop it too). So there the aborting and panicking writers wait until
-/// the acceptor holds their stream, and each of their streams is one the acceptor sees end.
+/// Over WebTransport with plain RESET_STREAM, a stream reset before its header arrives never
+/// reaches the acceptor: its data is gone with the reset, and with it the header that says
+/// whose stream it is (other WebTransport stacks drop it too). So there, without the
+/// `reset-stream-at` feature, the aborting and panicking writers wait until the acceptor holds
+/// their stream. With it, every reset is a RESET_STREAM_AT that still delivers the header, and
+/// nobody waits: each reset stream must reach the acceptor by itself.
 /// (`tests/webtransport_bad_input.rs` resets streams before their header on purpose.)
 #[derive(Default)]
 struct Arrivals {
@@ -182,7 +184,8 @@ async fn run_over(listen: &str, case: Case, opener: Opener, reset_on_drop: bool,
     dialer_config.reset_on_drop = reset_on_drop;
     listener_config.reset_on_drop = reset_on_drop;
     let pair = pair_over(listen, dialer_config, listener_config, loss).await;
-    let arrivals = (listen == WEBTRANSPORT).then(Arc::<Arrivals>::default);
+    let arrivals = (listen == WEBTRANSPORT && !cfg!(feature = "reset-stream-at"))
+        .then(Arc::<Arrivals>::default);
     let Pair {
         mut dialer,
         mut listener,
@@ -226,6 +229,15 @@ async fn run_over(listen: &str, case: Case, opener: Opener, reset_on_drop: bool,
     // an aborted writer's peer under reset-on-drop.
     if case == Case::PanickingWriter || (case == Case::AbortedWriter && reset_on_drop) {
         assert!(seen.iter().all(|s| *s == Seen::Error), "{seen:?}");
+    }
+
+    // Over WebTransport, the writers' resets kept their streams' headers: RESET_STREAM_AT.
+    #[cfg(feature = "reset-stream-at")]
+    if listen == WEBTRANSPORT && matches!(case, Case::AbortedWriter | Case::PanickingWriter) {
+        let stats = opening.quinn.stats().frame_tx;
+        let resets_expected = case == Case::PanickingWriter || reset_on_drop;
+        assert_eq!(stats.reset_stream_at > 0, resets_expected, "{stats:?}");
+        assert_eq!(stats.reset_stream, 0, "{stats:?}");
     }
 
     // New streams still open and are accepted, in both directions.

@@ -57,6 +57,11 @@ pub(crate) struct SendHalf {
     watcher: Option<Box<Waker>>,
     /// Whether the watcher waits on this half.
     watched: bool,
+    /// Bytes in front of the application's data that every reset still delivers (RESET_STREAM_AT,
+    /// when the peer supports it): the WebTransport header of a stream we opened, else 0. A
+    /// byte, to fit beside `watched` and keep [`Cell`] in its allocator block.
+    #[cfg(feature = "reset-stream-at")]
+    header_len: u8,
     /// The stream's page in the ledger; `None` with the ledger off. Kept under the same lock
     /// as the state, so that a change and its record are one step.
     pub(crate) entry: Option<Entry>,
@@ -85,14 +90,44 @@ impl SendHalf {
             Send::StoppedByPeer(code) => Some(code),
             Send::Open | Send::Finished => None,
         };
-        let _ = self
-            .stream
-            .reset(VarInt::from_u64(code).unwrap_or(VarInt::from_u32(CLOSE_CODE)));
+        let code = VarInt::from_u64(code).unwrap_or(VarInt::from_u32(CLOSE_CODE));
+        #[cfg(feature = "reset-stream-at")]
+        let reset =
+            self.header_len > 0 && self.stream.reset_at(code, self.header_len.into()).is_ok();
+        #[cfg(not(feature = "reset-stream-at"))]
+        let reset = false;
+        if !reset {
+            let _ = self.stream.reset(code);
+        }
         self.state = Send::Reset { stopped_by_peer };
         if let Some(watcher) = self.watcher.take() {
             watcher.wake();
         }
         self.record(HalfState::Reset)
+    }
+
+    /// Reset, still delivering the first `reliable_size` bytes of the application's data (and
+    /// any header before them) with RESET_STREAM_AT. What the half moved to, if it moved.
+    #[cfg(feature = "reset-stream-at")]
+    pub(crate) fn reset_at(
+        &mut self,
+        code: VarInt,
+        reliable_size: u64,
+    ) -> Result<Option<HalfState>, quinn::ResetAtError> {
+        let stopped_by_peer = match self.state {
+            Send::Reset { .. } => return Err(quinn::ResetAtError::ClosedStream),
+            Send::StoppedByPeer(code) => Some(code),
+            Send::Open | Send::Finished => None,
+        };
+        self.stream.reset_at(
+            code,
+            u64::from(self.header_len).saturating_add(reliable_size),
+        )?;
+        self.state = Send::Reset { stopped_by_peer };
+        if let Some(watcher) = self.watcher.take() {
+            watcher.wake();
+        }
+        Ok(self.record(HalfState::Reset))
     }
 
     /// Whether we reset this half.
@@ -311,9 +346,12 @@ impl Cell {
     pub(crate) fn new(
         direction: Direction,
         send: quinn::SendStream,
+        header_len: u8,
         key: u32,
         entry: Option<Entry>,
     ) -> Arc<Self> {
+        #[cfg(not(feature = "reset-stream-at"))]
+        let _ = header_len;
         #[cfg(feature = "test-util")]
         STATES.fetch_add(1, Ordering::Relaxed);
         Arc::new(Cell {
@@ -322,6 +360,8 @@ impl Cell {
             send: Mutex::new(SendHalf {
                 stream: send,
                 state: Send::Open,
+                #[cfg(feature = "reset-stream-at")]
+                header_len,
                 watcher: None,
                 watched: false,
                 entry,

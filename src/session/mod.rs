@@ -70,6 +70,9 @@ pub(crate) struct Session {
     connection: quinn::Connection,
     /// A WebTransport session: its error codes travel inside HTTP/3's range.
     pub(crate) webtransport: bool,
+    /// The length of the header in front of every stream we open: WebTransport's (at most 16
+    /// bytes: two varints), else 0.
+    pub(crate) header_len: u8,
     #[cfg(feature = "qlog")]
     we_are_server: bool,
     live: [AtomicU64; 2],
@@ -97,7 +100,7 @@ impl Session {
         number: u64,
         connection: quinn::Connection,
         peer: PeerId,
-        webtransport: bool,
+        header_len: Option<u8>,
         config: Arc<Config>,
         inbox: Arc<Inbox>,
         qlog: Option<Qlog>,
@@ -119,7 +122,8 @@ impl Session {
             #[cfg(feature = "qlog")]
             we_are_server: connection.side().is_server(),
             connection,
-            webtransport,
+            webtransport: header_len.is_some(),
+            header_len: header_len.unwrap_or(0),
             live: Default::default(),
             watched: AtomicU64::new(0),
             look_asked: AtomicBool::new(false),
