@@ -755,6 +755,18 @@ mod test {
     use super::*;
 
     #[test]
+    fn reset_stream_at_has_no_value() {
+        let mut buf = Vec::new();
+        buf.write_var(TransportParameterId::ResetStreamAt as u64);
+        buf.write_var(1);
+        buf.write(0u8);
+        assert_eq!(
+            TransportParameters::read(Side::Client, &mut buf.as_slice()),
+            Err(Error::Malformed)
+        );
+    }
+
+    #[test]
     fn coding() {
         let mut buf = Vec::new();
         let params = TransportParameters {
