@@ -3,8 +3,9 @@
 //! where each frame of a 1-RTT packet's plaintext begins and ends.
 //!
 //! The walker knows every frame a quinn 0.11 client may put in a 1-RTT packet (the frame types
-//! of quinn-proto's `frame.rs`, read for their layout) and nothing more: a frame it does not
-//! know stops the walk with an error, so that a packet is never rewritten on a guess.
+//! of quinn-proto 0.11.19's `frame.rs`, read for their layout, and RESET_STREAM_AT, which the
+//! quinn in patches/ adds) and nothing more: a frame it does not know stops the walk with an
+//! error, so that a packet is never rewritten on a guess.
 
 use std::ops::Range;
 
@@ -200,8 +201,9 @@ pub fn walk(payload: &[u8]) -> Result<Vec<Frame>, WalkError> {
             // DATAGRAM without length runs to the end; with it, length-prefixed.
             0x30 => cursor.at = payload.len(),
             0x31 => cursor.prefixed().map(drop)?,
-            // ACK_FREQUENCY: sequence, threshold, max ack delay, reordering threshold.
-            0xaf => cursor.varints(4)?,
+            // RESET_STREAM_AT (the quinn in patches/ sends it): id, code, final size, reliable
+            // size. ACK_FREQUENCY: sequence, threshold, max ack delay, reordering threshold.
+            0x24 | 0xaf => cursor.varints(4)?,
             ty => return Err(WalkError::UnknownType { ty, at: start }),
         }
         at = cursor.at;
