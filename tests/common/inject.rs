@@ -13,12 +13,18 @@
 //! that quinn never wrote.
 //!
 //! What the client's quinn believes: that it sent the carrier's bytes. The peer never sees
-//! them (nor the carrier stream, unless the test does more with it), and acknowledges the
-//! packet, so quinn counts them delivered. The peer's view of our flow control is then below
-//! ours, which only makes quinn more careful than it needs to be. If the packet is lost, quinn
-//! retransmits the carrier's bytes, and the copy is rewritten the same way: the peer gets the
-//! injected frame again, as it would from a real sender retransmitting it; the carrier's bytes
-//! never reach it. Every copy is counted ([`Injected::copies`]).
+//! them, and acknowledges the packet, so quinn counts them delivered. The peer counts fewer
+//! bytes against the client's flow-control credit than quinn does, which only makes quinn stop
+//! sooner than it must; it learns of the carrier stream from the RESET_STREAM sent when the
+//! [`Injected`] is dropped (final size: the carrier's bytes, so the counts agree again), or
+//! from a stream of a higher id (opening one opens the lower ones). If the packet is lost,
+//! quinn retransmits the carrier's bytes, and the copy is rewritten the same way: the peer
+//! gets the injected frame again, as it would from a real sender retransmitting it; the
+//! carrier's bytes never reach it. Every copy is counted ([`Injected::copies`]). None of this
+//! matters to a test whose frame ends the connection; a test that goes on should not count on
+//! the carrier stream being absent or on the order of two injections that a loss separated.
+//!
+//! Only 1-RTT packets are rewritten: not Initial, Handshake or 0-RTT ones (0-RTT is off).
 
 use std::sync::{
     atomic::{AtomicBool, Ordering},
