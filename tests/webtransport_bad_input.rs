@@ -397,25 +397,12 @@ async fn an_http3_request_inside_the_session_is_refused() {
 }
 
 /// A session up between the hand-made client and `server`: the server's muxer (driven) and
-/// the client's connection, its CONNECT stream and the session's stream header.
-async fn raw_session(server: &mut Transport, addr: &Multiaddr) -> (Peer, RawSession) {
-    let client = async {
-        let (endpoint, connection) = h3_client::connect(socket_of(addr), b"h3").await;
-        let connection = connection.expect("QUIC handshake");
-        let (status, connect, recv, control) =
-            h3_client::request(&connection, &format!("{}?type=noise", h3_client::PATH)).await;
-        assert_eq!(status, 200);
-        let header = h3_client::header(&connect);
-        let (send, noise_recv) = h3_client::open(&connection, &header, b"").await;
-        h3_client::noise(h3_client::Halves(send, noise_recv))
-            .await
-            .expect("Noise");
-        RawSession {
-            header,
-            connection,
-            _kept: (endpoint, connect, recv, control),
-        }
-    };
+/// the client's session.
+async fn raw_session(server: &mut Transport, addr: &Multiaddr) -> (Peer, h3_client::Session) {
+    let client = h3_client::session(
+        socket_of(addr),
+        quinn::ClientConfig::new(std::sync::Arc::new(h3_client::client_crypto(b"h3"))),
+    );
     let (accepted, session) = bounded("handshake", async {
         futures::join!(next_connection(server), client)
     })
@@ -425,17 +412,6 @@ async fn raw_session(server: &mut Transport, addr: &Multiaddr) -> (Peer, RawSess
         Peer::new(PeerId::random(), peer, muxer, server.ledgers()),
         session,
     )
-}
-
-struct RawSession {
-    header: Vec<u8>,
-    connection: quinn::Connection,
-    _kept: (
-        quinn::Endpoint,
-        quinn::SendStream,
-        quinn::RecvStream,
-        quinn::SendStream,
-    ),
 }
 
 /// Streams reset before their header arrives, ten times past the stream limit: whose they

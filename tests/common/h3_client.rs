@@ -56,6 +56,18 @@ impl ServerCertVerifier for AnyCertificate {
     }
 }
 
+/// A client crypto config offering `alpn`, trusting any server, with no client certificate.
+pub fn client_crypto(alpn: &[u8]) -> quinn::crypto::rustls::QuicClientConfig {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap()
+}
+
 /// A QUIC connection to `server` offering `alpn`, with no client certificate.
 pub async fn connect(
     server: SocketAddr,
@@ -64,15 +76,18 @@ pub async fn connect(
     quinn::Endpoint,
     Result<quinn::Connection, quinn::ConnectionError>,
 ) {
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate))
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![alpn.to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let client = quinn::ClientConfig::new(Arc::new(quic));
+    let client = quinn::ClientConfig::new(Arc::new(client_crypto(alpn)));
+    connect_with(server, client).await
+}
+
+/// A QUIC connection to `server` with `client`'s config.
+pub async fn connect_with(
+    server: SocketAddr,
+    client: quinn::ClientConfig,
+) -> (
+    quinn::Endpoint,
+    Result<quinn::Connection, quinn::ConnectionError>,
+) {
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let connecting = endpoint.connect_with(client, server, "localhost").unwrap();
     let connection = connecting.await;
@@ -167,4 +182,35 @@ pub async fn noise(halves: Halves) -> Result<PeerId, libp2p_noise::Error> {
     let (peer, mut output) = config.upgrade_outbound(halves, "/noise").await?;
     let _ = futures::AsyncWriteExt::close(&mut output).await;
     Ok(peer)
+}
+
+/// A WebTransport session, the client's side: a QUIC connection made with `client` (whose
+/// crypto must offer ALPN `h3`: [`client_crypto`]), HTTP/3's SETTINGS and CONNECT, and Noise.
+pub async fn session(server: SocketAddr, client: quinn::ClientConfig) -> Session {
+    let (endpoint, connection) = connect_with(server, client).await;
+    let connection = connection.expect("QUIC handshake");
+    let (status, connect, recv, control) =
+        request(&connection, &format!("{PATH}?type=noise")).await;
+    assert_eq!(status, 200);
+    let header = header(&connect);
+    let (send, noise_recv) = open(&connection, &header, b"").await;
+    noise(Halves(send, noise_recv)).await.expect("Noise");
+    Session {
+        header,
+        connection,
+        _kept: (endpoint, connect, recv, control),
+    }
+}
+
+/// A WebTransport session up: its connection, the header of its streams, and what keeps it up
+/// (the endpoint, the CONNECT stream, our control stream).
+pub struct Session {
+    pub header: Vec<u8>,
+    pub connection: quinn::Connection,
+    _kept: (
+        quinn::Endpoint,
+        quinn::SendStream,
+        quinn::RecvStream,
+        quinn::SendStream,
+    ),
 }

@@ -5,6 +5,8 @@
 pub mod browser;
 pub mod go;
 pub mod h3_client;
+pub mod inject;
+pub mod quic_frames;
 
 use std::{future::Future, pin::Pin, time::Duration};
 
