@@ -44,7 +44,6 @@ struct Hostile {
     client: quinn::Connection,
     /// What a stream of the client starts with: WebTransport's stream header, or nothing.
     header: Vec<u8>,
-    webtransport: bool,
     ours: Connection,
     _kept: Box<dyn std::any::Any>,
 }
@@ -67,7 +66,6 @@ async fn hostile(listener: &mut Transport, addr: &Multiaddr, on: &str) -> Hostil
             injector,
             client: client.expect("QUIC handshake"),
             header: Vec::new(),
-            webtransport: false,
             ours,
             _kept: Box::new(endpoint),
         }
@@ -82,7 +80,6 @@ async fn hostile(listener: &mut Transport, addr: &Multiaddr, on: &str) -> Hostil
             injector,
             client: session.connection.clone(),
             header: session.header.clone(),
-            webtransport: true,
             ours,
             _kept: Box::new(session),
         }
@@ -132,12 +129,6 @@ impl Hostile {
                 ConnectionError::TransportError(error) => {
                     assert_eq!(error.code, code, "{error:?}")
                 }
-                // FIXME: over WebTransport our side says `LocallyClosed`: the task that keeps
-                // the session (`keep_session` in src/webtransport/h3.rs) sees its CONNECT
-                // stream's read fail with the connection and closes the connection, and
-                // quinn's `close()` replaces the error already stored with `LocallyClosed`.
-                // Drop this arm once that task leaves a lost connection alone.
-                ConnectionError::LocallyClosed if self.webtransport => {}
                 other => panic!("expected a transport error on our side, got {other:?}"),
             },
             other => panic!("expected a connection error on our side, got {other:?}"),
@@ -305,6 +296,7 @@ async fn an_unknown_frame_type_is_a_frame_encoding_error_over_webtransport() {
 /// listener, which does not offer the `reset_stream_at` transport parameter: to it the frame
 /// type is unknown, FRAME_ENCODING_ERROR (RFC 9000 §12.4; the draft's negotiation). Stock quinn
 /// does not know the type at all; the quinn in patches/ knows it and refuses it.
+#[cfg(not(feature = "reset-stream-at"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_stream_at_to_a_quic_listener_that_did_not_offer_it_is_a_frame_encoding_error() {
     whole(async {
@@ -328,6 +320,170 @@ async fn reset_stream_at_to_a_quic_listener_that_did_not_offer_it_is_a_frame_enc
         still_serves(&mut listener, &addr).await;
     })
     .await;
+}
+
+/// RESET_STREAM_AT (draft-ietf-quic-reliable-stream-reset) that breaks the draft's rules, to a
+/// listener that offers the frame (feature `reset-stream-at`): each is refused with the draft's
+/// error, and what the draft says to ignore is ignored.
+#[cfg(feature = "reset-stream-at")]
+mod reset_stream_at {
+    use super::*;
+    use libp2p_quinn::StreamError;
+
+    /// The client's stream with `SENT` bytes (after the header), taken by our side.
+    async fn a_stream(
+        hostile: &mut Hostile,
+    ) -> (
+        quinn::SendStream,
+        quinn::RecvStream,
+        libp2p_quinn::Stream,
+        u64,
+    ) {
+        let (send, recv) = h3_client::open(&hostile.client, &hostile.header, &[7; SENT]).await;
+        let ours = hostile.our_next().await.expect("our side takes the stream");
+        let id = quinn::VarInt::from(send.id()).into_inner();
+        (send, recv, ours, id)
+    }
+
+    /// On our never-opened bidirectional stream and our send-only unidirectional one.
+    async fn on_a_stream_we_cannot_receive_on(on: &str) {
+        let (mut listener, addr) = listener(on).await;
+        for (stream, reason) in [
+            (OUR_FIRST_BIDI, "operation on unopened stream"),
+            (OUR_FIRST_UNI, "illegal operation on send-only stream"),
+        ] {
+            let hostile = hostile(&mut listener, &addr, on).await;
+            let frame = quic_frames::reset_stream_at(stream, 0, 10, 5);
+            let _injected = hostile.inject(frame).await;
+            hostile
+                .fails_with(TransportErrorCode::STREAM_STATE_ERROR, &[reason])
+                .await;
+        }
+        still_serves(&mut listener, &addr).await;
+    }
+
+    /// One rule broken on a stream the client sent `SENT` bytes on: the frames `frames` makes
+    /// of the stream's id and header length, and the error the listener answers with.
+    async fn broken(
+        on: &str,
+        frames: impl Fn(u64, u64) -> Vec<Vec<u8>>,
+        code: TransportErrorCode,
+        reason: &str,
+    ) {
+        let (mut listener, addr) = listener(on).await;
+        let mut hostile = hostile(&mut listener, &addr, on).await;
+        let (send, _recv, ours, id) = a_stream(&mut hostile).await;
+        let header = hostile.header.len() as u64;
+        let mut injected = Vec::new();
+        for frame in frames(id, header) {
+            injected.push(hostile.inject(frame).await);
+        }
+        hostile.fails_with(code, &[reason]).await;
+        drop((ours, send, injected));
+        still_serves(&mut listener, &addr).await;
+    }
+
+    async fn reliable_size_above_final_size(on: &str) {
+        let frames = |id, header| {
+            let end = header + SENT as u64;
+            vec![quic_frames::reset_stream_at(id, 0, end, end + 1)]
+        };
+        broken(
+            on,
+            frames,
+            TransportErrorCode::FRAME_ENCODING_ERROR,
+            "malformed",
+        )
+        .await;
+    }
+
+    async fn final_size_below_the_data_received(on: &str) {
+        let frames = |id, header| vec![quic_frames::reset_stream_at(id, 0, header + 10, 5)];
+        let reason = "lower than high water mark";
+        broken(on, frames, TransportErrorCode::FINAL_SIZE_ERROR, reason).await;
+    }
+
+    async fn a_second_frame_with_another_error_code(on: &str) {
+        let frames = |id, header| {
+            let end = header + SENT as u64;
+            vec![
+                quic_frames::reset_stream_at(id, 1, end, header + 50),
+                quic_frames::reset_stream_at(id, 2, end, header + 40),
+            ]
+        };
+        let reason = "reset with a different error code";
+        broken(on, frames, TransportErrorCode::STREAM_STATE_ERROR, reason).await;
+    }
+
+    /// A client that did not offer the parameter itself may still send the frame (the parameter
+    /// says what its sender accepts), and a later frame that raises the reliable size is
+    /// ignored (the draft: it was reordered). Our side reads the smaller reliable size, then
+    /// the reset; the connection lives on.
+    async fn a_raised_reliable_size_is_ignored(on: &str) {
+        let (mut listener, addr) = listener(on).await;
+        let mut hostile = hostile(&mut listener, &addr, on).await;
+        let (send, _recv, mut ours, id) = a_stream(&mut hostile).await;
+        let header = hostile.header.len() as u64;
+        let end = header + SENT as u64;
+        let first = hostile
+            .inject(quic_frames::reset_stream_at(id, 0, end, header + 40))
+            .await;
+        let second = hostile
+            .inject(quic_frames::reset_stream_at(id, 0, end, header + 80))
+            .await;
+        let quinn = hostile.ours.quinn().clone();
+        eventually("both frames arrive", || {
+            quinn.stats().frame_rx.reset_stream_at >= 2
+        })
+        .await;
+        let mut data = Vec::new();
+        let error = bounded("our side reads to the reset", ours.read_to_end(&mut data))
+            .await
+            .unwrap_err();
+        assert_eq!(data, [7; 40]);
+        let error = error
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<StreamError>());
+        assert_eq!(error, Some(&StreamError::ResetByPeer(0)));
+        assert_eq!(
+            hostile.client.close_reason(),
+            None,
+            "the connection lives on"
+        );
+        drop((ours, send, first, second, hostile));
+        still_serves(&mut listener, &addr).await;
+    }
+
+    macro_rules! both {
+        ($($name:ident: $case:ident;)*) => {
+            mod quic {
+                use super::*;
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        whole($case(QUIC)).await;
+                    }
+                )*
+            }
+            mod webtransport {
+                use super::*;
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        whole($case(WEBTRANSPORT)).await;
+                    }
+                )*
+            }
+        };
+    }
+
+    both! {
+        on_a_stream_never_opened_or_send_only_is_a_stream_state_error: on_a_stream_we_cannot_receive_on;
+        a_reliable_size_above_the_final_size_is_a_frame_encoding_error: reliable_size_above_final_size;
+        a_final_size_below_the_data_received_is_a_final_size_error: final_size_below_the_data_received;
+        another_error_code_is_a_stream_state_error: a_second_frame_with_another_error_code;
+        a_raised_reliable_size_is_ignored_and_the_frame_needs_only_our_parameter: a_raised_reliable_size_is_ignored;
+    }
 }
 
 /// The walker reads every frame a quinn client puts in a 1-RTT packet, where quinn puts it.

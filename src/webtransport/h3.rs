@@ -315,7 +315,14 @@ fn keep_session(
         let _held = (control, send);
         // Capsules carry nothing libp2p needs; read past them to the end.
         let mut buf = [0; 256];
-        while let Ok(Some(_)) = recv.read(&mut buf).await {}
+        loop {
+            match recv.read(&mut buf).await {
+                Ok(Some(_)) => continue,
+                // Closing a lost connection would replace why it was lost with `LocallyClosed`
+                Err(quinn::ReadError::ConnectionLost(_)) => return,
+                Ok(None) | Err(_) => break,
+            }
+        }
         connection.close(H3_NO_ERROR.into(), b"WebTransport session ended");
     });
 }
