@@ -3661,14 +3661,14 @@ impl Connection {
         Some(packet.payload.to_vec())
     }
 
-    /// The number of bytes of packets containing retransmittable frames that have not been
-    /// acknowledged or declared lost.
     /// Send RESET_STREAM_AT frames whether or not the peer advertised support
     #[cfg(test)]
     pub(crate) fn assume_peer_accepts_reset_stream_at(&mut self) {
         self.streams.peer_reset_stream_at = true;
     }
 
+    /// The number of bytes of packets containing retransmittable frames that have not been
+    /// acknowledged or declared lost.
     #[cfg(test)]
     pub(crate) fn bytes_in_flight(&self) -> u64 {
         self.path.in_flight.bytes
