@@ -295,7 +295,7 @@ async fn an_unknown_frame_type_is_a_frame_encoding_error_over_webtransport() {
 /// RESET_STREAM_AT (0x24), well formed, for a stream the client has sent on, to our `/quic-v1`
 /// listener, which does not offer the `reset_stream_at` transport parameter: to it the frame
 /// type is unknown, FRAME_ENCODING_ERROR (RFC 9000 §12.4; the draft's negotiation). Stock quinn
-/// does not know the type at all; the quinn in patches/ knows it and refuses it.
+/// does not know the type at all; the quinn in third_party/ knows it and refuses it.
 #[cfg(not(feature = "reset-stream-at"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_stream_at_to_a_quic_listener_that_did_not_offer_it_is_a_frame_encoding_error() {

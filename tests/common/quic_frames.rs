@@ -201,7 +201,7 @@ pub fn walk(payload: &[u8]) -> Result<Vec<Frame>, WalkError> {
             // DATAGRAM without length runs to the end; with it, length-prefixed.
             0x30 => cursor.at = payload.len(),
             0x31 => cursor.prefixed().map(drop)?,
-            // RESET_STREAM_AT (the quinn in patches/ sends it): id, code, final size, reliable
+            // RESET_STREAM_AT (the quinn in third_party/ sends it): id, code, final size, reliable
             // size. ACK_FREQUENCY: sequence, threshold, max ack delay, reordering threshold.
             0x24 | 0xaf => cursor.varints(4)?,
             ty => return Err(WalkError::UnknownType { ty, at: start }),
