@@ -1,5 +1,6 @@
-// The QUIC side of a connection, for go-libp2p v0.48.0 (quic-go v0.59.0).
-// go-peer-old has its own quic_side.go: main.go is shared.
+// The QUIC side of a connection, for go-libp2p v0.52.0 and v0.48.0 (quic-go
+// v0.64.1 and v0.59.0: go-peer-v048 links to this file). go-peer-old has its
+// own quic_side.go: main.go is shared.
 
 package main
 
