@@ -1,4 +1,4 @@
-module libp2p-quinn/interop/go-peer
+module libp2p-quinn/interop/go-peer-v048
 
 go 1.25.7
 
