@@ -781,6 +781,9 @@ func main() {
 					fields = append(fields, kv{"quic_server", *server})
 				}
 			}
+			if negotiated := resetStreamAt(c); negotiated != nil {
+				fields = append(fields, kv{"reset_stream_at", *negotiated})
+			}
 			emit("connected", fields...)
 			if o.dial == "" && o.mode != "serve" {
 				startMode(c.RemotePeer())

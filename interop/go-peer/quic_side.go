@@ -28,3 +28,15 @@ func quicServer(c network.Conn) *bool {
 	server := f.Int() == 1
 	return &server
 }
+
+// resetStreamAt says whether the peer of c advertised RESET_STREAM_AT (quic-go's
+// SupportsStreamResetPartialDelivery.Remote: go-libp2p enables it on our side,
+// so it is what the connection negotiated); nil if c is not over QUIC.
+func resetStreamAt(c network.Conn) *bool {
+	var qc *quic.Conn
+	if !c.As(&qc) || qc == nil {
+		return nil
+	}
+	remote := qc.ConnectionState().SupportsStreamResetPartialDelivery.Remote
+	return &remote
+}
