@@ -152,9 +152,10 @@ func resetCodeOf(err error) (uint64, bool) {
 // opener: --mode reliable-reset
 
 type reliableResetResult struct {
-	ok      bool
-	peerEnd string // how the peer ended its side: "eof" or "reset"
-	err     error
+	ok         bool
+	peerEnd    string // how the peer ended its side: "eof", "reset" or "other"
+	firstOther error  // the error of an "other" end
+	err        error
 }
 
 // reliableResetOne opens a stream, writes the first --reliable bytes of the payload, marks
@@ -213,18 +214,20 @@ func reliableResetOne(h host.Host, p peer.ID, o options, payload []byte) (r reli
 	sender.reset(o.resetCode)
 	// The peer's answer to multistream-select, then its end of the stream.
 	_, err = io.Copy(io.Discard, s)
+	_, isReset := resetCodeOf(err)
 	switch {
 	case err == nil:
 		r.peerEnd = "eof"
-	case errors.Is(err, network.ErrReset):
+	case isReset || errors.Is(err, network.ErrReset):
 		r.peerEnd = "reset"
+	case isTimeout(err) || s.Conn().IsClosed():
+		r.err = fmt.Errorf("read the peer's end: %w", err)
+		return r
 	default:
-		if _, isReset := resetCodeOf(err); isReset {
-			r.peerEnd = "reset"
-		} else {
-			r.err = fmt.Errorf("read the peer's end: %w", err)
-			return r
-		}
+		// Another end of the stream, e.g. an HTTP/3 code that webtransport-go cannot map to a
+		// WebTransport one (H3_REQUEST_INCOMPLETE from a peer that lost the stream's header
+		// to a plain RESET_STREAM).
+		r.peerEnd, r.firstOther = "other", err
 	}
 	r.ok = true
 	return r
@@ -236,6 +239,7 @@ func runReliableReset(h host.Host, p peer.ID, o options) {
 		next                 atomic.Int64
 		mu                   sync.Mutex
 		ok, failed, shownErr int
+		otherShown           bool
 		peerEnds             = map[string]int{}
 		wg                   sync.WaitGroup
 	)
@@ -254,6 +258,10 @@ func runReliableReset(h host.Host, p peer.ID, o options) {
 				if r.ok {
 					ok++
 					peerEnds[r.peerEnd]++
+					if r.firstOther != nil && !otherShown {
+						otherShown = true
+						emit("warning", kv{"what", fmt.Sprintf("reliable-reset stream %d: the peer ended its half with %v (counted in peer_ends as other; further ones only counted)", i, r.firstOther)})
+					}
 				} else {
 					failed++
 					if shownErr < shownStreams {
