@@ -258,7 +258,7 @@ func parseFlags() options {
 	if o.size < 0 {
 		fatal("--size must be >= 0", nil)
 	}
-	if o.reliable < 0 || o.reliable > o.size {
+	if o.reliable < 0 || (o.mode == "reliable-reset" && o.reliable > o.size) {
 		fatal("--reliable must be in [0, --size]", nil)
 	}
 	if resetCode > 0xffffffff {
