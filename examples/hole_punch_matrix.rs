@@ -1,5 +1,5 @@
 //! Hole punching through real Linux NATs, every pair of the Rust transports (ours and
-//! `libp2p-quic`, in both roles) and ours with go-libp2p v0.48 (`interop/go-peer`, in both
+//! `libp2p-quic`, in both roles) and ours with go-libp2p v0.52 (`interop/go-peer`, in both
 //! roles, and go with go as the baseline), through routers that drop what is sent to them and
 //! through routers that do not: the matrix of `docs/hole-punching.md`. The harness is the NAT
 //! test's (`tests/nat/`). Needs root, iproute2, iptables and Go (for the Go peer); takes a few

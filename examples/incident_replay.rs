@@ -18,7 +18,9 @@
 //!    opens block for good. `--go-peers current` runs the same between current Go peers.
 //! 2. Ours to the old Go client: we storm into it. When it withholds credit, our
 //!    `credit_wait_warning` (2 s here) names it and says it holds streams we closed.
-//! 3. Ours to the current Go client (go-libp2p v0.48.0): no open should block.
+//! 3. Ours to the current Go client (go-libp2p v0.48.0, `interop/go-peer-v048`: the build
+//!    `docs/incident-replay.md` measured; v0.52.0 has the same quic-go fix): no open should
+//!    block.
 //!
 //! ```text
 //! cargo run --release --example incident_replay --features test-util
@@ -27,7 +29,7 @@
 //! RUST_LOG=libp2p_quinn=debug cargo run --release --example incident_replay --features test-util
 //! ```
 //!
-//! Needs Go >= 1.25.7 on PATH (and Go 1.25.5, which the go command fetches from the module proxy
+//! Needs Go >= 1.26 on PATH (and Go 1.25.5, which the go command fetches from the module proxy
 //! once); the Go peers are built into the system temp dir. See `docs/incident-replay.md`.
 
 #[cfg(feature = "test-util")]
@@ -94,7 +96,7 @@ mod replay {
         #[arg(long, default_value_t = 1)]
         go_concurrency: usize,
         /// Which Go build plays both sides of scenario 1: old (the incident) or current (the
-        /// control: quic-go with the fix).
+        /// control: quic-go with the fix; go-libp2p v0.48.0).
         #[arg(long, default_value = "old")]
         go_peers: String,
         /// How our storms end each stream: `request` (8 bytes, close, read the reply, drop) or
@@ -138,14 +140,14 @@ mod replay {
         }
         let go_peers = match args.go_peers.as_str() {
             "old" => GoBuild::Old,
-            "current" => GoBuild::Current,
+            "current" => GoBuild::V048,
             _ => {
                 eprintln!("--go-peers: old or current");
                 std::process::exit(2);
             }
         };
         // Build before the clock starts.
-        go_peer_binary(GoBuild::Current);
+        go_peer_binary(GoBuild::V048);
         go_peer_binary(GoBuild::Old);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -164,7 +166,7 @@ mod replay {
                 summary.push(ours_to_go(&args, GoBuild::Old).await);
             }
             if run(3) {
-                summary.push(ours_to_go(&args, GoBuild::Current).await);
+                summary.push(ours_to_go(&args, GoBuild::V048).await);
             }
         });
         println!(
@@ -230,7 +232,7 @@ mod replay {
     async fn go_to_go(args: &Args, build: GoBuild, letter: char, how: &str) -> String {
         let side = match build {
             GoBuild::Old => "go-old",
-            GoBuild::Current => "go-current",
+            GoBuild::V048 | GoBuild::Current => "go-current",
         };
         let label = format!("1{letter} {side} server -> {side} client, close {how}");
         println!("\n== {label}");
@@ -518,16 +520,16 @@ mod replay {
     async fn ours_to_go(args: &Args, which: GoBuild) -> String {
         let label = match which {
             GoBuild::Old => "2  ours server -> go-old client",
-            GoBuild::Current => "3  ours server -> go-current client",
+            GoBuild::V048 | GoBuild::Current => "3  ours server -> go-current client",
         };
         let go_label = match which {
             GoBuild::Old => "go-old client",
-            GoBuild::Current => "go-current client",
+            GoBuild::V048 | GoBuild::Current => "go-current client",
         };
         println!("\n== {label}");
         let seed = match which {
             GoBuild::Old => OLD_SEED,
-            GoBuild::Current => CURRENT_SEED,
+            GoBuild::V048 | GoBuild::Current => CURRENT_SEED,
         };
         let go_id = go_peer_id_for_seed(seed);
         let mut node = RustNode::start(

@@ -1,7 +1,12 @@
-//! Interop with go-libp2p (v0.48.0, quic-go v0.59.0): the Go test peer of `interop/go-peer`,
-//! built by the test run itself, against a libp2p `Swarm` on our transport. Loopback only; each
-//! test has a time limit, and each runs with either side dialing, over QUIC and over
-//! WebTransport (`*_webtransport`: go-libp2p's WebTransport transport, webtransport-go v0.10).
+//! Interop with go-libp2p v0.52.0 (quic-go v0.64.1, webtransport-go v0.13.0): the Go test peer
+//! of `interop/go-peer`, built by the test run itself, against a libp2p `Swarm` on our
+//! transport. Loopback only; each test has a time limit, and each runs with either side
+//! dialing, over QUIC and over WebTransport (`*_webtransport`: go-libp2p's WebTransport
+//! transport).
+//!
+//! go-libp2p v0.52's WebTransport dialer refuses a listener that does not advertise
+//! RESET_STREAM_AT ("server didn't enable QUIC stream reset partial delivery"), so the
+//! `*_go_dials_ours_webtransport` tests need our listener to advertise it.
 //!
 //! - ping: Go pings us and we ping Go; both sides name the right peer.
 //! - echo: 1 MiB through one stream, each way, bytes checked.
@@ -10,12 +15,20 @@
 //!   way (8 bytes, close, read the 8-byte reply, drop). No open may block for 10 s, and our
 //!   ledger must empty afterwards. Then the same through a seeded proxy losing 5% of the
 //!   datagrams each way (feature `test-util`).
+//! - reliable reset: Go opens streams of `/libp2p-quinn/reliable-reset/1.0.0` to us, writes
+//!   100 KiB on each, marks the first 10 KiB reliable and resets with code 42; our handler must
+//!   see a prefix of the payload, then the reset with code 42, and, when the connection
+//!   negotiated RESET_STREAM_AT, every stream with at least the 10 KiB.
+//! - `*_go_v048_*`: ping then echo against go-libp2p v0.48.0 (`interop/go-peer-v048`,
+//!   webtransport-go v0.10.0) over WebTransport, each way: the older half of the network, whose
+//!   WebTransport dialer does not require RESET_STREAM_AT (and whose quic-go advertises it only
+//!   under draft-07's transport parameter id).
 //!
 //! The tests run one at a time (a process-wide lock): the storms' timings are the numbers this
 //! file exists for, and two storms sharing a small machine would blur them. Run with
 //! `--nocapture` to see them.
 //!
-//! Needs Go >= 1.25.7 on PATH; without it the tests fail (they do not skip).
+//! Needs Go >= 1.26 on PATH; without it the tests fail (they do not skip).
 
 mod common;
 
@@ -41,9 +54,19 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 /// Build the Go peer (outside the time limit), then run `test` on a fresh runtime within
 /// `limit`, one test at a time.
 fn run<F: Future<Output = ()>>(name: &str, limit: Duration, test: impl FnOnce() -> F) {
+    run_with(GoBuild::Current, name, limit, test)
+}
+
+/// As `run`, with the Go peer of `build`.
+fn run_with<F: Future<Output = ()>>(
+    build: GoBuild,
+    name: &str,
+    limit: Duration,
+    test: impl FnOnce() -> F,
+) {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     common::init_tracing();
-    go_peer_binary(GoBuild::Current);
+    go_peer_binary(build);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -107,6 +130,8 @@ struct Setup {
     node: RustNode,
     go: GoPeer,
     go_id: PeerId,
+    /// The Go peer's `connected` line.
+    go_connected: Json,
     #[cfg(feature = "test-util")]
     proxy: Option<libp2p_quinn::test_util::UdpProxy>,
 }
@@ -141,9 +166,11 @@ async fn route(
     panic!("the lossy proxy needs feature test-util")
 }
 
-/// Start both sides with the Go peer in `mode_args`, connect them as `topology` says (through
-/// a lossy proxy if `lossy` has a seed), and check that each side sees the other's peer id.
+/// Start both sides with the Go peer (of `build`) in `mode_args`, connect them as `topology`
+/// says (through a lossy proxy if `lossy` has a seed), and check that each side sees the other's
+/// peer id.
 async fn connect(
+    build: GoBuild,
     topology: Topology,
     mode_args: &[&str],
     options: NodeOptions,
@@ -167,10 +194,10 @@ async fn connect(
         .await;
         let dial = dial_addr(&ours, via, node.peer_id);
         args.extend(["--dial".into(), dial.to_string()]);
-        GoPeer::spawn(GoBuild::Current, "go", &args)
+        GoPeer::spawn(build, "go", &args)
     } else {
         args.extend(["--listen".into(), listen.into()]);
-        let mut go = GoPeer::spawn(GoBuild::Current, "go", &args);
+        let mut go = GoPeer::spawn(build, "go", &args);
         let listening = go.expect_listening(transport, STEP).await;
         assert_eq!(
             listening.str("peer_id"),
@@ -197,14 +224,16 @@ async fn connect(
     let (peer, remote) = node.connected(Some(go_id), STEP).await;
     assert_eq!(peer, go_id, "we see the Go peer's id");
     println!(
-        "connected ({}): ours {} <-> go {go_id} at {remote}",
+        "connected ({}, {}): ours {} <-> go {go_id} at {remote}",
         topology.label(),
+        build.dir_name(),
         node.peer_id
     );
     Setup {
         node,
         go,
         go_id,
+        go_connected: connected,
         #[cfg(feature = "test-util")]
         proxy,
     }
@@ -232,7 +261,7 @@ async fn finish_clean(go: &mut GoPeer) {
 // ---------------------------------------------------------------------------------------------
 // ping
 
-async fn ping(topology: Topology) {
+async fn ping(build: GoBuild, topology: Topology) {
     let options = NodeOptions {
         ping: true,
         ..Default::default()
@@ -242,7 +271,14 @@ async fn ping(topology: Topology) {
         mut go,
         go_id,
         ..
-    } = connect(topology, &["--mode", "ping", "--count", "5"], options, None).await;
+    } = connect(
+        build,
+        topology,
+        &["--mode", "ping", "--count", "5"],
+        options,
+        None,
+    )
+    .await;
 
     // Go pings us. One of Go's RTTs is often about our own ping interval (500 ms): after
     // answering a ping, libp2p-ping 0.48's handler arms the next read without polling it, so the
@@ -291,27 +327,28 @@ async fn ping(topology: Topology) {
 #[test]
 fn ping_go_dials_ours() {
     run("ping_go_dials_ours", Duration::from_secs(90), || {
-        ping(Topology::GoDialsOurs)
+        ping(GoBuild::Current, Topology::GoDialsOurs)
     });
 }
 
 #[test]
 fn ping_ours_dials_go() {
     run("ping_ours_dials_go", Duration::from_secs(90), || {
-        ping(Topology::OursDialsGo)
+        ping(GoBuild::Current, Topology::OursDialsGo)
     });
 }
 
 // ---------------------------------------------------------------------------------------------
 // echo
 
-async fn echo(topology: Topology) {
+async fn echo(build: GoBuild, topology: Topology) {
     let Setup {
         mut node,
         mut go,
         go_id,
         ..
     } = connect(
+        build,
         topology,
         &["--mode", "echo", "--size", &MIB.to_string()],
         NodeOptions::default(),
@@ -384,14 +421,14 @@ async fn echo(topology: Topology) {
 #[test]
 fn echo_go_dials_ours() {
     run("echo_go_dials_ours", Duration::from_secs(120), || {
-        echo(Topology::GoDialsOurs)
+        echo(GoBuild::Current, Topology::GoDialsOurs)
     });
 }
 
 #[test]
 fn echo_ours_dials_go() {
     run("echo_ours_dials_go", Duration::from_secs(120), || {
-        echo(Topology::OursDialsGo)
+        echo(GoBuild::Current, Topology::OursDialsGo)
     });
 }
 
@@ -408,7 +445,9 @@ async fn storm(topology: Topology, lossy: Option<u64>) {
         go_id,
         #[cfg(feature = "test-util")]
         proxy,
+        ..
     } = connect(
+        GoBuild::Current,
         topology,
         &[
             "--mode",
@@ -566,7 +605,7 @@ fn ping_go_dials_ours_webtransport() {
     run(
         "ping_go_dials_ours_webtransport",
         Duration::from_secs(90),
-        || ping(Topology::GoDialsOursWebTransport),
+        || ping(GoBuild::Current, Topology::GoDialsOursWebTransport),
     );
 }
 
@@ -575,7 +614,7 @@ fn ping_ours_dials_go_webtransport() {
     run(
         "ping_ours_dials_go_webtransport",
         Duration::from_secs(90),
-        || ping(Topology::OursDialsGoWebTransport),
+        || ping(GoBuild::Current, Topology::OursDialsGoWebTransport),
     );
 }
 
@@ -584,7 +623,7 @@ fn echo_go_dials_ours_webtransport() {
     run(
         "echo_go_dials_ours_webtransport",
         Duration::from_secs(120),
-        || echo(Topology::GoDialsOursWebTransport),
+        || echo(GoBuild::Current, Topology::GoDialsOursWebTransport),
     );
 }
 
@@ -593,7 +632,7 @@ fn echo_ours_dials_go_webtransport() {
     run(
         "echo_ours_dials_go_webtransport",
         Duration::from_secs(120),
-        || echo(Topology::OursDialsGoWebTransport),
+        || echo(GoBuild::Current, Topology::OursDialsGoWebTransport),
     );
 }
 
@@ -612,5 +651,173 @@ fn storm_ours_dials_go_webtransport() {
         "storm_ours_dials_go_webtransport",
         Duration::from_secs(240),
         || storm(Topology::OursDialsGoWebTransport, None),
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// go-libp2p v0.48.0 over WebTransport: the older half of the network
+
+#[test]
+fn ping_echo_go_v048_dials_ours_webtransport() {
+    run_with(
+        GoBuild::V048,
+        "ping_echo_go_v048_dials_ours_webtransport",
+        Duration::from_secs(180),
+        || async {
+            ping(GoBuild::V048, Topology::GoDialsOursWebTransport).await;
+            echo(GoBuild::V048, Topology::GoDialsOursWebTransport).await;
+        },
+    );
+}
+
+#[test]
+fn ping_echo_ours_dials_go_v048_webtransport() {
+    run_with(
+        GoBuild::V048,
+        "ping_echo_ours_dials_go_v048_webtransport",
+        Duration::from_secs(180),
+        || async {
+            ping(GoBuild::V048, Topology::OursDialsGoWebTransport).await;
+            echo(GoBuild::V048, Topology::OursDialsGoWebTransport).await;
+        },
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// reliable reset: Go resets with a reliable size, we read
+
+/// Streams Go opens and resets.
+const RELIABLE_STREAMS: u64 = 100;
+
+async fn reliable_reset_from_go(topology: Topology) {
+    let count = RELIABLE_STREAMS.to_string();
+    let Setup {
+        node,
+        mut go,
+        go_id,
+        go_connected,
+        ..
+    } = connect(
+        GoBuild::Current,
+        topology,
+        &["--mode", "reliable-reset", "--count", &count],
+        NodeOptions::default(),
+        None,
+    )
+    .await;
+    let negotiated = go_connected.bool("reset_stream_at") == Some(true);
+
+    let line = go.expect("reliable_reset", Duration::from_secs(60)).await;
+    let report = ReliableResetReport::from_json(&line).unwrap();
+    println!(
+        "RELIABLE RESET go -> ours ({}, RESET_STREAM_AT negotiated: {negotiated}): {}",
+        topology.label(),
+        report.line()
+    );
+    assert_eq!(
+        (report.count, report.ok, report.failed),
+        (RELIABLE_STREAMS, RELIABLE_STREAMS, 0),
+        "Go's opener failed: {:?}",
+        go.errors()
+    );
+    assert_eq!(
+        (report.size, report.reliable, report.code),
+        (
+            RELIABLE_RESET_SIZE as u64,
+            RELIABLE_RESET_RELIABLE as u64,
+            u64::from(RELIABLE_RESET_CODE)
+        )
+    );
+
+    // Go read each stream's end after our handler had dropped it, and the handler records a
+    // stream before dropping it: every stream that reached the handler is in `seen`.
+    let seen = node.served.reliable_seen();
+    let exact = seen
+        .iter()
+        .filter(|s| s.bytes == RELIABLE_RESET_RELIABLE)
+        .count();
+    let at_least = seen
+        .iter()
+        .filter(|s| s.bytes >= RELIABLE_RESET_RELIABLE)
+        .count();
+    println!(
+        "  our handler: {} of {RELIABLE_STREAMS} streams, {at_least} with at least {} bytes \
+         ({exact} exactly), bytes {:?}..={:?}",
+        seen.len(),
+        RELIABLE_RESET_RELIABLE,
+        seen.iter().map(|s| s.bytes).min(),
+        seen.iter().map(|s| s.bytes).max(),
+    );
+    // Without RESET_STREAM_AT the resets are plain RESET_STREAMs: a stream may be reset before
+    // its multistream-select header arrives (it then never reaches the handler), or with any
+    // prefix of its payload delivered. Either way, what arrives is the payload's, then code 42.
+    for (i, s) in seen.iter().enumerate() {
+        assert!(
+            s.pattern_ok && s.bytes <= RELIABLE_RESET_SIZE,
+            "stream {i}: bytes not the payload's: {s:?}"
+        );
+        assert_eq!(
+            s.end,
+            StreamEnd::Reset(u64::from(RELIABLE_RESET_CODE)),
+            "stream {i}: {s:?}"
+        );
+    }
+    if negotiated {
+        assert_eq!(
+            seen.len() as u64,
+            RELIABLE_STREAMS,
+            "with RESET_STREAM_AT, every stream reaches the handler"
+        );
+        assert_eq!(
+            at_least,
+            seen.len(),
+            "with RESET_STREAM_AT, every stream delivers its reliable bytes: {seen:?}"
+        );
+    }
+
+    let (snap, took) = node.settled(&go_id, SETTLE).await;
+    println!(
+        "  ledger empty {:.0} ms after; streams opened in/out {:?}, ended recv (finished, reset, \
+         stopped) {:?}",
+        took.as_secs_f64() * 1e3,
+        snap.totals.opened,
+        snap.totals.ended_recv
+    );
+    finish_clean(&mut go).await;
+}
+
+#[test]
+fn reliable_reset_go_dials_ours() {
+    run(
+        "reliable_reset_go_dials_ours",
+        Duration::from_secs(120),
+        || reliable_reset_from_go(Topology::GoDialsOurs),
+    );
+}
+
+#[test]
+fn reliable_reset_ours_dials_go() {
+    run(
+        "reliable_reset_ours_dials_go",
+        Duration::from_secs(120),
+        || reliable_reset_from_go(Topology::OursDialsGo),
+    );
+}
+
+#[test]
+fn reliable_reset_go_dials_ours_webtransport() {
+    run(
+        "reliable_reset_go_dials_ours_webtransport",
+        Duration::from_secs(120),
+        || reliable_reset_from_go(Topology::GoDialsOursWebTransport),
+    );
+}
+
+#[test]
+fn reliable_reset_ours_dials_go_webtransport() {
+    run(
+        "reliable_reset_ours_dials_go_webtransport",
+        Duration::from_secs(120),
+        || reliable_reset_from_go(Topology::OursDialsGoWebTransport),
     );
 }

@@ -8,3 +8,6 @@ import "github.com/libp2p/go-libp2p/core/network"
 
 // quicServer is nil: not known with go-libp2p v0.38.2.
 func quicServer(network.Conn) *bool { return nil }
+
+// resetStreamAt is nil: quic-go v0.48.2 has no RESET_STREAM_AT.
+func resetStreamAt(network.Conn) *bool { return nil }

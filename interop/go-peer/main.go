@@ -1,10 +1,14 @@
 // go-peer: a small go-libp2p peer (QUIC and WebTransport) used as an interop
 // partner for libp2p-quinn's tests.
 //
-// The same source builds against two go-libp2p versions:
-//   - interop/go-peer     : go-libp2p v0.48.0 (quic-go v0.59.0)
-//   - interop/go-peer-old : go-libp2p v0.38.2 (quic-go v0.48.2, before the
-//     fix of quic-go issue 4803); its main.go is a symlink to this file.
+// The same source builds against three go-libp2p versions:
+//   - interop/go-peer      : go-libp2p v0.52.0 (quic-go v0.64.1, webtransport-go v0.13.0)
+//   - interop/go-peer-v048 : go-libp2p v0.48.0 (quic-go v0.59.0, webtransport-go v0.10.0)
+//   - interop/go-peer-old  : go-libp2p v0.38.2 (quic-go v0.48.2, before the
+//     fix of quic-go issue 4803)
+//
+// The other two link to this file and to reliable_reset.go; each has its own
+// quic_side.go.
 //
 // Every report goes to stdout as one JSON object per line. See ../README.md.
 package main
@@ -121,6 +125,7 @@ func exit(code int) {
 		if n := stormServed.Load(); n%progressEvery != 0 {
 			emit("storm_served", kv{"count", n}, kv{"failed", stormServedFailed.Load()}, kv{"final", true})
 		}
+		emitReliableServed(true)
 		if theHost != nil {
 			done := make(chan struct{})
 			go func() {
@@ -162,6 +167,10 @@ type options struct {
 	relay         string
 	reserve       bool
 	publicNet     string
+	sizeSet       bool
+	reliable      int
+	resetCode     uint32
+	rest          string
 }
 
 // listenFlag collects every --listen: one flag per address, so that QUIC and
@@ -182,10 +191,14 @@ func parseFlags() options {
 	var o options
 	flag.Var(&o.listen, "listen", "multiaddr to listen on, e.g. /ip4/127.0.0.1/udp/0/quic-v1 or .../quic-v1/webtransport; repeat it for several (default: listen on nothing)")
 	flag.StringVar(&o.dial, "dial", "", "multiaddr with /p2p/<ID> of the peer to connect to")
-	flag.StringVar(&o.mode, "mode", "serve", "what to do after connecting (to the --dial peer, else to the first peer that connects): ping|echo|storm|serve")
-	flag.IntVar(&o.count, "count", 0, "ping count (default 5) / storm streams (default 2560)")
-	flag.IntVar(&o.concurrency, "concurrency", 1, "storm: streams opened in parallel")
-	flag.IntVar(&o.size, "size", 1<<20, "echo: payload bytes")
+	flag.StringVar(&o.mode, "mode", "serve", "what to do after connecting (to the --dial peer, else to the first peer that connects): ping|echo|storm|reliable-reset|serve")
+	flag.IntVar(&o.count, "count", 0, "ping count (default 5) / storm streams (default 2560) / reliable-reset streams (default 10)")
+	flag.IntVar(&o.concurrency, "concurrency", 1, "storm, reliable-reset: streams opened in parallel")
+	flag.IntVar(&o.size, "size", 0, "payload bytes: echo (default 1048576); reliable-reset, sent and expected by the handler (default 102400)")
+	flag.IntVar(&o.reliable, "reliable", defaultReliable, "reliable-reset: bytes of the payload below the reliable size (sent, and expected by the handler)")
+	var resetCode uint64
+	flag.Uint64Var(&resetCode, "reset-code", defaultResetCode, "reliable-reset: the application error code of the reset (sent, and expected by the handler)")
+	flag.StringVar(&o.rest, "rest", "write", "reliable-reset: how the payload above the reliable size goes: write (Write, most of it leaves before the reset) | queue (quic-go's TryWriteAll right before the reset, which drops what has not left)")
 	flag.StringVar(&o.closeHow, "close", "close", "storm: how each stream ends: close|closewrite|reset")
 	flag.DurationVar(&o.openTimeout, "open-timeout", 10*time.Second, "storm: timeout of each NewStream+write (also of ping replies and the closewrite reply)")
 	flag.BoolVar(&o.exitAfterMode, "exit-after-mode", false, "exit 0 once the mode finished (default: keep serving until stdin closes or SIGTERM)")
@@ -197,15 +210,18 @@ func parseFlags() options {
 	flag.StringVar(&o.publicNet, "public-net", "", "an IPv4 CIDR inside a range go-multiaddr calls unroutable (e.g. 198.18.0.0/24 of 198.18.0.0/15) that go-libp2p is to take as public")
 	flag.Parse()
 	flag.Visit(func(f *flag.Flag) {
-		if f.Name == "seed" {
+		switch f.Name {
+		case "seed":
 			o.seedSet = true
+		case "size":
+			o.sizeSet = true
 		}
 	})
 	if flag.NArg() != 0 {
 		fatal("unexpected arguments: "+fmt.Sprint(flag.Args()), nil)
 	}
 	switch o.mode {
-	case "ping", "echo", "storm", "serve":
+	case "ping", "echo", "storm", "reliable-reset", "serve":
 	default:
 		fatal("unknown --mode "+o.mode, nil)
 	}
@@ -214,19 +230,41 @@ func parseFlags() options {
 	default:
 		fatal("unknown --close "+o.closeHow, nil)
 	}
+	switch o.rest {
+	case "write", "queue":
+	default:
+		fatal("unknown --rest "+o.rest, nil)
+	}
 	if o.count <= 0 {
-		if o.mode == "storm" {
+		switch o.mode {
+		case "storm":
 			o.count = 2560
-		} else {
+		case "reliable-reset":
+			o.count = 10
+		default:
 			o.count = 5
 		}
 	}
 	if o.concurrency < 1 {
 		o.concurrency = 1
 	}
+	if !o.sizeSet {
+		// The serving side of reliable-reset expects --size too: its default is for it.
+		o.size = defaultReliableSize
+		if o.mode == "echo" {
+			o.size = 1 << 20
+		}
+	}
 	if o.size < 0 {
 		fatal("--size must be >= 0", nil)
 	}
+	if o.reliable < 0 || (o.mode == "reliable-reset" && o.reliable > o.size) {
+		fatal("--reliable must be in [0, --size]", nil)
+	}
+	if resetCode > 0xffffffff {
+		fatal("--reset-code must fit 32 bits (WebTransport's and libp2p's codes do)", nil)
+	}
+	o.resetCode = uint32(resetCode)
 	if o.openTimeout <= 0 {
 		fatal("--open-timeout must be > 0", nil)
 	}
@@ -647,7 +685,8 @@ func minorOf(v string) int {
 
 func emitVersions(o options) {
 	qv := depVersion("github.com/quic-go/quic-go")
-	emit("version", kv{"go", runtime.Version()}, kv{"go_libp2p", depVersion("github.com/libp2p/go-libp2p")}, kv{"quic_go", qv})
+	emit("version", kv{"go", runtime.Version()}, kv{"go_libp2p", depVersion("github.com/libp2p/go-libp2p")}, kv{"quic_go", qv},
+		kv{"webtransport_go", depVersion("github.com/quic-go/webtransport-go")})
 	// quic-go before v0.57.1 panics ("crypto/tls bug: where's my session
 	// ticket?") on every inbound handshake when built with Go >= 1.26, since
 	// crypto/tls no longer returns an error from SendSessionTicket when
@@ -722,6 +761,8 @@ func main() {
 					runEcho(h, p, o)
 				case "storm":
 					runStorm(h, p, o)
+				case "reliable-reset":
+					runReliableReset(h, p, o)
 				}
 				if o.exitAfterMode {
 					exit(0)
@@ -740,6 +781,9 @@ func main() {
 					fields = append(fields, kv{"quic_server", *server})
 				}
 			}
+			if negotiated := resetStreamAt(c); negotiated != nil {
+				fields = append(fields, kv{"reset_stream_at", *negotiated})
+			}
 			emit("connected", fields...)
 			if o.dial == "" && o.mode != "serve" {
 				startMode(c.RemotePeer())
@@ -752,6 +796,8 @@ func main() {
 	ping.NewPingService(h)
 	h.SetStreamHandler(echoProtocol, echoHandler)
 	h.SetStreamHandler(stormProtocol, stormHandler)
+	handlerOpts = o
+	h.SetStreamHandler(reliableResetProtocol, reliableResetHandler)
 
 	addrs, err := h.Network().InterfaceListenAddresses()
 	if err != nil {

@@ -1,5 +1,6 @@
-// The QUIC side of a connection, for go-libp2p v0.48.0 (quic-go v0.59.0).
-// go-peer-old has its own quic_side.go: main.go is shared.
+// The QUIC side of a connection, for go-libp2p v0.52.0 and v0.48.0 (quic-go
+// v0.64.1 and v0.59.0: go-peer-v048 links to this file). go-peer-old has its
+// own quic_side.go: main.go is shared.
 
 package main
 
@@ -26,4 +27,16 @@ func quicServer(c network.Conn) *bool {
 	}
 	server := f.Int() == 1
 	return &server
+}
+
+// resetStreamAt says whether the peer of c advertised RESET_STREAM_AT (quic-go's
+// SupportsStreamResetPartialDelivery.Remote: go-libp2p enables it on our side,
+// so it is what the connection negotiated); nil if c is not over QUIC.
+func resetStreamAt(c network.Conn) *bool {
+	var qc *quic.Conn
+	if !c.As(&qc) || qc == nil {
+		return nil
+	}
+	remote := qc.ConnectionState().SupportsStreamResetPartialDelivery.Remote
+	return &remote
 }

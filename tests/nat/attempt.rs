@@ -345,7 +345,7 @@ impl Peer {
     }
 }
 
-/// A Go peer's life (`interop/go-peer`, go-libp2p v0.48.0 with hole punching): it takes the
+/// A Go peer's life (`interop/go-peer`, go-libp2p v0.52.0 with hole punching): it takes the
 /// simulated internet as public (go-libp2p offers and accepts only public addresses for hole
 /// punching, and go-multiaddr calls all of 198.18.0.0/15 unroutable), meets the relay and waits
 /// until go-libp2p's hole punching has our address from the relay's identify. B then reserves a

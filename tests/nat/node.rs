@@ -24,7 +24,7 @@ pub enum Quic {
     Ours,
     /// rust-libp2p's libp2p-quic 0.14.
     Libp2pQuic,
-    /// go-libp2p v0.48.0 with hole punching (`interop/go-peer`): a process of its own, run by
+    /// go-libp2p v0.52.0 with hole punching (`interop/go-peer`): a process of its own, run by
     /// the attempt; a peer, never the relay.
     Go,
 }

@@ -11,13 +11,18 @@ use libp2p_identity::{Keypair, PeerId};
 // -------------------------------------------------------------------------------------------
 // Building the Go peer
 
-/// Which build of the Go peer.
+/// Which build of the Go peer (interop/README.md says which test uses which).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GoBuild {
-    /// go-libp2p v0.48.0, quic-go v0.59.0 (`interop/go-peer`).
+    /// go-libp2p v0.52.0, quic-go v0.64.1, webtransport-go v0.13.0 (`interop/go-peer`): today's.
+    /// Its WebTransport dialer refuses a listener without RESET_STREAM_AT.
     Current,
+    /// go-libp2p v0.48.0, quic-go v0.59.0, webtransport-go v0.10.0 (`interop/go-peer-v048`):
+    /// the older half of the network. Its quic-go advertises RESET_STREAM_AT only under the
+    /// draft-07 transport parameter id, and its WebTransport dialer does not require it.
+    V048,
     /// go-libp2p v0.38.2, quic-go v0.48.2 (`interop/go-peer-old`), built with Go
-    /// [`OLD_TOOLCHAIN`] so that it can listen as well as dial.
+    /// [`OLD_TOOLCHAIN`] so that it can listen as well as dial. No RESET_STREAM_AT.
     Old,
 }
 
@@ -31,6 +36,7 @@ impl GoBuild {
     pub fn dir_name(self) -> &'static str {
         match self {
             GoBuild::Current => "go-peer",
+            GoBuild::V048 => "go-peer-v048",
             GoBuild::Old => "go-peer-old",
         }
     }
@@ -39,7 +45,7 @@ impl GoBuild {
     /// (`GOTOOLCHAIN=local`, unless the caller's environment sets `GOTOOLCHAIN`).
     pub fn toolchain(self) -> Option<&'static str> {
         match self {
-            GoBuild::Current => None,
+            GoBuild::Current | GoBuild::V048 => None,
             GoBuild::Old => Some(OLD_TOOLCHAIN),
         }
     }
@@ -58,16 +64,18 @@ fn build_root() -> PathBuf {
 /// fails: an interop test that cannot run must not pass.
 pub fn go_peer_binary(which: GoBuild) -> PathBuf {
     static CURRENT: OnceLock<PathBuf> = OnceLock::new();
+    static V048: OnceLock<PathBuf> = OnceLock::new();
     static OLD: OnceLock<PathBuf> = OnceLock::new();
     let cell = match which {
         GoBuild::Current => &CURRENT,
+        GoBuild::V048 => &V048,
         GoBuild::Old => &OLD,
     };
     cell.get_or_init(|| build(which)).clone()
 }
 
 fn mtime(path: &Path) -> Option<SystemTime> {
-    // `metadata` follows symlinks: go-peer-old/main.go is one.
+    // `metadata` follows symlinks: go-peer-v048's and go-peer-old's shared files are.
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
@@ -107,14 +115,14 @@ fn build(which: GoBuild) -> PathBuf {
     match std::process::Command::new("go").arg("version").output() {
         Ok(out) if out.status.success() => {}
         Ok(out) => panic!(
-            "`go version` failed ({}): {}; the Go toolchain (>= 1.25.7) is needed to build {} \
+            "`go version` failed ({}): {}; the Go toolchain (>= 1.26) is needed to build {} \
              for the interop tests",
             out.status,
             String::from_utf8_lossy(&out.stderr),
             src.display()
         ),
         Err(e) => panic!(
-            "the Go toolchain (`go`, >= 1.25.7) is needed to build {} for the interop tests, \
+            "the Go toolchain (`go`, >= 1.26) is needed to build {} for the interop tests, \
              and running it failed: {e}. Install Go (see interop/README.md) and put it on PATH.",
             src.display()
         ),

@@ -66,6 +66,21 @@ impl Json {
         }
     }
 
+    /// An object field as a map of numbers (`{"42": 3}`); fields that are not numbers are left
+    /// out. Empty if there is no such object.
+    pub fn counts(&self, key: &str) -> BTreeMap<String, u64> {
+        match self.get(key) {
+            Some(Json::Obj(m)) => m
+                .iter()
+                .filter_map(|(k, v)| match v {
+                    Json::Num(n) => Some((k.clone(), *n as u64)),
+                    _ => None,
+                })
+                .collect(),
+            _ => BTreeMap::new(),
+        }
+    }
+
     /// A numeric field that must be there.
     pub fn num(&self, key: &str) -> f64 {
         self.f64(key)

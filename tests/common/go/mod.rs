@@ -1,6 +1,7 @@
 //! Interop with the Go test peer (`interop/go-peer`, go-libp2p): build it, spawn it and read its
 //! JSON lines; and a Rust node, a libp2p `Swarm` on our transport, that speaks the same
-//! protocols (ping, identify, and `/libp2p-quinn/echo|storm/1.0.0` through `libp2p-stream`).
+//! protocols (ping, identify, and `/libp2p-quinn/echo|storm|reliable-reset/1.0.0` through
+//! `libp2p-stream`).
 //!
 //! go-libp2p runs multistream-select on every stream, so the Rust side needs a `Swarm`; the
 //! transport's [`Ledgers`] handle is kept before the transport goes into the builder, so that a
@@ -13,6 +14,7 @@ mod build;
 mod json;
 mod node;
 mod peer;
+mod reliable;
 mod workload;
 
 /// Inbound streams of a fixed set of protocols, handed over on an unbounded channel.
@@ -32,11 +34,18 @@ pub use self::{
     json::Json,
     node::{NodeEvent, NodeOptions, RustNode, Served},
     peer::GoPeer,
+    reliable::{
+        read_reliable_reset, ReliableResetReport, ReliableResetServed, ReliableResetStream,
+        ReliableSeen, StreamEnd, RELIABLE_RESET_CODE, RELIABLE_RESET_RELIABLE, RELIABLE_RESET_SIZE,
+    },
     workload::{echo_to, storm_to, StormReport},
 };
 
 pub const ECHO: StreamProtocol = StreamProtocol::new("/libp2p-quinn/echo/1.0.0");
 pub const STORM: StreamProtocol = StreamProtocol::new("/libp2p-quinn/storm/1.0.0");
+/// Streams reset with a reliable size (see `reliable.rs`).
+pub const RELIABLE_RESET: StreamProtocol =
+    StreamProtocol::new("/libp2p-quinn/reliable-reset/1.0.0");
 
 /// The echo payload both sides use: byte i = i*31 % 251 (as the Go peer's `--size`).
 pub fn echo_payload(n: usize) -> Vec<u8> {

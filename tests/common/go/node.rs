@@ -17,7 +17,7 @@ use libp2p::{
 use libp2p_identity::{Keypair, PeerId};
 use libp2p_quinn::{ConnectionSnapshot, Ledgers};
 
-use super::{accept, ECHO, STORM};
+use super::{accept, read_reliable_reset, ReliableSeen, ECHO, RELIABLE_RESET, STORM};
 
 // -------------------------------------------------------------------------------------------
 // The Rust node
@@ -65,7 +65,7 @@ enum Command {
     Dial(Multiaddr),
 }
 
-/// What the Rust node's echo and storm handlers did.
+/// What the Rust node's echo, storm and reliable-reset handlers did.
 #[derive(Debug, Default)]
 pub struct Served {
     pub echo_streams: AtomicU64,
@@ -73,6 +73,18 @@ pub struct Served {
     pub echo_failed: AtomicU64,
     pub storm_ok: AtomicU64,
     pub storm_failed: AtomicU64,
+    /// Every reliable-reset stream, in the order the handler finished them.
+    pub reliable: std::sync::Mutex<Vec<ReliableSeen>>,
+}
+
+impl Served {
+    /// What the reliable-reset handler saw so far.
+    pub fn reliable_seen(&self) -> Vec<ReliableSeen> {
+        self.reliable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// Options of a [`RustNode`].
@@ -123,7 +135,7 @@ impl RustNode {
         let ledgers = transport.ledgers();
         let ping_config = ping::Config::new().with_interval(options.ping_interval);
         let ping_on = options.ping;
-        let (accept, mut inbound) = accept::Behaviour::new(vec![ECHO, STORM]);
+        let (accept, mut inbound) = accept::Behaviour::new(vec![ECHO, STORM, RELIABLE_RESET]);
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_other_transport(move |_| transport)
@@ -160,6 +172,18 @@ impl RustNode {
                                 s.echo_failed.fetch_add(1, Ordering::Relaxed);
                             }
                         }
+                    });
+                } else if protocol == RELIABLE_RESET {
+                    let mut stream = stream;
+                    tokio::spawn(async move {
+                        let seen = read_reliable_reset(&mut stream).await;
+                        s.reliable
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(seen);
+                        // Then our half: the drop finishes it, and the opener reads it to its
+                        // end, so it knows the stream was recorded.
+                        drop(stream);
                     });
                 } else {
                     tokio::spawn(async move {

@@ -58,8 +58,9 @@ impl GoPeer {
         tokio::spawn(async move {
             let mut reader = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = reader.next_line().await {
-                let quiet =
-                    line.contains("\"storm_progress\"") || line.contains("\"storm_served\"");
+                let quiet = line.contains("\"storm_progress\"")
+                    || line.contains("\"storm_served\"")
+                    || line.contains("\"reliable_reset_served\"");
                 if echo && !quiet {
                     println!("[{out_label}] {line}");
                 }
@@ -119,6 +120,29 @@ impl GoPeer {
                 self.label,
                 self.history()
             ),
+        }
+    }
+
+    /// The next line with this event that `pick` accepts (lines before it are kept in `seen`).
+    /// Panics after `within`, or if the process ends first.
+    pub async fn expect_where(
+        &mut self,
+        event: &str,
+        within: Duration,
+        mut pick: impl FnMut(&Json) -> bool,
+    ) -> Json {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.wait_for(event, left).await {
+                Some(v) if pick(&v) => return v,
+                Some(_) => {}
+                None => panic!(
+                    "[{}] no matching {event:?} line within {within:?}; last lines:{}",
+                    self.label,
+                    self.history()
+                ),
+            }
         }
     }
 

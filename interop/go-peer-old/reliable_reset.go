@@ -1,0 +1,1 @@
+../go-peer/reliable_reset.go

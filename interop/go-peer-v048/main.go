@@ -1,0 +1,1 @@
+../go-peer/main.go

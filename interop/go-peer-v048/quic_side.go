@@ -1,0 +1,1 @@
+../go-peer/quic_side.go
