@@ -4,8 +4,9 @@
 //! three kinds of client at once: libp2p-quic over `/quic-v1`, go-libp2p and the browser over
 //! `/quic-v1/webtransport`.
 //!
-//! Needs node, `npm ci` in `tests/browser` and Chromium (and Go for the second test); without
-//! them the tests fail saying what is missing (they do not skip).
+//! Needs node and npm, and Go for the second test; `npm ci` in `tests/browser` and Chromium
+//! are done and installed by the harness when missing (`common/prepare.rs`). What it cannot
+//! get, the tests fail naming (they do not skip).
 
 mod common;
 
