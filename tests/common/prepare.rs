@@ -271,11 +271,13 @@ struct FileLock(File);
 
 impl FileLock {
     fn take(path: &Path) -> Result<Self, String> {
+        // Read-only is enough for flock: a lock file that root made is still ours to take.
         let file = File::options()
             .create(true)
             .truncate(false)
             .write(true)
             .open(path)
+            .or_else(|_| File::open(path))
             .map_err(|e| format!("cannot open the lock file {}: {e}", path.display()))?;
         // The holder runs only bounded commands, so waiting for it is bounded too.
         loop {
