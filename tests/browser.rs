@@ -99,6 +99,15 @@ async fn a_browser_dials_pings_and_echoes_on_100_streams() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // Our ping behaviour pinged the browser too: a stream we opened, which Chromium read and
+    // answered (the events are queued already; the browser has hung up).
+    let ours = node
+        .seen_or_wait(
+            Duration::from_secs(1),
+            |e| matches!(e, NodeEvent::Ping { peer, rtt: Ok(_) } if *peer == them),
+        )
+        .await;
+    assert!(ours.is_some(), "no ping of ours to the browser succeeded");
     nothing_left_of(&node, &them).await;
 }
 
