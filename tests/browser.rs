@@ -145,9 +145,13 @@ async fn libp2p_quic_pings(addr: Multiaddr, peer: PeerId) -> PeerId {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_port_serves_libp2p_quic_go_and_a_browser_at_once() {
     common::init_tracing();
+    // Both before the clock starts: the first time, each takes minutes.
     tokio::task::spawn_blocking(|| go_peer_binary(GoBuild::Current))
         .await
         .unwrap();
+    prepare_harness()
+        .await
+        .unwrap_or_else(|e| panic!("the browser could not run: {e}"));
     let mut node = RustNode::start(
         Keypair::generate_ed25519(),
         NodeOptions {

@@ -167,6 +167,19 @@ fn browser_dir() -> PathBuf {
         .join("browser")
 }
 
+/// Make the harness ready: `npm ci` and Chromium when missing ([`super::prepare`]); the
+/// Chromium to run. [`run_browser_with`] calls it; a test that bounds its whole run in time
+/// calls it before starting the clock, as the first call on a fresh machine takes minutes.
+pub async fn prepare_harness() -> Result<PathBuf, String> {
+    // npm and apt-get: off the runtime's threads.
+    tokio::task::spawn_blocking(|| {
+        super::prepare::browser_packages()?;
+        super::prepare::chromium()
+    })
+    .await
+    .map_err(|e| format!("preparing the browser harness panicked: {e}"))?
+}
+
 /// Run the browser against `addr` (a `/quic-v1/webtransport/certhash/…/p2p/…` address) with
 /// `streams` echo streams and the other defaults of [`BrowserRun`].
 pub async fn run_browser(addr: &Multiaddr, streams: usize) -> Result<BrowserReport, String> {
@@ -192,13 +205,7 @@ pub async fn run_browser(addr: &Multiaddr, streams: usize) -> Result<BrowserRepo
 /// Cancel safety: dropping the future kills run.mjs (and so Chromium).
 pub async fn run_browser_with(addr: &Multiaddr, run: &BrowserRun) -> Result<BrowserReport, String> {
     let dir = browser_dir();
-    // npm and apt-get take minutes on a fresh machine: off the runtime's threads.
-    let chromium = tokio::task::spawn_blocking(|| {
-        super::prepare::browser_packages()?;
-        super::prepare::chromium()
-    })
-    .await
-    .map_err(|e| format!("preparing the browser harness panicked: {e}"))??;
+    let chromium = prepare_harness().await?;
     let mut child = tokio::process::Command::new("node")
         .arg(dir.join("run.mjs"))
         .args(["--addr", &addr.to_string()])
