@@ -4,8 +4,9 @@
 //! three kinds of client at once: libp2p-quic over `/quic-v1`, go-libp2p and the browser over
 //! `/quic-v1/webtransport`.
 //!
-//! Needs node, `npm ci` in `tests/browser` and Chromium (and Go for the second test); without
-//! them the tests fail saying what is missing (they do not skip).
+//! Needs node and npm, and Go for the second test; `npm ci` in `tests/browser` and Chromium
+//! are done and installed by the harness when missing (`common/prepare.rs`). What it cannot
+//! get, the tests fail naming (they do not skip).
 
 mod common;
 
@@ -98,6 +99,15 @@ async fn a_browser_dials_pings_and_echoes_on_100_streams() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // Our ping behaviour pinged the browser too: a stream we opened, which Chromium read and
+    // answered (the events are queued already; the browser has hung up).
+    let ours = node
+        .seen_or_wait(
+            Duration::from_secs(1),
+            |e| matches!(e, NodeEvent::Ping { peer, rtt: Ok(_) } if *peer == them),
+        )
+        .await;
+    assert!(ours.is_some(), "no ping of ours to the browser succeeded");
     nothing_left_of(&node, &them).await;
 }
 
@@ -135,9 +145,13 @@ async fn libp2p_quic_pings(addr: Multiaddr, peer: PeerId) -> PeerId {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_port_serves_libp2p_quic_go_and_a_browser_at_once() {
     common::init_tracing();
+    // Both before the clock starts: the first time, each takes minutes.
     tokio::task::spawn_blocking(|| go_peer_binary(GoBuild::Current))
         .await
         .unwrap();
+    prepare_harness()
+        .await
+        .unwrap_or_else(|e| panic!("the browser could not run: {e}"));
     let mut node = RustNode::start(
         Keypair::generate_ed25519(),
         NodeOptions {

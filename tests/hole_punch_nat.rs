@@ -4,11 +4,12 @@
 //! identify, ping) meets the other through a libp2p relay server; DCUtR then upgrades the
 //! relayed connection to a direct one.
 //!
-//! Needs root, iproute2 and iptables (`.ci/run` installs them); fails saying why when it
-//! cannot build its namespaces, and removes them on every way out. `docs/hole-punching.md`
-//! has the results and how to run it by hand; `examples/hole_punch_matrix.rs` runs every pair
-//! of the Rust transports and go-libp2p through both kinds of router. The second test needs Go
-//! (it builds `interop/go-peer`, as the interop tests do).
+//! Needs root, iproute2 and iptables (the harness installs the two with apt-get when
+//! missing: `common/prepare.rs`); fails saying why when it cannot build its namespaces, and
+//! removes them on every way out. `docs/hole-punching.md` has the results and how to run it
+//! by hand; `examples/hole_punch_matrix.rs` runs every pair of the Rust transports and
+//! go-libp2p through both kinds of router. The second test needs Go (it builds
+//! `interop/go-peer`, as the interop tests do).
 
 mod nat;
 

@@ -3,9 +3,10 @@
 //! echoes on many streams of `/libp2p-quinn/echo/1.0.0`, hangs up, and prints JSON lines,
 //! which land here in a [`BrowserReport`].
 //!
-//! Needs `node` (>= 18), `npm ci` run once in `tests/browser`, and Chromium (`/usr/bin/chromium`,
-//! or the `CHROMIUM` environment variable). When one is missing, [`run_browser`] returns an
-//! error that says which: a test that cannot run must fail, not pass.
+//! Needs `node` (>= 18) and npm, and Chromium (`CHROMIUM`, else Debian's `chromium`).
+//! [`run_browser`] runs `npm ci` in `tests/browser` and installs Chromium first when they are
+//! missing and it can ([`super::prepare`]); when it cannot, it returns an error that says what
+//! to install: a test that cannot run must fail, not pass.
 #![allow(dead_code)]
 
 use std::{
@@ -166,6 +167,19 @@ fn browser_dir() -> PathBuf {
         .join("browser")
 }
 
+/// Make the harness ready: `npm ci` and Chromium when missing ([`super::prepare`]); the
+/// Chromium to run. [`run_browser_with`] calls it; a test that bounds its whole run in time
+/// calls it before starting the clock, as the first call on a fresh machine takes minutes.
+pub async fn prepare_harness() -> Result<PathBuf, String> {
+    // npm and apt-get: off the runtime's threads.
+    tokio::task::spawn_blocking(|| {
+        super::prepare::browser_packages()?;
+        super::prepare::chromium()
+    })
+    .await
+    .map_err(|e| format!("preparing the browser harness panicked: {e}"))?
+}
+
 /// Run the browser against `addr` (a `/quic-v1/webtransport/certhash/…/p2p/…` address) with
 /// `streams` echo streams and the other defaults of [`BrowserRun`].
 pub async fn run_browser(addr: &Multiaddr, streams: usize) -> Result<BrowserReport, String> {
@@ -183,19 +197,15 @@ pub async fn run_browser(addr: &Multiaddr, streams: usize) -> Result<BrowserRepo
 ///
 /// `Ok` whenever the browser ran, whether the steps passed or not: see
 /// [`BrowserReport::ok`] and [`BrowserReport::errors`] (a test that expects a failed dial
-/// looks there). `Err` when it could not run at all: `node` or `node_modules` missing,
-/// Chromium not starting, or run.mjs not ending within its own timeout plus 20 s (it is then
-/// stopped: SIGTERM, then SIGKILL; Chromium, on a pipe to it, exits with it).
+/// looks there). `Err` when it could not run at all: `node` missing, `npm ci` failing,
+/// Chromium missing (and not installable) or not starting, or run.mjs not ending within its
+/// own timeout plus 20 s (it is then stopped: SIGTERM, then SIGKILL; Chromium, on a pipe to
+/// it, exits with it).
 ///
 /// Cancel safety: dropping the future kills run.mjs (and so Chromium).
 pub async fn run_browser_with(addr: &Multiaddr, run: &BrowserRun) -> Result<BrowserReport, String> {
     let dir = browser_dir();
-    if !dir.join("node_modules").is_dir() {
-        return Err(format!(
-            "{} is missing: run `npm ci` in tests/browser (needs node >= 18 and npm)",
-            dir.join("node_modules").display()
-        ));
-    }
+    let chromium = prepare_harness().await?;
     let mut child = tokio::process::Command::new("node")
         .arg(dir.join("run.mjs"))
         .args(["--addr", &addr.to_string()])
@@ -205,6 +215,7 @@ pub async fn run_browser_with(addr: &Multiaddr, run: &BrowserRun) -> Result<Brow
         .args(["--pings", &run.pings.to_string()])
         .args(["--timeout-ms", &run.timeout.as_millis().to_string()])
         .current_dir(&dir)
+        .env("CHROMIUM", &chromium)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -6,6 +6,7 @@ pub mod browser;
 pub mod go;
 pub mod h3_client;
 pub mod inject;
+pub mod prepare;
 pub mod quic_frames;
 
 use std::{future::Future, pin::Pin, time::Duration};

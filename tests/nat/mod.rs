@@ -10,6 +10,9 @@ pub mod attempt;
 pub mod go;
 pub mod netns;
 pub mod node;
+/// Installs iproute2 and iptables when they are missing and we may.
+#[path = "../common/prepare.rs"]
+pub mod prepare;
 
 use std::time::Duration;
 

@@ -62,9 +62,12 @@ pub struct Network {
 }
 
 impl Network {
-    /// Build the network, or say why it cannot be built (root, `ip`, `iptables` needed).
-    /// Whatever was made is removed again when building fails.
+    /// Build the network, or say why it cannot be built (root, `ip`, `iptables` needed; they
+    /// are installed first when missing, if we are root with apt-get). Whatever was made is
+    /// removed again when building fails.
     pub fn build(input: Input) -> Result<Self, String> {
+        use super::prepare::{tools, IP, IPTABLES};
+        tools(&[IP, IPTABLES])?;
         remove_stale();
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let number = NEXT.fetch_add(1, Ordering::Relaxed);
