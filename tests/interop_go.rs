@@ -706,6 +706,11 @@ async fn reliable_reset_from_go(topology: Topology) {
     )
     .await;
     let negotiated = go_connected.bool("reset_stream_at") == Some(true);
+    assert_eq!(
+        negotiated,
+        cfg!(feature = "reset-stream-at"),
+        "we advertise RESET_STREAM_AT exactly when built with reset-stream-at"
+    );
 
     let line = go.expect("reliable_reset", Duration::from_secs(60)).await;
     let report = ReliableResetReport::from_json(&line).unwrap();
@@ -820,4 +825,141 @@ fn reliable_reset_ours_dials_go_webtransport() {
         Duration::from_secs(120),
         || reliable_reset_from_go(Topology::OursDialsGoWebTransport),
     );
+}
+
+// reliable reset: we reset with a reliable size, Go reads
+
+/// Streams we open and reset: twice Go's stream limit. (At 10 x 256, Go stopped reporting
+/// streams after 2,522 in both kinds of connection, the cause not yet found: see the issue's
+/// note.)
+#[cfg(feature = "reset-stream-at")]
+const OUR_RELIABLE_STREAMS: u64 = 2 * 256;
+
+/// multistream-select's two messages in front of a stream of `protocol`, as a lazy dialer sends
+/// them (we never read the listener's answers: the stream is reset first).
+#[cfg(feature = "reset-stream-at")]
+fn multistream_header(protocol: &str) -> Vec<u8> {
+    let mut header = Vec::new();
+    for message in ["/multistream/1.0.0\n".to_owned(), format!("{protocol}\n")] {
+        header.push(u8::try_from(message.len()).expect("a one-byte length"));
+        header.extend_from_slice(message.as_bytes());
+    }
+    header
+}
+
+/// We dial the Go peer with our bare transport (no Swarm: `Stream::reset_at` is on our own
+/// stream) and open 2 x 256 streams of `/libp2p-quinn/reliable-reset/1.0.0`, each with
+/// multistream-select's header, 100 KiB of the payload, and a reset with code 42 that keeps the
+/// header and the first 10 KiB. Go's handler must read exactly those 10 KiB, then the reset:
+/// on this one-thread runtime quinn's connection task cannot send between the write and the
+/// reset, so no byte above the reliable size ever leaves. Stream credit comes back (twice the
+/// limit), and our books empty.
+#[cfg(feature = "reset-stream-at")]
+async fn reliable_reset_to_go(topology: Topology) {
+    use common::{bounded, dial_opts, Peer};
+    use futures::AsyncWriteExt;
+    use libp2p_core::Transport as _;
+
+    let (listen, transport) = topology.listen();
+    let args: Vec<String> = ["--seed", &GO_SEED.to_string(), "--listen", listen]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut go = GoPeer::spawn(GoBuild::Current, "go", &args);
+    let line = go.expect_listening(transport, STEP).await;
+    let addr: Multiaddr = line.str("addr").expect("an address").parse().unwrap();
+    let go_id = go_peer_id_for_seed(GO_SEED);
+
+    let config = libp2p_quinn::Config::new(&Keypair::generate_ed25519());
+    let our_id = config.local_peer_id();
+    let mut ours = libp2p_quinn::tokio::Transport::new(config);
+    let dial = ours.dial(addr, dial_opts()).expect("dial");
+    let (remote, connection) = bounded("dial go", dial).await.expect("dial succeeds");
+    assert_eq!(remote, go_id);
+    let mut peer = Peer::new(our_id, go_id, connection, ours.ledgers());
+    // go-libp2p opens its own streams to us (identify): we serve nothing, so each is dropped.
+    let mut inbound = std::mem::replace(&mut peer.inbound, futures::channel::mpsc::unbounded().1);
+    tokio::spawn(async move { while futures::StreamExt::next(&mut inbound).await.is_some() {} });
+
+    let header = multistream_header("/libp2p-quinn/reliable-reset/1.0.0");
+    let data = [header.as_slice(), &echo_payload(RELIABLE_RESET_SIZE)].concat();
+    let reliable = (header.len() + RELIABLE_RESET_RELIABLE) as u64;
+    for i in 1..=OUR_RELIABLE_STREAMS {
+        let mut stream = peer.open().await;
+        bounded("write", stream.write_all(&data)).await.unwrap();
+        stream
+            .reset_at(RELIABLE_RESET_CODE, reliable)
+            .expect("go-libp2p v0.52 accepts RESET_STREAM_AT");
+        // One stream at a time, so that Go's connection-level flow control credit is back
+        // before the next write: a write that had to wait for it would let quinn send bytes
+        // above the reliable size before the reset.
+        go.expect_where("reliable_reset_served", STEP, |v| v.u64("count") == Some(i))
+            .await;
+    }
+
+    let served = go
+        .expect_where("reliable_reset_served", Duration::from_secs(60), |v| {
+            v.u64("count") == Some(OUR_RELIABLE_STREAMS)
+        })
+        .await;
+    let served = ReliableResetServed::from_json(&served).unwrap();
+    println!(
+        "RELIABLE RESET ours -> go ({}): {}",
+        topology.label(),
+        served.line()
+    );
+    assert_eq!(
+        (served.ok, served.bad, served.exact, served.pattern_bad),
+        (OUR_RELIABLE_STREAMS, 0, OUR_RELIABLE_STREAMS, 0),
+        "every stream: exactly the reliable bytes, then the reset"
+    );
+    assert_eq!(served.with_code(RELIABLE_RESET_CODE), OUR_RELIABLE_STREAMS);
+    assert_eq!(
+        peer.quinn.stats().frame_tx.reset_stream,
+        0,
+        "no plain resets"
+    );
+    let books = peer.settled().await.expect("connection alive");
+    assert!(
+        books.totals.opened.iter().sum::<u64>() >= OUR_RELIABLE_STREAMS,
+        "{books:?}"
+    );
+    drop(peer);
+    go.shutdown().await;
+}
+
+/// As [`run`], on a one-thread runtime (see [`reliable_reset_to_go`]).
+#[cfg(feature = "reset-stream-at")]
+fn run_on_one_thread<F: Future<Output = ()>>(name: &str, test: impl FnOnce() -> F) {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    common::init_tracing();
+    go_peer_binary(GoBuild::Current);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        if tokio::time::timeout(Duration::from_secs(120), test())
+            .await
+            .is_err()
+        {
+            panic!("{name}: timed out");
+        }
+    });
+}
+
+#[cfg(feature = "reset-stream-at")]
+#[test]
+fn reliable_reset_to_go_quic() {
+    run_on_one_thread("reliable_reset_to_go_quic", || {
+        reliable_reset_to_go(Topology::OursDialsGo)
+    });
+}
+
+#[cfg(feature = "reset-stream-at")]
+#[test]
+fn reliable_reset_to_go_webtransport() {
+    run_on_one_thread("reliable_reset_to_go_webtransport", || {
+        reliable_reset_to_go(Topology::OursDialsGoWebTransport)
+    });
 }

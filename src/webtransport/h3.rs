@@ -119,6 +119,9 @@ fn varint(value: u64) -> VarInt {
     VarInt::from_u64(value).expect("a QUIC stream id or frame type fits a varint")
 }
 
+/// SETTINGS_WT_ENABLED, draft-ietf-webtrans-http3-15's way to say a server serves WebTransport.
+const SETTINGS_WT_ENABLED: u32 = 0x2c7c_f000;
+
 /// Our SETTINGS: extended CONNECT, HTTP/3 datagrams and WebTransport, in the current and the
 /// deprecated spellings (Chromium and webtransport-go each read one of them).
 async fn send_settings(
@@ -127,6 +130,12 @@ async fn send_settings(
     let mut control = connection.open_uni().await?;
     let mut settings = Settings::default();
     settings.enable_webtransport(1);
+    // SETTINGS_WT_ENABLED (draft-ietf-webtrans-http3-15), which web-transport-proto 0.6 does not
+    // send and webtransport-go v0.13's dialer requires
+    settings.insert(
+        Setting(VarInt::from_u32(SETTINGS_WT_ENABLED)),
+        VarInt::from_u32(1),
+    );
     settings
         .write(&mut control)
         .await

@@ -170,8 +170,10 @@ impl ConnectRequest {
             o => return Err(ConnectError::WrongMethod(o)),
         };
 
+        // "webtransport-h3" since draft-ietf-webtrans-http3-15 (webtransport-go v0.13 sends it),
+        // "webtransport" before
         let protocol = headers.get(":protocol");
-        if protocol != Some("webtransport") {
+        if !matches!(protocol, Some("webtransport" | "webtransport-h3")) {
             return Err(ConnectError::WrongProtocol(protocol.map(|s| s.to_string())));
         }
 
@@ -563,6 +565,21 @@ mod tests {
                 .to_string(),
             "field section too large"
         );
+    }
+
+    #[test]
+    fn connect_accepts_the_protocol_of_draft_15_and_before() {
+        for (protocol, accepted) in [
+            (&b"webtransport-h3"[..], true),
+            (b"webtransport", true),
+            (b"webtransport-h4", false),
+        ] {
+            let mut headers = payload(&encode_request("https://example.com/"));
+            // A later line of the same name replaces the request's own `:protocol`
+            append_literal(&mut headers, b":protocol", protocol);
+            let decoded = ConnectRequest::decode(&mut reframe(&headers).as_slice());
+            assert_eq!(decoded.is_ok(), accepted, "{decoded:?}");
+        }
     }
 
     #[test]
