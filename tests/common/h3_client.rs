@@ -15,7 +15,7 @@ use web_transport_proto::{ConnectRequest, ConnectResponse, Settings, VarInt};
 pub const PATH: &str = "/.well-known/libp2p-webtransport";
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// Trusts any server certificate: for clients whose test is about the server's side.

@@ -295,7 +295,7 @@ fn any_certificate() -> Arc<QuicClientConfig> {
         }
     }
 
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = crate::webtransport::crypto_provider();
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
