@@ -7,6 +7,8 @@ use quinn::{
     MtuDiscoveryConfig, VarInt,
 };
 
+use crate::key_exchange::Reporting;
+
 /// The longest validity browsers accept of a certificate they check by hash.
 pub(crate) const DEFAULT_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(14 * 24 * 60 * 60);
 
@@ -211,7 +213,7 @@ impl Config {
         &self,
         transport: Arc<quinn::TransportConfig>,
     ) -> quinn::ClientConfig {
-        let mut client = quinn::ClientConfig::new(self.client_tls.clone());
+        let mut client = quinn::ClientConfig::new(Reporting::new(self.client_tls.clone()));
         client.transport_config(transport);
         client
     }
@@ -220,7 +222,7 @@ impl Config {
         &self,
         transport: Arc<quinn::TransportConfig>,
     ) -> quinn::ServerConfig {
-        let mut server = quinn::ServerConfig::with_crypto(self.server_tls.clone());
+        let mut server = quinn::ServerConfig::with_crypto(Reporting::new(self.server_tls.clone()));
         server.transport = transport;
         // A libp2p connection is bound to the addresses it was made on.
         server.migration(false);

@@ -64,7 +64,23 @@ pub async fn connect(
     quinn::Endpoint,
     Result<quinn::Connection, quinn::ConnectionError>,
 ) {
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+    connect_offering(server, alpn, &provider().kx_groups).await
+}
+
+/// [`connect`], offering only the key-exchange `groups`, in this order.
+pub async fn connect_offering(
+    server: SocketAddr,
+    alpn: &[u8],
+    groups: &[&'static dyn rustls::crypto::SupportedKxGroup],
+) -> (
+    quinn::Endpoint,
+    Result<quinn::Connection, quinn::ConnectionError>,
+) {
+    let provider = rustls::crypto::CryptoProvider {
+        kx_groups: groups.to_vec(),
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    };
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .dangerous()
