@@ -196,6 +196,11 @@ async fn connect(
     );
     let (peer, remote) = node.connected(Some(go_id), STEP).await;
     assert_eq!(peer, go_id, "we see the Go peer's id");
+    assert_eq!(
+        node.key_exchange_with(go_id, STEP).await.as_deref(),
+        Some("X25519MLKEM768"),
+        "the key exchange with go, read on our side"
+    );
     println!(
         "connected ({}): ours {} <-> go {go_id} at {remote}",
         topology.label(),
