@@ -7,6 +7,8 @@ use quinn::{
     MtuDiscoveryConfig, VarInt,
 };
 
+use crate::key_exchange::Reporting;
+
 /// The longest validity browsers accept of a certificate they check by hash.
 pub(crate) const DEFAULT_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(14 * 24 * 60 * 60);
 
@@ -105,7 +107,7 @@ impl Config {
     /// The default configuration for the node with this identity.
     pub fn new(keypair: &libp2p_identity::Keypair) -> Self {
         // Both only fail for an identity whose certificate cannot be made or a TLS provider
-        // without the libp2p cipher suites; neither can happen with the ring provider.
+        // without the libp2p cipher suites; neither can happen with libp2p-tls's aws-lc-rs.
         let client_tls = libp2p_tls::make_client_config(keypair, None)
             .ok()
             .and_then(|c| QuicClientConfig::try_from(c).ok())
@@ -216,7 +218,7 @@ impl Config {
         &self,
         transport: Arc<quinn::TransportConfig>,
     ) -> quinn::ClientConfig {
-        let mut client = quinn::ClientConfig::new(self.client_tls.clone());
+        let mut client = quinn::ClientConfig::new(Reporting::new(self.client_tls.clone()));
         client.transport_config(transport);
         client
     }
@@ -225,7 +227,7 @@ impl Config {
         &self,
         transport: Arc<quinn::TransportConfig>,
     ) -> quinn::ServerConfig {
-        let mut server = quinn::ServerConfig::with_crypto(self.server_tls.clone());
+        let mut server = quinn::ServerConfig::with_crypto(Reporting::new(self.server_tls.clone()));
         server.transport = transport;
         // A libp2p connection is bound to the addresses it was made on.
         server.migration(false);
@@ -238,13 +240,38 @@ impl Config {
         let mut endpoint = self
             .keypair
             .derive_secret(b"libp2p quic stateless reset key")
-            .map(|secret| {
-                let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
-                quinn::EndpointConfig::new(Arc::new(key))
-            })
+            .map(|secret| quinn::EndpointConfig::new(Arc::new(ResetKey::new(&secret))))
             .unwrap_or_default();
         endpoint.supported_versions(vec![1]);
         endpoint
+    }
+}
+
+/// The stateless-reset key: HMAC-SHA256 of aws-lc-rs. Ours rather than quinn-proto's
+/// implementation for aws-lc-rs's key, which it drops for ring's when anything in the build turns
+/// on its `ring` feature.
+struct ResetKey(aws_lc_rs::hmac::Key);
+
+impl ResetKey {
+    fn new(secret: &[u8]) -> Self {
+        Self(aws_lc_rs::hmac::Key::new(
+            aws_lc_rs::hmac::HMAC_SHA256,
+            secret,
+        ))
+    }
+}
+
+impl quinn::crypto::HmacKey for ResetKey {
+    fn sign(&self, data: &[u8], signature_out: &mut [u8]) {
+        signature_out.copy_from_slice(aws_lc_rs::hmac::sign(&self.0, data).as_ref());
+    }
+
+    fn signature_len(&self) -> usize {
+        aws_lc_rs::hmac::HMAC_SHA256.digest_algorithm().output_len()
+    }
+
+    fn verify(&self, data: &[u8], signature: &[u8]) -> Result<(), quinn::crypto::CryptoError> {
+        aws_lc_rs::hmac::verify(&self.0, data, signature).map_err(|_| quinn::crypto::CryptoError)
     }
 }
 
@@ -289,6 +316,27 @@ mod tests {
             .find('}')
             .map_or(text.len(), |end| start + end + 1);
         text[start..end].to_owned()
+    }
+
+    #[test]
+    fn the_stateless_reset_key_is_hmac_sha256() {
+        // RFC 4231, test case 2: the tokens of a node are what they were with ring's HMAC, so
+        // an upgraded node still resets the connections it had before its restart.
+        let key = ResetKey::new(b"Jefe");
+        let mut tag = [0; 32];
+        assert_eq!(quinn::crypto::HmacKey::signature_len(&key), 32);
+        quinn::crypto::HmacKey::sign(&key, b"what do ya want for nothing?", &mut tag);
+        let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        let verify = |tag: &[u8]| {
+            quinn::crypto::HmacKey::verify(&key, b"what do ya want for nothing?", tag).is_ok()
+        };
+        assert!(verify(&tag));
+        tag[0] ^= 1;
+        assert!(!verify(&tag));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use libp2p_core::muxing::{StreamMuxer, StreamMuxerEvent};
 use libp2p_identity::PeerId;
 
 use crate::{
+    key_exchange,
     ledger::Direction,
     session::{ConnectionSnapshot, Qlog, Session},
     stream::Stream,
@@ -152,7 +153,11 @@ impl Connection {
             qlog,
         );
         ledgers.register(&session);
-        tracing::debug!(parent: &session.span, "connection established");
+        tracing::debug!(
+            parent: &session.span,
+            key_exchange = key_exchange::negotiated(session.connection()).as_deref(),
+            "connection established"
+        );
         Self {
             session,
             header,

@@ -25,7 +25,6 @@ use libp2p_core::{
     transport::{ListenerId, TransportEvent},
 };
 use libp2p_identity::PeerId;
-use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::{Connecting, Connection, Error};
 
@@ -235,7 +234,7 @@ fn random_u32() -> u32 {
 /// The system's randomness; it fails only on a broken OS, where a punch of zeros would do
 /// as well (nothing depends on the bytes being secret).
 fn fill_random(bytes: &mut [u8]) {
-    let _ = SystemRandom::new().fill(bytes);
+    let _ = aws_lc_rs::rand::fill(bytes);
 }
 
 fn transport_dropped() -> Error {

@@ -33,6 +33,7 @@ mod connection;
 mod endpoint;
 mod error;
 mod hole_punch;
+mod key_exchange;
 pub mod ledger;
 mod listener;
 #[cfg(feature = "metrics")]

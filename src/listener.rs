@@ -26,6 +26,7 @@ use crate::{
     address,
     connection::{Connecting, Ledgers},
     endpoint::{self, QuinnConfigs},
+    key_exchange::{self, Reporting},
     session::Qlog,
     tls_switch::AlpnSwitch,
     webtransport::{certs::Certs, upgrade::Role},
@@ -198,7 +199,7 @@ impl Listener {
             None => h3,
         };
         let transport = transport.unwrap_or_else(|| self.config.webtransport_transport_config());
-        let mut server = quinn::ServerConfig::with_crypto(crypto);
+        let mut server = quinn::ServerConfig::with_crypto(Reporting::new(crypto));
         server.transport_config(Arc::new(transport));
         // A libp2p connection is bound to the addresses it was made on.
         server.migration(false);
@@ -403,7 +404,7 @@ impl Listener {
                     }
                 };
                 let alpn = data
-                    .downcast::<quinn::crypto::rustls::HandshakeData>()
+                    .downcast::<key_exchange::HandshakeData>()
                     .ok()?
                     .protocol?;
                 Some((alpn, connecting, qlog))

@@ -23,6 +23,7 @@ use crate::{
     connection::{Connecting, Ledgers},
     endpoint::{self, QuinnConfigs},
     hole_punch::Punches,
+    key_exchange::Reporting,
     listener::Listener,
     session::Qlog,
     webtransport::{certs::Certs, upgrade::Role, verifier},
@@ -117,7 +118,8 @@ impl Transport {
                 None => (self.quinn.client.clone(), qlog),
             };
         };
-        let mut client = quinn::ClientConfig::new(verifier::client_config(certhashes.to_vec()));
+        let tls = Reporting::new(verifier::client_config(certhashes.to_vec()));
+        let mut client = quinn::ClientConfig::new(tls);
         let transport = transport.unwrap_or_else(|| self.config.webtransport_transport_config());
         client.transport_config(Arc::new(transport));
         (client, qlog)

@@ -74,6 +74,11 @@ async fn a_browser_dials_pings_and_echoes_on_100_streams() {
         .await;
     let report = browser(&addr, node.peer_id).await;
     let them = report.local_peer.expect("the browser's peer id");
+    assert_eq!(
+        node.key_exchange_with(them, STEP).await.as_deref(),
+        Some("X25519MLKEM768"),
+        "the key exchange with the browser, read on our side"
+    );
     let echo = report.echo.as_ref().unwrap();
     println!(
         "BROWSER {}: launch {:?} ms, dial {:?} ms, pings {:?} ms, {} echo streams in {} ms",
@@ -208,6 +213,11 @@ async fn one_port_serves_libp2p_quic_go_and_a_browser_at_once() {
             .iter()
             .any(|p| p == libp2p::multiaddr::Protocol::WebTransport);
         assert_eq!(over_webtransport, webtransport, "{who} came in at {remote}");
+        assert_eq!(
+            node.key_exchange_with(peer, STEP).await.as_deref(),
+            Some("X25519MLKEM768"),
+            "the key exchange with {who}"
+        );
     }
     nothing_left_of(&node, &browser_peer).await;
     let status = go.shutdown().await;

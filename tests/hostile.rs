@@ -459,7 +459,7 @@ fn certified(
     cert: rustls::pki_types::CertificateDer<'static>,
     key: rustls::pki_types::PrivateKeyDer<'static>,
 ) -> Arc<rustls::sign::CertifiedKey> {
-    let key = rustls::crypto::ring::default_provider()
+    let key = rustls::crypto::aws_lc_rs::default_provider()
         .key_provider
         .load_private_key(key)
         .unwrap();
@@ -472,7 +472,7 @@ fn rogue_client(
     key: rustls::pki_types::PrivateKeyDer<'static>,
 ) -> quinn::ClientConfig {
     let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_protocol_versions(&[&rustls::version::TLS13])
     .unwrap()

@@ -231,6 +231,7 @@ impl Session {
             peer: self.peer,
             connection_id: self.connection.stable_id(),
             webtransport: self.webtransport,
+            key_exchange: crate::key_exchange::negotiated(&self.connection),
             remote_address: self.remote_address(),
             stream_limit,
             live_handles: self.live_handles(),
@@ -287,6 +288,10 @@ pub struct ConnectionSnapshot {
     pub connection_id: usize,
     /// Whether the connection carries a WebTransport session (else libp2p's QUIC).
     pub webtransport: bool,
+    /// The TLS key-exchange group the handshake negotiated, as our side of it saw it:
+    /// `"X25519MLKEM768"` (hybrid post-quantum) with today's peers, `"X25519"` with peers
+    /// without it.
+    pub key_exchange: Option<String>,
     /// The peer's address.
     pub remote_address: SocketAddr,
     /// Our `max_concurrent_stream_limit` (also our estimate of the peer's).

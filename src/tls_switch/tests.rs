@@ -29,7 +29,10 @@ use rustls::{
 use tokio::{sync::mpsc, time::timeout};
 
 use super::*;
-use crate::webtransport::certs::{certhash, Certs, DEFAULT_LIFETIME};
+use crate::webtransport::{
+    certs::{certhash, Certs, DEFAULT_LIFETIME},
+    crypto_provider,
+};
 
 const ALERT_CERTIFICATE_REQUIRED: u8 = 116;
 const ALERT_NO_APPLICATION_PROTOCOL: u8 = 120;
@@ -150,14 +153,12 @@ struct Probe {
 
 impl Probe {
     fn config(self: &Arc<Self>, alpn: &[&[u8]]) -> Arc<QuicClientConfig> {
-        let mut config = rustls::ClientConfig::builder_with_provider(
-            rustls::crypto::ring::default_provider().into(),
-        )
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(self.clone())
-        .with_client_cert_resolver(self.clone());
+        let mut config = rustls::ClientConfig::builder_with_provider(crypto_provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(self.clone())
+            .with_client_cert_resolver(self.clone());
         config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
         Arc::new(QuicClientConfig::try_from(config).unwrap())
     }
@@ -216,7 +217,7 @@ impl ServerCertVerifier for Probe {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        rustls::crypto::ring::default_provider()
+        crypto_provider()
             .signature_verification_algorithms
             .supported_schemes()
     }
@@ -361,14 +362,12 @@ fn session() -> Box<dyn crypto::Session> {
 /// The CRYPTO bytes of a rustls QUIC client's first flight: its ClientHello.
 fn client_hello(alpn: &[&[u8]]) -> Vec<u8> {
     let probe = Arc::new(Probe::default());
-    let mut config = rustls::ClientConfig::builder_with_provider(
-        rustls::crypto::ring::default_provider().into(),
-    )
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .dangerous()
-    .with_custom_certificate_verifier(probe)
-    .with_no_client_auth();
+    let mut config = rustls::ClientConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(probe)
+        .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
     let mut client = rustls::quic::ClientConnection::new(
         Arc::new(config),

@@ -52,7 +52,7 @@ pub(crate) const SHA2_256: u64 = 0x12;
 
 /// The certificate hash as it appears in a `/certhash/` address and in Noise.
 pub(crate) fn certhash(der: &[u8]) -> Multihash<64> {
-    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
     Multihash::wrap(SHA2_256, digest.as_ref()).expect("a 32-byte digest fits in 64")
 }
 
@@ -97,7 +97,9 @@ impl Certs {
                  certificates are random, and the /certhash/ addresses change on every restart"
             );
             let mut random = [0; 32];
-            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
+            super::crypto_provider()
+                .secure_random
+                .fill(&mut random)
                 .expect("the system's random source works");
             random
         });
@@ -170,17 +172,15 @@ impl Certs {
     /// The rustls config for ALPN `h3`: TLS 1.3, no client authentication, and the current
     /// certificate, looked up per handshake so that a roll applies to new connections at once.
     pub(crate) fn server_config(self: &Arc<Self>) -> Arc<QuicServerConfig> {
-        let mut config = rustls::ServerConfig::builder_with_provider(
-            rustls::crypto::ring::default_provider().into(),
-        )
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("ring supports TLS 1.3")
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(CurrentCert(self.clone())));
+        let mut config = rustls::ServerConfig::builder_with_provider(super::crypto_provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("aws-lc-rs supports TLS 1.3")
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(CurrentCert(self.clone())));
         config.alpn_protocols = vec![b"h3".to_vec()];
         Arc::new(
             QuicServerConfig::try_from(config)
-                .expect("ring's TLS 1.3 suites include the one QUIC's Initial packets need"),
+                .expect("aws-lc-rs's TLS 1.3 suites include the one QUIC's Initial packets need"),
         )
     }
 
@@ -285,7 +285,7 @@ fn from_unix_millis(millis: i128) -> SystemTime {
 fn offset_bits(public: &libp2p_identity::PublicKey) -> u16 {
     let bytes = match public.clone().try_into_ed25519() {
         Ok(ed25519) => ed25519.to_bytes().to_vec(),
-        Err(_) => ring::digest::digest(&ring::digest::SHA256, &public.encode_protobuf())
+        Err(_) => aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &public.encode_protobuf())
             .as_ref()
             .to_vec(),
     };
@@ -302,7 +302,7 @@ fn derive(secret: &[u8; 32], not_before: SystemTime, lifetime: Duration) -> Cert
     // 8 bytes of serial number, then 32-byte candidates for the P-256 scalar: one fails (zero,
     // or not below the group order) with a chance of about 2^-32, all eight never.
     let mut okm = [0; 8 + 8 * 32];
-    ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &nanos.to_le_bytes())
+    aws_lc_rs::hkdf::Salt::new(aws_lc_rs::hkdf::HKDF_SHA256, &nanos.to_le_bytes())
         .extract(secret)
         .expand(&[HKDF_INFO], OkmLen(okm.len()))
         .and_then(|expanded| expanded.fill(&mut okm))
@@ -340,10 +340,12 @@ fn derive(secret: &[u8; 32], not_before: SystemTime, lifetime: Duration) -> Cert
         .der()
         .clone();
 
-    let signing_key = rustls::crypto::ring::sign::any_ecdsa_type(&PrivateKeyDer::Pkcs8(
-        PrivatePkcs8KeyDer::from(pkcs8.as_bytes().to_vec()),
-    ))
-    .expect("ring loads a P-256 PKCS#8 key");
+    let signing_key = super::crypto_provider()
+        .key_provider
+        .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+            pkcs8.as_bytes().to_vec(),
+        )))
+        .expect("aws-lc-rs loads a P-256 PKCS#8 key");
     Cert {
         hash: certhash(&der),
         key: Arc::new(CertifiedKey::new(vec![der], signing_key)),
@@ -353,7 +355,7 @@ fn derive(secret: &[u8; 32], not_before: SystemTime, lifetime: Duration) -> Cert
 
 struct OkmLen(usize);
 
-impl ring::hkdf::KeyType for OkmLen {
+impl aws_lc_rs::hkdf::KeyType for OkmLen {
     fn len(&self) -> usize {
         self.0
     }

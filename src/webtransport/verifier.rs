@@ -23,17 +23,17 @@ const MAX_VALIDITY: Duration = Duration::from_secs(14 * 24 * 60 * 60);
 /// The TLS config to dial a WebTransport address whose certificate hashes are `hashes`:
 /// TLS 1.3, ALPN `h3`, no client certificate (Noise authenticates us inside the session).
 pub(crate) fn client_config(hashes: Vec<Multihash<64>>) -> Arc<QuicClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = super::crypto_provider();
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("ring supports TLS 1.3")
+        .expect("aws-lc-rs supports TLS 1.3")
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(CerthashVerifier { hashes, provider }))
         .with_no_client_auth();
     config.alpn_protocols = vec![b"h3".to_vec()];
     Arc::new(
         QuicClientConfig::try_from(config)
-            .expect("ring's TLS 1.3 suites include the one QUIC's Initial packets need"),
+            .expect("aws-lc-rs's TLS 1.3 suites include the one QUIC's Initial packets need"),
     )
 }
 

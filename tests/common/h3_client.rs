@@ -15,7 +15,7 @@ use web_transport_proto::{ConnectRequest, ConnectResponse, Settings, VarInt};
 pub const PATH: &str = "/.well-known/libp2p-webtransport";
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// Trusts any server certificate: for clients whose test is about the server's side.
@@ -78,6 +78,30 @@ pub async fn connect(
 ) {
     let client = quinn::ClientConfig::new(Arc::new(client_crypto(alpn)));
     connect_with(server, client).await
+}
+
+/// [`connect`], offering only the key-exchange `groups`, in this order.
+pub async fn connect_offering(
+    server: SocketAddr,
+    alpn: &[u8],
+    groups: &[&'static dyn rustls::crypto::SupportedKxGroup],
+) -> (
+    quinn::Endpoint,
+    Result<quinn::Connection, quinn::ConnectionError>,
+) {
+    let provider = rustls::crypto::CryptoProvider {
+        kx_groups: groups.to_vec(),
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    };
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    connect_with(server, quinn::ClientConfig::new(Arc::new(quic))).await
 }
 
 /// A QUIC connection to `server` with `client`'s config.

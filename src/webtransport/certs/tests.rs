@@ -295,7 +295,7 @@ fn any_certificate() -> Arc<QuicClientConfig> {
         }
     }
 
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = crate::webtransport::crypto_provider();
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
@@ -304,4 +304,44 @@ fn any_certificate() -> Arc<QuicClientConfig> {
         .with_no_client_auth();
     config.alpn_protocols = vec![b"h3".to_vec()];
     Arc::new(QuicClientConfig::try_from(config).unwrap())
+}
+
+/// The hashes a fixed identity serves at a fixed time, pinned: a change of crypto backend, of
+/// rcgen or of the derivation that alters one byte of the certificates would change every
+/// node's `/certhash/` addresses on upgrade, and fails here first.
+#[test]
+fn a_given_identity_at_a_given_time_serves_these_hashes() {
+    let hex = |hash: Multihash<64>| -> String {
+        hash.digest().iter().map(|b| format!("{b:02x}")).collect()
+    };
+    for (seed, lifetime, expected) in [
+        (
+            1,
+            DEFAULT_LIFETIME,
+            [
+                "2744a34dc445c3ef1c5ae4a8abfe1b091a65510b41ca420be9b475a91c9bd6b9",
+                "24d8b6dcbd1ec2a4dabb7cae45f13f6c0d7c7de007d73939117141e686e15e04",
+            ],
+        ),
+        (
+            2,
+            DEFAULT_LIFETIME,
+            [
+                "939557d395bd8243a3fcf515ce517a3b73e2a452fedaabb972819b951e0c21fc",
+                "fa462680a0f75e460008d388f2a62bbc2222f413c13a15b41a69a4d235e91298",
+            ],
+        ),
+        (
+            3,
+            SHORT,
+            [
+                "d4e93663e0f9ad3cb65a639a9326273e69ce67ef218d2e7ac5a4f178bbad3c84",
+                "6c218242b8dc5a50c153f0c2870d8cd6737fdd54e7546287bfb76b1241dccb67",
+            ],
+        ),
+    ] {
+        let certs = Certs::new(&keypair(seed), lifetime, some_time());
+        let [current, next] = certs.address_hashes();
+        assert_eq!([hex(current), hex(next)], expected, "seed {seed}");
+    }
 }

@@ -12,7 +12,7 @@ fn keypair() -> libp2p_identity::Keypair {
 fn verifier(hashes: Vec<Multihash<64>>) -> CerthashVerifier {
     CerthashVerifier {
         hashes,
-        provider: Arc::new(rustls::crypto::ring::default_provider()),
+        provider: crate::webtransport::crypto_provider(),
     }
 }
 
@@ -101,8 +101,8 @@ fn refuses_a_certificate_valid_for_more_than_fourteen_days() {
 
 #[test]
 fn refuses_a_certificate_with_an_rsa_key() {
-    // rcgen cannot make RSA keys with ring; the refusal reads only the key's algorithm, so a
-    // certificate naming an RSA key, signed with made-up bytes, is enough.
+    // The refusal reads only the key's algorithm, so a certificate naming an RSA key, signed
+    // with made-up bytes, is enough (and quicker than making an RSA key).
     struct FakeRsa;
     impl rcgen::RemoteKeyPair for FakeRsa {
         fn public_key(&self) -> &[u8] {

@@ -205,8 +205,8 @@ fn check_toolchain(toolchain: &str, src: &Path) {
 
 /// The peer id the Go peer takes with `--seed n` (sha256 of a fixed string as ed25519 seed).
 pub fn go_peer_id_for_seed(seed: i64) -> PeerId {
-    let digest = ring::digest::digest(
-        &ring::digest::SHA256,
+    let digest = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
         format!("libp2p-quinn interop go-peer seed {seed}").as_bytes(),
     );
     let mut bytes = [0u8; 32];

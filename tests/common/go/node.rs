@@ -30,6 +30,8 @@ pub enum NodeEvent {
         peer: PeerId,
         remote: Multiaddr,
         dialer: bool,
+        /// The TLS key-exchange group, read on our side when the connection was established.
+        key_exchange: Option<String>,
     },
     Closed {
         peer: PeerId,
@@ -198,6 +200,7 @@ impl RustNode {
 
         let (commands, mut command_rx) = mpsc::unbounded();
         let (event_tx, events) = mpsc::unbounded();
+        let events_ledgers = ledgers.clone();
         tasks.push(tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -216,7 +219,7 @@ impl RustNode {
                         None => return,
                     },
                     event = swarm.select_next_some() => {
-                        if let Some(event) = node_event(event) {
+                        if let Some(event) = node_event(event, &events_ledgers) {
                             let _ = event_tx.unbounded_send(event);
                         }
                     }
@@ -327,6 +330,20 @@ impl RustNode {
         }
     }
 
+    /// The TLS key-exchange group of our first connection to `peer` (waiting for it as
+    /// [`RustNode::connected`] does), read on our side when it was established.
+    pub async fn key_exchange_with(&mut self, peer: PeerId, within: Duration) -> Option<String> {
+        self.connected(Some(peer), within).await;
+        self.seen.iter().find_map(|e| match e {
+            NodeEvent::Connected {
+                peer: p,
+                key_exchange,
+                ..
+            } if *p == peer => Some(key_exchange.clone()),
+            _ => None,
+        })?
+    }
+
     /// Wait for `n` successful pings from `peer`; returns the RTTs.
     pub async fn pings(&mut self, peer: PeerId, n: usize, within: Duration) -> Vec<Duration> {
         let deadline = tokio::time::Instant::now() + within;
@@ -388,7 +405,7 @@ impl Drop for RustNode {
     }
 }
 
-fn node_event(event: SwarmEvent<BehaviourEvent>) -> Option<NodeEvent> {
+fn node_event(event: SwarmEvent<BehaviourEvent>, ledgers: &Ledgers) -> Option<NodeEvent> {
     Some(match event {
         SwarmEvent::NewListenAddr { address, .. } => NodeEvent::Listening(address),
         SwarmEvent::ConnectionEstablished {
@@ -397,6 +414,12 @@ fn node_event(event: SwarmEvent<BehaviourEvent>) -> Option<NodeEvent> {
             peer: peer_id,
             dialer: endpoint.is_dialer(),
             remote: endpoint.get_remote_address().clone(),
+            // The connection just established is our newest to the peer.
+            key_exchange: ledgers
+                .for_peer(&peer_id)
+                .into_iter()
+                .max_by_key(|snapshot| snapshot.number)
+                .and_then(|snapshot| snapshot.key_exchange),
         },
         SwarmEvent::ConnectionClosed { peer_id, cause, .. } => NodeEvent::Closed {
             peer: peer_id,
