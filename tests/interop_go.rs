@@ -834,11 +834,9 @@ fn reliable_reset_ours_dials_go_webtransport() {
 
 // reliable reset: we reset with a reliable size, Go reads
 
-/// Streams we open and reset: twice Go's stream limit. (At 10 x 256, Go stopped reporting
-/// streams after 2,522 in both kinds of connection, the cause not yet found: see the issue's
-/// note.)
+/// Streams we open and reset: ten times Go's stream limit.
 #[cfg(feature = "reset-stream-at")]
-const OUR_RELIABLE_STREAMS: u64 = 2 * 256;
+const OUR_RELIABLE_STREAMS: u64 = 10 * 256;
 
 /// multistream-select's two messages in front of a stream of `protocol`, as a lazy dialer sends
 /// them (we never read the listener's answers: the stream is reset first).
@@ -853,12 +851,12 @@ fn multistream_header(protocol: &str) -> Vec<u8> {
 }
 
 /// We dial the Go peer with our bare transport (no Swarm: `Stream::reset_at` is on our own
-/// stream) and open 2 x 256 streams of `/libp2p-quinn/reliable-reset/1.0.0`, each with
+/// stream) and open 10 x 256 streams of `/libp2p-quinn/reliable-reset/1.0.0`, each with
 /// multistream-select's header, 100 KiB of the payload, and a reset with code 42 that keeps the
 /// header and the first 10 KiB. Go's handler must read at least those 10 KiB of the payload,
 /// then the reset; and exactly them on nine streams in ten at least: on this one-thread runtime
 /// quinn's connection task cannot send between the write and the reset unless the write had to
-/// wait for Go's flow control credit. Stream credit comes back (twice the limit), and our books
+/// wait for Go's flow control credit. Stream credit comes back (ten times the limit), and our books
 /// empty.
 #[cfg(feature = "reset-stream-at")]
 async fn reliable_reset_to_go(topology: Topology) {
