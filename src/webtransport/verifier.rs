@@ -31,6 +31,9 @@ pub(crate) fn client_config(hashes: Vec<Multihash<64>>) -> Arc<QuicClientConfig>
         .with_custom_certificate_verifier(Arc::new(CerthashVerifier { hashes, provider }))
         .with_no_client_auth();
     config.alpn_protocols = vec![b"h3".to_vec()];
+    // A config serves one dial, so its session cache (~4.7 KB, kept as long as the connection)
+    // would only ever hold tickets nobody presents.
+    config.resumption = rustls::client::Resumption::disabled();
     Arc::new(
         QuicClientConfig::try_from(config)
             .expect("aws-lc-rs's TLS 1.3 suites include the one QUIC's Initial packets need"),
