@@ -410,6 +410,7 @@ async fn pair_via(
     let mut dialer_t = Transport::new(dialer_config);
     let mut listener_t = Transport::new(listener_config);
     let listen_addr = listen(&mut listener_t, listen_on).await;
+    #[cfg(feature = "test-util")]
     let socket = socket_of(&listen_addr);
     #[cfg(feature = "test-util")]
     let proxy = match lossy {
