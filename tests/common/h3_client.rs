@@ -58,7 +58,15 @@ impl ServerCertVerifier for AnyCertificate {
 
 /// A client crypto config offering `alpn`, trusting any server, with no client certificate.
 pub fn client_crypto(alpn: &[u8]) -> quinn::crypto::rustls::QuicClientConfig {
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+    client_crypto_with(alpn, provider())
+}
+
+/// [`client_crypto`] on `provider`'s algorithms.
+fn client_crypto_with(
+    alpn: &[u8],
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> quinn::crypto::rustls::QuicClientConfig {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .dangerous()
@@ -93,14 +101,7 @@ pub async fn connect_offering(
         kx_groups: groups.to_vec(),
         ..rustls::crypto::aws_lc_rs::default_provider()
     };
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate))
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![alpn.to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let quic = client_crypto_with(alpn, Arc::new(provider));
     connect_with(server, quinn::ClientConfig::new(Arc::new(quic))).await
 }
 
