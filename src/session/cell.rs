@@ -85,11 +85,7 @@ impl SendHalf {
 
     /// Reset unless the half was already reset; what it moved to, if it moved.
     pub(crate) fn reset(&mut self, code: u64) -> Option<HalfState> {
-        let stopped_by_peer = match self.state {
-            Send::Reset { .. } => return None,
-            Send::StoppedByPeer(code) => Some(code),
-            Send::Open | Send::Finished => None,
-        };
+        let stopped_by_peer = self.resettable()?;
         let code = VarInt::from_u64(code).unwrap_or(VarInt::from_u32(CLOSE_CODE));
         #[cfg(feature = "reset-stream-at")]
         let reset =
@@ -99,11 +95,7 @@ impl SendHalf {
         if !reset {
             let _ = self.stream.reset(code);
         }
-        self.state = Send::Reset { stopped_by_peer };
-        if let Some(watcher) = self.watcher.take() {
-            watcher.wake();
-        }
-        self.record(HalfState::Reset)
+        self.was_reset(stopped_by_peer)
     }
 
     /// Reset, still delivering the first `reliable_size` bytes of the application's data (and
@@ -114,20 +106,31 @@ impl SendHalf {
         code: VarInt,
         reliable_size: u64,
     ) -> Result<Option<HalfState>, quinn::ResetAtError> {
-        let stopped_by_peer = match self.state {
-            Send::Reset { .. } => return Err(quinn::ResetAtError::ClosedStream),
-            Send::StoppedByPeer(code) => Some(code),
-            Send::Open | Send::Finished => None,
-        };
+        let stopped_by_peer = self.resettable().ok_or(quinn::ResetAtError::ClosedStream)?;
         self.stream.reset_at(
             code,
             u64::from(self.header_len).saturating_add(reliable_size),
         )?;
+        Ok(self.was_reset(stopped_by_peer))
+    }
+
+    /// `None` if we already reset the half; else the code of the peer's STOP_SENDING, if one
+    /// came, for the reset to remember.
+    fn resettable(&self) -> Option<Option<u64>> {
+        match self.state {
+            Send::Reset { .. } => None,
+            Send::StoppedByPeer(code) => Some(Some(code)),
+            Send::Open | Send::Finished => Some(None),
+        }
+    }
+
+    /// We just reset the half: its state, the watcher woken, the ledger's record.
+    fn was_reset(&mut self, stopped_by_peer: Option<u64>) -> Option<HalfState> {
         self.state = Send::Reset { stopped_by_peer };
         if let Some(watcher) = self.watcher.take() {
             watcher.wake();
         }
-        Ok(self.record(HalfState::Reset))
+        self.record(HalfState::Reset)
     }
 
     /// Whether we reset this half.
