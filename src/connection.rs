@@ -147,7 +147,7 @@ impl Connection {
             number,
             connection,
             peer,
-            header.map(|header| header.as_bytes().len() as u8),
+            header.map_or(0, |header| header.as_bytes().len() as u8),
             config,
             ledgers.watcher.inbox(),
             qlog,

@@ -230,7 +230,7 @@ impl Session {
             number: self.number,
             peer: self.peer,
             connection_id: self.connection.stable_id(),
-            webtransport: self.webtransport,
+            webtransport: self.webtransport(),
             key_exchange: crate::key_exchange::negotiated(&self.connection),
             remote_address: self.remote_address(),
             stream_limit,

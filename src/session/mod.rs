@@ -68,10 +68,8 @@ pub(crate) struct Session {
     /// The QUIC connection the session runs on: its streams are opened and accepted here, the
     /// watcher waits for its end, snapshots show its address and id.
     connection: quinn::Connection,
-    /// A WebTransport session: its error codes travel inside HTTP/3's range.
-    pub(crate) webtransport: bool,
-    /// The length of the header in front of every stream we open: WebTransport's (at most 16
-    /// bytes: two varints), else 0.
+    /// The length of the header in front of every stream we open: WebTransport's (two varints,
+    /// 2 to 16 bytes), 0 for QUIC; see [`Session::webtransport`].
     pub(crate) header_len: u8,
     #[cfg(feature = "qlog")]
     we_are_server: bool,
@@ -95,12 +93,12 @@ pub(crate) struct Session {
 
 impl Session {
     /// The state of a session on `connection` with `peer`, whose streams ask for the watcher
-    /// at `inbox`.
+    /// at `inbox`; `header_len` is that of a WebTransport session's stream header, 0 for QUIC.
     pub(crate) fn new(
         number: u64,
         connection: quinn::Connection,
         peer: PeerId,
-        header_len: Option<u8>,
+        header_len: u8,
         config: Arc<Config>,
         inbox: Arc<Inbox>,
         qlog: Option<Qlog>,
@@ -122,8 +120,7 @@ impl Session {
             #[cfg(feature = "qlog")]
             we_are_server: connection.side().is_server(),
             connection,
-            webtransport: header_len.is_some(),
-            header_len: header_len.unwrap_or(0),
+            header_len,
             live: Default::default(),
             watched: AtomicU64::new(0),
             look_asked: AtomicBool::new(false),
@@ -138,6 +135,12 @@ impl Session {
         })
     }
 
+    /// A WebTransport session (its streams start with a header): its error codes travel
+    /// inside HTTP/3's range.
+    pub(crate) fn webtransport(&self) -> bool {
+        self.header_len > 0
+    }
+
     /// The QUIC connection under the session.
     pub(crate) fn connection(&self) -> &quinn::Connection {
         &self.connection
@@ -146,7 +149,7 @@ impl Session {
     /// The code on the wire for an application's stream error code: the same for QUIC,
     /// WebTransport's mapping into HTTP/3's range for a WebTransport session.
     pub(crate) fn wire_code(&self, code: u32) -> VarInt {
-        if self.webtransport {
+        if self.webtransport() {
             VarInt::from_u64(codes::to_wire(code)).expect("WebTransport codes fit a varint")
         } else {
             VarInt::from_u32(code)
@@ -155,7 +158,7 @@ impl Session {
 
     /// A stream error as the application sees it: a WebTransport peer's codes mapped back.
     pub(crate) fn app_error(&self, error: StreamError) -> StreamError {
-        if !self.webtransport {
+        if !self.webtransport() {
             return error;
         }
         let app = |code: u64| codes::from_wire(code).map_or(code, u64::from);
@@ -169,7 +172,7 @@ impl Session {
     /// The session's kind, as metrics label it.
     #[cfg(feature = "metrics")]
     pub(crate) fn transport_label(&self) -> &'static str {
-        if self.webtransport {
+        if self.webtransport() {
             "webtransport"
         } else {
             "quic"
@@ -179,7 +182,7 @@ impl Session {
     /// The code that closes the connection: 0 for QUIC, as `libp2p-quic`; HTTP/3's
     /// no-error for WebTransport.
     pub(crate) fn close_code(&self) -> VarInt {
-        if self.webtransport {
+        if self.webtransport() {
             VarInt::from_u32(codes::H3_NO_ERROR)
         } else {
             VarInt::from_u32(0)

@@ -65,7 +65,7 @@ impl Session {
     pub(crate) fn name(&self) -> String {
         format!(
             "{}conn #{} to {} at {}",
-            if self.webtransport {
+            if self.webtransport() {
                 "WebTransport "
             } else {
                 ""
