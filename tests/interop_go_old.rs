@@ -21,17 +21,14 @@ const STEP: Duration = Duration::from_secs(30);
 #[test]
 fn ours_and_go_libp2p_v0_38_ping_each_other() {
     common::init_tracing();
-    // Outside the time limit: the first build fetches a toolchain and modules.
-    go_peer_binary(GoBuild::Old);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        tokio::time::timeout(Duration::from_secs(90), ping())
-            .await
-            .expect("timed out after 90 s");
-    });
+    // The build is outside the time limit: the first one fetches a toolchain and modules.
+    run_go_test(
+        GoBuild::Old,
+        Threads::Many,
+        "ours_and_go_libp2p_v0_38_ping_each_other",
+        Duration::from_secs(90),
+        ping,
+    );
 }
 
 async fn ping() {

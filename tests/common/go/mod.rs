@@ -15,6 +15,7 @@ mod json;
 mod node;
 mod peer;
 mod reliable;
+mod run;
 mod workload;
 
 /// Inbound streams of a fixed set of protocols, handed over on an unbounded channel.
@@ -38,6 +39,7 @@ pub use self::{
         read_reliable_reset, ReliableResetReport, ReliableResetServed, ReliableResetStream,
         ReliableSeen, StreamEnd, RELIABLE_RESET_CODE, RELIABLE_RESET_RELIABLE, RELIABLE_RESET_SIZE,
     },
+    run::{run_go_test, Threads},
     workload::{echo_to, storm_to, StormReport},
 };
 
