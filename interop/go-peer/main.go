@@ -506,62 +506,66 @@ func stormOne(h host.Host, p peer.ID, o options, idx uint64) (r stormResult) {
 	return r
 }
 
-func runStorm(h host.Host, p peer.ID, o options) {
-	var (
-		next                                 atomic.Int64
-		mu                                   sync.Mutex
-		ok, failed, blocked, closeErrs, done int
-		slowestOpen, slowestEnd              time.Duration
-		errorsShown, closeErrorsShown        int
-		wg                                   sync.WaitGroup
-	)
-	const maxErrorsShown = 10
-	start := time.Now()
-	for w := 0; w < o.concurrency; w++ {
+// forEach runs do(i) for every i below count on `workers` goroutines, and returns when all
+// have.
+func forEach(count, workers int, do func(i int)) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for {
-				i := next.Add(1) - 1
-				if i >= int64(o.count) {
-					return
-				}
-				r := stormOne(h, p, o, uint64(i))
-				mu.Lock()
-				if r.open > slowestOpen {
-					slowestOpen = r.open
-				}
-				if r.end > slowestEnd {
-					slowestEnd = r.end
-				}
-				if r.ok {
-					ok++
-				} else {
-					failed++
-					if r.blocked {
-						blocked++
-					}
-					if errorsShown < maxErrorsShown {
-						errorsShown++
-						emitError(fmt.Sprintf("storm stream %d (blocked=%v)", i, r.blocked), r.err)
-					}
-				}
-				if r.closeErr != nil {
-					closeErrs++
-					if closeErrorsShown < 1 {
-						closeErrorsShown++
-						emitError(fmt.Sprintf("storm stream %d: %s (not counted as failure; further ones only counted)", i, o.closeHow), r.closeErr)
-					}
-				}
-				done++
-				if done%progressEvery == 0 {
-					emit("storm_progress", kv{"done", done})
-				}
-				mu.Unlock()
+			for i := next.Add(1) - 1; i < int64(count); i = next.Add(1) - 1 {
+				do(int(i))
 			}
 		}()
 	}
 	wg.Wait()
+}
+
+func runStorm(h host.Host, p peer.ID, o options) {
+	var (
+		mu                                   sync.Mutex
+		ok, failed, blocked, closeErrs, done int
+		slowestOpen, slowestEnd              time.Duration
+		errorsShown, closeErrorsShown        int
+	)
+	const maxErrorsShown = 10
+	start := time.Now()
+	forEach(o.count, o.concurrency, func(i int) {
+		r := stormOne(h, p, o, uint64(i))
+		mu.Lock()
+		if r.open > slowestOpen {
+			slowestOpen = r.open
+		}
+		if r.end > slowestEnd {
+			slowestEnd = r.end
+		}
+		if r.ok {
+			ok++
+		} else {
+			failed++
+			if r.blocked {
+				blocked++
+			}
+			if errorsShown < maxErrorsShown {
+				errorsShown++
+				emitError(fmt.Sprintf("storm stream %d (blocked=%v)", i, r.blocked), r.err)
+			}
+		}
+		if r.closeErr != nil {
+			closeErrs++
+			if closeErrorsShown < 1 {
+				closeErrorsShown++
+				emitError(fmt.Sprintf("storm stream %d: %s (not counted as failure; further ones only counted)", i, o.closeHow), r.closeErr)
+			}
+		}
+		done++
+		if done%progressEvery == 0 {
+			emit("storm_progress", kv{"done", done})
+		}
+		mu.Unlock()
+	})
 	emit("storm",
 		kv{"count", o.count}, kv{"ok", ok}, kv{"failed", failed}, kv{"blocked", blocked},
 		kv{"slowest_open_ms", ms(slowestOpen)}, kv{"elapsed_ms", ms(time.Since(start))},

@@ -16,7 +16,6 @@ import (
 	"reflect"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -236,44 +235,31 @@ func reliableResetOne(h host.Host, p peer.ID, o options, payload []byte) (r reli
 func runReliableReset(h host.Host, p peer.ID, o options) {
 	payload := echoPayload(o.size)
 	var (
-		next                 atomic.Int64
 		mu                   sync.Mutex
 		ok, failed, shownErr int
 		otherShown           bool
 		peerEnds             = map[string]int{}
-		wg                   sync.WaitGroup
 	)
 	start := time.Now()
-	for w := 0; w < o.concurrency; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := next.Add(1) - 1
-				if i >= int64(o.count) {
-					return
-				}
-				r := reliableResetOne(h, p, o, payload)
-				mu.Lock()
-				if r.ok {
-					ok++
-					peerEnds[r.peerEnd]++
-					if r.firstOther != nil && !otherShown {
-						otherShown = true
-						emit("warning", kv{"what", fmt.Sprintf("reliable-reset stream %d: the peer ended its half with %v (counted in peer_ends as other; further ones only counted)", i, r.firstOther)})
-					}
-				} else {
-					failed++
-					if shownErr < shownStreams {
-						shownErr++
-						emitError(fmt.Sprintf("reliable-reset stream %d", i), r.err)
-					}
-				}
-				mu.Unlock()
+	forEach(o.count, o.concurrency, func(i int) {
+		r := reliableResetOne(h, p, o, payload)
+		mu.Lock()
+		if r.ok {
+			ok++
+			peerEnds[r.peerEnd]++
+			if r.firstOther != nil && !otherShown {
+				otherShown = true
+				emit("warning", kv{"what", fmt.Sprintf("reliable-reset stream %d: the peer ended its half with %v (counted in peer_ends as other; further ones only counted)", i, r.firstOther)})
 			}
-		}()
-	}
-	wg.Wait()
+		} else {
+			failed++
+			if shownErr < shownStreams {
+				shownErr++
+				emitError(fmt.Sprintf("reliable-reset stream %d", i), r.err)
+			}
+		}
+		mu.Unlock()
+	})
 	emit("reliable_reset",
 		kv{"count", o.count}, kv{"ok", ok}, kv{"failed", failed},
 		kv{"size", o.size}, kv{"reliable", o.reliable}, kv{"code", o.resetCode}, kv{"rest", o.rest},
