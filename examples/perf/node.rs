@@ -1,0 +1,238 @@
+//! A perf node: a libp2p `Swarm` with `libp2p-stream`, on our transport or on `libp2p-quic`.
+//!
+//! The server answers every `/perf/1.0.0` stream; the client makes a fresh node per run, as
+//! libp2p's test-plans do, so that each run pays for its connection.
+
+use std::{
+    error::Error,
+    time::{Duration, Instant},
+};
+
+use futures::{channel::oneshot, StreamExt};
+use libp2p::{
+    core::upgrade::Version,
+    multiaddr::Protocol,
+    swarm::{Swarm, SwarmEvent},
+    Multiaddr, PeerId, SwarmBuilder,
+};
+
+use super::protocol::{self, Progress, Run, PROTOCOL};
+
+pub type BoxError = Box<dyn Error + Send + Sync>;
+
+/// Which QUIC stack a node runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stack {
+    /// This crate (`/quic-v1` and `/quic-v1/webtransport`).
+    Ours,
+    /// rust-libp2p's `libp2p-quic` (`/quic-v1` only).
+    Libp2pQuic,
+}
+
+impl std::str::FromStr for Stack {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ours" => Ok(Stack::Ours),
+            "libp2p-quic" => Ok(Stack::Libp2pQuic),
+            other => Err(format!("unknown stack {other:?}: ours or libp2p-quic")),
+        }
+    }
+}
+
+/// How a node is set up beyond its stack.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub stack: Stack,
+    /// Our transport's config is made from this (the keypair is filled in).
+    pub tune: fn(&mut libp2p_quinn::Config),
+    /// Negotiate each stream's protocol lazily (multistream-select V1Lazy): the dialer sends
+    /// its first bytes with the protocol name instead of waiting a round trip for the answer.
+    pub lazy: bool,
+}
+
+impl Options {
+    pub fn new(stack: Stack) -> Self {
+        Self {
+            stack,
+            tune: |_| {},
+            lazy: true,
+        }
+    }
+}
+
+fn swarm(options: &Options) -> Result<Swarm<libp2p_stream::Behaviour>, BoxError> {
+    let builder = SwarmBuilder::with_new_identity().with_tokio();
+    let version = if options.lazy {
+        Version::V1Lazy
+    } else {
+        Version::V1
+    };
+    let swarm_config = |c: libp2p::swarm::Config| {
+        c.with_idle_connection_timeout(Duration::from_secs(60))
+            .with_substream_upgrade_protocol_override(version)
+    };
+    let behaviour = |_: &libp2p::identity::Keypair| libp2p_stream::Behaviour::new();
+    Ok(match options.stack {
+        Stack::Ours => {
+            let tune = options.tune;
+            builder
+                .with_other_transport(|keypair| {
+                    let mut config = libp2p_quinn::Config::new(keypair);
+                    // A stream given up on is reset, so a short answer never looks complete.
+                    config.reset_on_drop = true;
+                    tune(&mut config);
+                    libp2p_quinn::tokio::Transport::new(config)
+                })?
+                .with_behaviour(behaviour)?
+                .with_swarm_config(swarm_config)
+                .build()
+        }
+        Stack::Libp2pQuic => builder
+            .with_quic()
+            .with_behaviour(behaviour)?
+            .with_swarm_config(swarm_config)
+            .build(),
+    })
+}
+
+/// A perf server running on the current tokio runtime until dropped.
+pub struct Server {
+    pub peer_id: PeerId,
+    /// Listen addresses, each with `/p2p/<peer id>`.
+    pub addrs: Vec<Multiaddr>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts a perf server listening on `listen`; returns once every address is bound.
+/// `on_stream` hears of each stream served (or not).
+pub async fn serve(
+    options: &Options,
+    listen: &[Multiaddr],
+    on_stream: impl Fn(std::io::Result<protocol::Served>) + Send + 'static,
+) -> Result<Server, BoxError> {
+    let mut swarm = swarm(options)?;
+    let peer_id = *swarm.local_peer_id();
+    let mut incoming = swarm.behaviour().new_control().accept(PROTOCOL)?;
+    for addr in listen {
+        swarm.listen_on(addr.clone())?;
+    }
+    let mut addrs = Vec::new();
+    while addrs.len() < listen.len() {
+        match swarm.select_next_some().await {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                addrs.push(address.with(Protocol::P2p(peer_id)))
+            }
+            SwarmEvent::ListenerError { error, .. } => return Err(error.into()),
+            SwarmEvent::ListenerClosed { reason, .. } => {
+                return Err(format!("listener closed: {reason:?}").into())
+            }
+            _ => {}
+        }
+    }
+    let task = tokio::spawn(async move {
+        let mut streams = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = swarm.select_next_some() => {}
+                Some((_, mut stream)) = incoming.next() => {
+                    streams.spawn(async move {
+                        protocol::serve(&mut stream, protocol::STALL).await
+                    });
+                }
+                Some(done) = streams.join_next() => {
+                    on_stream(done.unwrap_or_else(|e| Err(std::io::Error::other(e))));
+                }
+            }
+        }
+    });
+    Ok(Server {
+        peer_id,
+        addrs,
+        task,
+    })
+}
+
+/// One client run on a fresh node: connect, then one perf stream. Times count from the dial.
+#[derive(Debug, Clone, Copy)]
+pub struct Measured {
+    /// Until the connection was established.
+    pub connect: Duration,
+    /// Until the perf stream was open (its protocol agreed, or sent lazily).
+    pub opened: Duration,
+    pub run: Run,
+}
+
+impl Measured {
+    /// Until the download ended: test-plans' `timeSeconds`.
+    pub fn total(&self) -> Duration {
+        self.opened + self.run.total
+    }
+
+    /// Until the first MiB of the download had arrived.
+    pub fn first_mib(&self) -> Option<Duration> {
+        self.run.first_mib.map(|t| self.opened + t)
+    }
+}
+
+/// Dials `addr` (with `/p2p/`) from a fresh node and runs one perf stream over the new
+/// connection.
+pub async fn run(
+    options: &Options,
+    addr: &Multiaddr,
+    upload: u64,
+    download: u64,
+    progress: impl FnMut(Progress),
+) -> Result<Measured, BoxError> {
+    let Some(Protocol::P2p(peer)) = addr.iter().last() else {
+        return Err(format!("{addr} does not end in /p2p/<peer id>").into());
+    };
+    let mut swarm = swarm(options)?;
+    let mut control = swarm.behaviour().new_control();
+    let start = Instant::now();
+    swarm.dial(addr.clone())?;
+    let (connected, mut established) = oneshot::channel();
+    let driver = tokio::spawn(drive(swarm, connected));
+    let result = async {
+        let connect = (&mut established)
+            .await
+            .map_err(|_| "the swarm stopped")??;
+        let connect = connect.duration_since(start);
+        let mut stream = control.open_stream(peer, PROTOCOL).await?;
+        let opened = start.elapsed();
+        let run = protocol::run(&mut stream, upload, download, protocol::STALL, progress).await?;
+        Ok(Measured {
+            connect,
+            opened,
+            run,
+        })
+    }
+    .await;
+    driver.abort();
+    result
+}
+
+/// Drives a client swarm; says when the connection is established (or why not).
+async fn drive(
+    mut swarm: Swarm<libp2p_stream::Behaviour>,
+    connected: oneshot::Sender<Result<Instant, BoxError>>,
+) {
+    let mut connected = Some(connected);
+    loop {
+        let outcome = match swarm.select_next_some().await {
+            SwarmEvent::ConnectionEstablished { .. } => Ok(Instant::now()),
+            SwarmEvent::OutgoingConnectionError { error, .. } => Err(error.into()),
+            _ => continue,
+        };
+        if let Some(connected) = connected.take() {
+            let _ = connected.send(outcome);
+        }
+    }
+}
