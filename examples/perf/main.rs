@@ -100,7 +100,7 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     };
     for _ in 0..args.runs {
         let measured = client_run(&options, &dial, args.upload_bytes, args.download_bytes).await?;
-        println!("{}", final_line(&measured));
+        println!("{}", measured.final_line());
     }
     Ok(())
 }
@@ -123,18 +123,4 @@ async fn client_run(
         last = Instant::now();
     };
     node::run(options, dial, upload, download, progress).await
-}
-
-/// test-plans' final line, with the connection and first-MiB times beside.
-fn final_line(m: &Measured) -> String {
-    let first_mib = m
-        .first_mib()
-        .map_or("null".to_string(), |t| format!("{:.6}", t.as_secs_f64()));
-    format!(
-        "{{\"type\":\"final\",\"timeSeconds\":{:.6},\"uploadBytes\":{},\"downloadBytes\":{},\"connectSeconds\":{:.6},\"firstMiBSeconds\":{first_mib}}}",
-        m.total().as_secs_f64(),
-        m.run.upload_bytes,
-        m.run.download_bytes,
-        m.connect.as_secs_f64(),
-    )
 }

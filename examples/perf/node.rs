@@ -3,20 +3,48 @@
 //! The server answers every `/perf/1.0.0` stream; the client makes a fresh node per run, as
 //! libp2p's test-plans do, so that each run pays for its connection.
 
+// Shared with the WAN benchmark and the tests, each of which uses a part.
+#![allow(dead_code)]
+
 use std::{
     error::Error,
     time::{Duration, Instant},
 };
 
-use futures::{channel::oneshot, StreamExt};
+use futures::{
+    channel::{mpsc, oneshot},
+    StreamExt,
+};
 use libp2p::{
     core::upgrade::Version,
     multiaddr::Protocol,
-    swarm::{Swarm, SwarmEvent},
+    swarm::{NetworkBehaviour, Swarm, SwarmEvent},
     Multiaddr, PeerId, SwarmBuilder,
 };
 
 use super::protocol::{self, Progress, Run, PROTOCOL};
+
+/// Inbound streams on an unbounded channel: `libp2p-stream`'s `accept` drops a stream that
+/// arrives while its one-slot channel is full, which two streams opened at once can hit.
+#[path = "../../tests/common/go/accept.rs"]
+mod accept;
+
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    /// Outbound streams (`Control::open_stream`).
+    pub stream: libp2p_stream::Behaviour,
+    /// Inbound perf streams.
+    accept: accept::Behaviour,
+}
+
+/// A node's swarm, and what comes with it.
+pub struct Node {
+    pub swarm: Swarm<Behaviour>,
+    /// Inbound perf streams.
+    pub incoming: mpsc::UnboundedReceiver<accept::Inbound>,
+    /// The books of our transport's connections, when the node runs on ours.
+    pub ledgers: Option<libp2p_quinn::Ledgers>,
+}
 
 pub type BoxError = Box<dyn Error + Send + Sync>;
 
@@ -50,6 +78,8 @@ pub struct Options {
     /// Negotiate each stream's protocol lazily (multistream-select V1Lazy): the dialer sends
     /// its first bytes with the protocol name instead of waiting a round trip for the answer.
     pub lazy: bool,
+    /// How long a perf stream may make no progress before it is given up.
+    pub stall: Duration,
 }
 
 impl Options {
@@ -58,11 +88,13 @@ impl Options {
             stack,
             tune: |_| {},
             lazy: true,
+            stall: protocol::STALL,
         }
     }
 }
 
-fn swarm(options: &Options) -> Result<Swarm<libp2p_stream::Behaviour>, BoxError> {
+/// A fresh node (a new identity) set up as `options` say.
+pub fn node(options: &Options) -> Result<Node, BoxError> {
     let builder = SwarmBuilder::with_new_identity().with_tokio();
     let version = if options.lazy {
         Version::V1Lazy
@@ -73,27 +105,43 @@ fn swarm(options: &Options) -> Result<Swarm<libp2p_stream::Behaviour>, BoxError>
         c.with_idle_connection_timeout(Duration::from_secs(60))
             .with_substream_upgrade_protocol_override(version)
     };
-    let behaviour = |_: &libp2p::identity::Keypair| libp2p_stream::Behaviour::new();
-    Ok(match options.stack {
+    let (accept, incoming) = accept::Behaviour::new(vec![PROTOCOL]);
+    let behaviour = |_: &libp2p::identity::Keypair| Behaviour {
+        stream: libp2p_stream::Behaviour::new(),
+        accept,
+    };
+    let (swarm, ledgers) = match options.stack {
         Stack::Ours => {
             let tune = options.tune;
-            builder
+            let mut ledgers = None;
+            let swarm = builder
                 .with_other_transport(|keypair| {
                     let mut config = libp2p_quinn::Config::new(keypair);
                     // A stream given up on is reset, so a short answer never looks complete.
                     config.reset_on_drop = true;
                     tune(&mut config);
-                    libp2p_quinn::tokio::Transport::new(config)
+                    let transport = libp2p_quinn::tokio::Transport::new(config);
+                    ledgers = Some(transport.ledgers());
+                    transport
                 })?
                 .with_behaviour(behaviour)?
                 .with_swarm_config(swarm_config)
-                .build()
+                .build();
+            (swarm, ledgers)
         }
-        Stack::Libp2pQuic => builder
-            .with_quic()
-            .with_behaviour(behaviour)?
-            .with_swarm_config(swarm_config)
-            .build(),
+        Stack::Libp2pQuic => {
+            let swarm = builder
+                .with_quic()
+                .with_behaviour(behaviour)?
+                .with_swarm_config(swarm_config)
+                .build();
+            (swarm, None)
+        }
+    };
+    Ok(Node {
+        swarm,
+        incoming,
+        ledgers,
     })
 }
 
@@ -102,6 +150,8 @@ pub struct Server {
     pub peer_id: PeerId,
     /// Listen addresses, each with `/p2p/<peer id>`.
     pub addrs: Vec<Multiaddr>,
+    /// The books of its connections, on our transport.
+    pub ledgers: Option<libp2p_quinn::Ledgers>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -118,9 +168,12 @@ pub async fn serve(
     listen: &[Multiaddr],
     on_stream: impl Fn(std::io::Result<protocol::Served>) + Send + 'static,
 ) -> Result<Server, BoxError> {
-    let mut swarm = swarm(options)?;
+    let Node {
+        mut swarm,
+        mut incoming,
+        ledgers,
+    } = node(options)?;
     let peer_id = *swarm.local_peer_id();
-    let mut incoming = swarm.behaviour().new_control().accept(PROTOCOL)?;
     for addr in listen {
         swarm.listen_on(addr.clone())?;
     }
@@ -137,14 +190,15 @@ pub async fn serve(
             _ => {}
         }
     }
+    let stall = options.stall;
     let task = tokio::spawn(async move {
         let mut streams = tokio::task::JoinSet::new();
         loop {
             tokio::select! {
                 _ = swarm.select_next_some() => {}
-                Some((_, mut stream)) = incoming.next() => {
+                Some((_, _, mut stream)) = incoming.next() => {
                     streams.spawn(async move {
-                        protocol::serve(&mut stream, protocol::STALL).await
+                        protocol::serve(&mut stream, stall).await
                     });
                 }
                 Some(done) = streams.join_next() => {
@@ -156,6 +210,7 @@ pub async fn serve(
     Ok(Server {
         peer_id,
         addrs,
+        ledgers,
         task,
     })
 }
@@ -180,6 +235,20 @@ impl Measured {
     pub fn first_mib(&self) -> Option<Duration> {
         self.run.first_mib.map(|t| self.opened + t)
     }
+
+    /// test-plans' final result line, with the connection and first-MiB times beside.
+    pub fn final_line(&self) -> String {
+        let first_mib = self
+            .first_mib()
+            .map_or("null".to_string(), |t| format!("{:.6}", t.as_secs_f64()));
+        format!(
+            "{{\"type\":\"final\",\"timeSeconds\":{:.6},\"uploadBytes\":{},\"downloadBytes\":{},\"connectSeconds\":{:.6},\"firstMiBSeconds\":{first_mib}}}",
+            self.total().as_secs_f64(),
+            self.run.upload_bytes,
+            self.run.download_bytes,
+            self.connect.as_secs_f64(),
+        )
+    }
 }
 
 /// Dials `addr` (with `/p2p/`) from a fresh node and runs one perf stream over the new
@@ -194,8 +263,8 @@ pub async fn run(
     let Some(Protocol::P2p(peer)) = addr.iter().last() else {
         return Err(format!("{addr} does not end in /p2p/<peer id>").into());
     };
-    let mut swarm = swarm(options)?;
-    let mut control = swarm.behaviour().new_control();
+    let mut swarm = node(options)?.swarm;
+    let mut control = swarm.behaviour().stream.new_control();
     let start = Instant::now();
     swarm.dial(addr.clone())?;
     let (connected, mut established) = oneshot::channel();
@@ -207,7 +276,7 @@ pub async fn run(
         let connect = connect.duration_since(start);
         let mut stream = control.open_stream(peer, PROTOCOL).await?;
         let opened = start.elapsed();
-        let run = protocol::run(&mut stream, upload, download, protocol::STALL, progress).await?;
+        let run = protocol::run(&mut stream, upload, download, options.stall, progress).await?;
         Ok(Measured {
             connect,
             opened,
@@ -220,10 +289,7 @@ pub async fn run(
 }
 
 /// Drives a client swarm; says when the connection is established (or why not).
-async fn drive(
-    mut swarm: Swarm<libp2p_stream::Behaviour>,
-    connected: oneshot::Sender<Result<Instant, BoxError>>,
-) {
+async fn drive(mut swarm: Swarm<Behaviour>, connected: oneshot::Sender<Result<Instant, BoxError>>) {
     let mut connected = Some(connected);
     loop {
         let outcome = match swarm.select_next_some().await {

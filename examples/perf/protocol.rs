@@ -7,6 +7,9 @@
 //!
 //! Shared by the `perf` example, the WAN benchmark (`benches/wan/`) and the tests.
 
+// Shared with the WAN benchmark and the tests, each of which uses a part.
+#![allow(dead_code)]
+
 use std::{
     io,
     time::{Duration, Instant},
