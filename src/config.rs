@@ -54,6 +54,11 @@ pub struct Config {
     pub max_stream_data: u32,
     /// Receive window of the whole connection, in bytes. Default: 15 000 000.
     pub max_connection_data: u32,
+    /// The round-trip time assumed before the first sample: it sets how soon a lost first
+    /// packet is sent again (three times this). Default: 333 ms, quinn's and RFC 9002's.
+    pub initial_rtt: Duration,
+    /// The congestion controller of every connection. Default: [`CongestionControl::Cubic`].
+    pub congestion_control: CongestionControl,
     /// Whether to discover the path MTU above QUIC's 1200-byte minimum. Default: on.
     /// [`Config::disable_path_mtu_discovery`] clears it and [`Config::mtu_upper_bound`] sets
     /// it, as in `libp2p-quic`.
@@ -123,6 +128,8 @@ impl Config {
             max_concurrent_stream_limit: 256,
             max_stream_data: 10_000_000,
             max_connection_data: 15_000_000,
+            initial_rtt: Duration::from_millis(333),
+            congestion_control: CongestionControl::Cubic,
             mtu_discovery: true,
             reset_on_drop: false,
             stream_ledger: true,
@@ -181,6 +188,8 @@ impl Config {
         transport.stream_receive_window(VarInt::from_u32(self.max_stream_data));
         transport.receive_window(VarInt::from_u32(self.max_connection_data));
         transport.mtu_discovery_config(self.mtu_discovery.then(|| self.mtu_discovery_config()));
+        transport.initial_rtt(self.initial_rtt);
+        transport.congestion_controller_factory(self.congestion_control.factory());
         // WebTransport wants its stream resets to keep the header (draft-ietf-webtrans-http3);
         // a QUIC connection on the same port gets the same parameters, and go-libp2p offers
         // it on both too.
@@ -247,6 +256,31 @@ impl Config {
     }
 }
 
+/// Which of quinn's congestion controllers a connection runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum CongestionControl {
+    /// CUBIC (RFC 9438), as `libp2p-quic` and quic-go run: backs off on every loss.
+    #[default]
+    Cubic,
+    /// NewReno (RFC 9002's example).
+    NewReno,
+    /// BBR (quinn's implementation, marked experimental there): paces at the bottleneck rate it
+    /// measures and does not take random loss for congestion.
+    Bbr,
+}
+
+impl CongestionControl {
+    fn factory(self) -> Arc<dyn quinn::congestion::ControllerFactory + Send + Sync> {
+        use quinn::congestion::{BbrConfig, CubicConfig, NewRenoConfig};
+        match self {
+            CongestionControl::Cubic => Arc::new(CubicConfig::default()),
+            CongestionControl::NewReno => Arc::new(NewRenoConfig::default()),
+            CongestionControl::Bbr => Arc::new(BbrConfig::default()),
+        }
+    }
+}
+
 /// The stateless-reset key: HMAC-SHA256 of aws-lc-rs. Ours rather than quinn-proto's
 /// implementation for aws-lc-rs's key, which it drops for ring's when anything in the build turns
 /// on its `ring` feature.
@@ -289,6 +323,8 @@ impl std::fmt::Debug for Config {
             )
             .field("max_stream_data", &self.max_stream_data)
             .field("max_connection_data", &self.max_connection_data)
+            .field("initial_rtt", &self.initial_rtt)
+            .field("congestion_control", &self.congestion_control)
             .field("mtu_discovery", &self.mtu_discovery)
             .field("mtu_upper_bound", &self.mtu_upper_bound)
             .field("reset_on_drop", &self.reset_on_drop)
@@ -337,6 +373,31 @@ mod tests {
         assert!(verify(&tag));
         tag[0] ^= 1;
         assert!(!verify(&tag));
+    }
+
+    #[test]
+    fn initial_rtt_and_congestion_control_reach_quinn() {
+        let mut config = Config::new(&libp2p_identity::Keypair::generate_ed25519());
+        config.initial_rtt = Duration::from_millis(77);
+        config.congestion_control = CongestionControl::Bbr;
+        let text = format!("{:?}", config.transport_config());
+        assert!(text.contains("initial_rtt: 77ms"), "{text}");
+        // quinn's Debug leaves the controller out: build one from each factory instead.
+        let built = |cc: CongestionControl| {
+            cc.factory()
+                .build(std::time::Instant::now(), 1200)
+                .into_any()
+        };
+        use quinn::congestion::{Bbr, Cubic, NewReno};
+        assert!(built(CongestionControl::Cubic).downcast::<Cubic>().is_ok());
+        assert!(built(CongestionControl::NewReno)
+            .downcast::<NewReno>()
+            .is_ok());
+        assert!(built(CongestionControl::Bbr).downcast::<Bbr>().is_ok());
+        assert_eq!(
+            Config::new(&libp2p_identity::Keypair::generate_ed25519()).congestion_control,
+            CongestionControl::default()
+        );
     }
 
     #[test]

@@ -50,7 +50,7 @@ mod watcher;
 mod webtransport;
 
 pub use address::{parse as parse_multiaddr, to_multiaddr};
-pub use config::Config;
+pub use config::{Config, CongestionControl};
 pub use connection::{Connecting, Connection, Ledgers};
 #[cfg(feature = "reset-stream-at")]
 pub use error::ResetAtError;
