@@ -228,7 +228,7 @@ impl Request {
 pub(crate) async fn connect(
     connection: &quinn::Connection,
     url: url::Url,
-) -> Result<Header, WebTransportError> {
+) -> Result<(Header, Answer), WebTransportError> {
     let control = send_settings(connection).await?;
     let settings = peer_settings(read_peer_uni_streams(connection)).await?;
     if settings.supports_webtransport() == 0 {
@@ -236,24 +236,45 @@ pub(crate) async fn connect(
             "the server's SETTINGS do not enable WebTransport".into(),
         ));
     }
-    let (mut send, mut recv) = connection.open_bi().await?;
-    let http3 = |e: ConnectError| WebTransportError::Http3(e.to_string());
+    let (mut send, recv) = connection.open_bi().await?;
     ConnectRequest::new(url)
         .write(&mut send)
         .await
-        .map_err(http3)?;
-    match ConnectResponse::read(&mut recv).await {
-        Ok(response) if response.status == StatusCode::OK => {}
-        Ok(ConnectResponse { status, .. }) | Err(ConnectError::WrongStatus(Some(status))) => {
-            return Err(WebTransportError::Refused {
-                status: status.as_u16(),
-            })
-        }
-        Err(error) => return Err(http3(error)),
-    }
+        .map_err(|e| WebTransportError::Http3(e.to_string()))?;
     let header = Header::new(quinn::VarInt::from(send.id()).into_inner());
-    keep_session(connection.clone(), control, send, recv);
-    Ok(header)
+    let answer = Answer {
+        connection: connection.clone(),
+        control,
+        send,
+        recv,
+    };
+    Ok((header, answer))
+}
+
+/// A CONNECT on its way: the session's streams may be opened before the answer is in
+/// (draft-ietf-webtrans-http3: the server buffers them), which saves the dialer a round trip.
+pub(crate) struct Answer {
+    connection: quinn::Connection,
+    control: quinn::SendStream,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+impl Answer {
+    /// Waits for the answer; a 200 starts the session.
+    pub(crate) async fn accepted(mut self) -> Result<(), WebTransportError> {
+        match ConnectResponse::read(&mut self.recv).await {
+            Ok(response) if response.status == StatusCode::OK => {}
+            Ok(ConnectResponse { status, .. }) | Err(ConnectError::WrongStatus(Some(status))) => {
+                return Err(WebTransportError::Refused {
+                    status: status.as_u16(),
+                })
+            }
+            Err(error) => return Err(WebTransportError::Http3(error.to_string())),
+        }
+        keep_session(self.connection, self.control, self.send, self.recv);
+        Ok(())
+    }
 }
 
 /// Read the peer's unidirectional streams for the connection's life; its SETTINGS arrive on

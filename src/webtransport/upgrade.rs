@@ -51,9 +51,21 @@ pub(crate) async fn upgrade(
     let addr = connecting.remote_address();
     let deadline = tokio::time::Instant::now() + config.handshake_timeout;
     let timed_out = || Error::HandshakeTimedOut { addr };
-    let connection = tokio::time::timeout_at(deadline, connecting)
-        .await
-        .map_err(|_| timed_out())??;
+    let connection = match role {
+        // The listener speaks first: its SETTINGS go out as 0.5-RTT data, beside its TLS
+        // flight, so that the dialer can send its CONNECT as soon as its handshake is done
+        // instead of a round trip later. Nothing the client sends is read before its TLS
+        // handshake is complete (1-RTT packets wait for it), so this trusts it with nothing.
+        Role::Listener(_) => match connecting.into_0rtt() {
+            Ok((connection, _)) => connection,
+            Err(connecting) => tokio::time::timeout_at(deadline, connecting)
+                .await
+                .map_err(|_| timed_out())??,
+        },
+        Role::Dialer { .. } => tokio::time::timeout_at(deadline, connecting)
+            .await
+            .map_err(|_| timed_out())??,
+    };
     // The HTTP/3 tasks hold the connection too: close it ourselves unless the session starts.
     let mut unfinished = CloseOnDrop(Some(connection.clone()));
     let session = async {
@@ -141,15 +153,20 @@ async fn dial(
 ) -> Result<(PeerId, Header), WebTransportError> {
     let url = format!("https://{remote}{}?type=noise", h3::PATH);
     let url = url::Url::parse(&url).expect("a socket address makes a valid URL");
-    let header = h3::connect(connection, url).await?;
-    let halves = header.open(connection).await?;
+    let (header, answer) = h3::connect(connection, url).await?;
+    // Noise's first message goes out right behind the CONNECT, not after its answer.
     let certhashes: HashSet<_> = certhashes.into_iter().collect();
-    let noise =
-        libp2p_noise::Config::new(&config.keypair)?.with_webtransport_certhashes(certhashes);
-    let (peer, mut output) = noise
-        .upgrade_outbound(NoiseStream::new(halves, config), "/noise")
-        .await?;
-    let _ = output.close().await;
+    let noise = async {
+        let halves = header.open(connection).await?;
+        let noise =
+            libp2p_noise::Config::new(&config.keypair)?.with_webtransport_certhashes(certhashes);
+        let (peer, mut output) = noise
+            .upgrade_outbound(NoiseStream::new(halves, config), "/noise")
+            .await?;
+        let _ = output.close().await;
+        Ok::<_, WebTransportError>(peer)
+    };
+    let ((), peer) = futures::try_join!(answer.accepted(), noise)?;
     Ok((peer, header))
 }
 
