@@ -69,15 +69,21 @@ type kv struct {
 	v any
 }
 
-// emit writes {"event":event, k1:v1, ...} as one line. os.Stdout is not
-// buffered, so each line is flushed when emit returns.
+// emit writes {"event":event, k1:v1, ...} as one line.
 func emit(event string, fields ...kv) {
+	writeLine(append([]kv{{"event", event}}, fields...))
+}
+
+// writeLine writes the fields as one JSON object on one line. os.Stdout is not
+// buffered, so the line is flushed when writeLine returns.
+func writeLine(fields []kv) {
 	var b bytes.Buffer
-	b.WriteString(`{"event":`)
-	ev, _ := json.Marshal(event)
-	b.Write(ev)
-	for _, f := range fields {
-		b.WriteByte(',')
+	for i, f := range fields {
+		if i == 0 {
+			b.WriteByte('{')
+		} else {
+			b.WriteByte(',')
+		}
 		k, _ := json.Marshal(f.k)
 		b.Write(k)
 		b.WriteByte(':')
@@ -95,15 +101,19 @@ func emit(event string, fields ...kv) {
 
 func emitError(what string, err error) {
 	if err != nil {
-		msg := err.Error()
-		if msg == "" {
-			// webtransport-go's errors for a session torn down under a stream read
-			// print as "": show their fields instead.
-			msg = fmt.Sprintf("%#v", err)
-		}
-		what = what + ": " + msg
+		what = what + ": " + errorText(err)
 	}
 	emit("error", kv{"what", what})
+}
+
+func errorText(err error) string {
+	msg := err.Error()
+	if msg == "" {
+		// webtransport-go's errors for a session torn down under a stream read
+		// print as "": show their fields instead.
+		msg = fmt.Sprintf("%#v", err)
+	}
+	return msg
 }
 
 // ms converts a duration to milliseconds, rounded to microseconds.
@@ -116,35 +126,58 @@ func ms(d time.Duration) float64 {
 
 var (
 	exitOnce sync.Once
-	theHost  host.Host
+	hostMu   sync.Mutex
+	theHost  host.Host // closed by exit
 )
 
+func setHost(h host.Host) {
+	hostMu.Lock()
+	theHost = h
+	hostMu.Unlock()
+}
+
 // exit closes the host (bounded) and ends the process with code.
-func exit(code int) {
+func exit(code int) { exitWith(code, nil) }
+
+// fatal prints an error line and exits 1, unless the process is already
+// exiting: then the first reason stands alone.
+func fatal(what string, err error) {
+	exitWith(1, func() { emitError(what, err) })
+}
+
+// exitWith: only the first call runs first (if not nil) and exits; later
+// calls block.
+func exitWith(code int, first func()) {
 	exitOnce.Do(func() {
+		if first != nil {
+			first()
+		}
 		if n := stormServed.Load(); n%progressEvery != 0 {
 			emit("storm_served", kv{"count", n}, kv{"failed", stormServedFailed.Load()}, kv{"final", true})
 		}
 		emitReliableServed(true)
-		if theHost != nil {
-			done := make(chan struct{})
-			go func() {
-				theHost.Close()
-				close(done)
-			}()
-			select {
-			case <-done:
-			case <-time.After(2 * time.Second):
-			}
+		hostMu.Lock()
+		h := theHost
+		hostMu.Unlock()
+		if h != nil {
+			closeHost(h)
 		}
 		os.Exit(code)
 	})
 	select {} // another goroutine is already exiting
 }
 
-func fatal(what string, err error) {
-	emitError(what, err)
-	exit(1)
+// closeHost closes h, waiting at most 2 s.
+func closeHost(h host.Host) {
+	done := make(chan struct{})
+	go func() {
+		h.Close()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+	}
 }
 
 // ---------------------------------------------------------------------------
@@ -654,6 +687,19 @@ func transportOf(a ma.Multiaddr) string {
 	return "other"
 }
 
+// parseP2pAddr parses the multiaddr with /p2p/<ID> given to flag name.
+func parseP2pAddr(name, s string) peer.AddrInfo {
+	addr, err := ma.NewMultiaddr(s)
+	if err != nil {
+		fatal("parse "+name, err)
+	}
+	info, err := peer.AddrInfoFromP2pAddr(addr)
+	if err != nil {
+		fatal("parse "+name+" (needs /p2p/<ID>)", err)
+	}
+	return *info
+}
+
 // ---------------------------------------------------------------------------
 // versions
 
@@ -702,6 +748,32 @@ func emitVersions(o options) {
 	}
 }
 
+// hostOptions: QUIC and WebTransport, no resource limits, relay and hole
+// punching only with --holepunch, listening on listen.
+func hostOptions(o options, listen []string) []libp2p.Option {
+	opts := []libp2p.Option{
+		libp2p.Identity(identity(o)),
+		libp2p.NoTransports,
+		libp2p.Transport(libp2pquic.NewTransport),
+		// Beside QUIC, on the same quic-go sockets: a WebTransport listener given
+		// the same UDP port as a QUIC one shares its socket.
+		libp2p.Transport(webtransport.New),
+		libp2p.ResourceManager(&network.NullResourceManager{}),
+	}
+	if o.holePunch {
+		// The relay client (go-libp2p's default) and DCUtR.
+		opts = append(opts, libp2p.EnableHolePunching(holepunch.WithTracer(holePunchTracer{})))
+	} else {
+		opts = append(opts, libp2p.DisableRelay())
+	}
+	if len(listen) != 0 {
+		opts = append(opts, libp2p.ListenAddrStrings(listen...))
+	} else {
+		opts = append(opts, libp2p.NoListenAddrs)
+	}
+	return opts
+}
+
 // ---------------------------------------------------------------------------
 
 func main() {
@@ -726,31 +798,11 @@ func main() {
 			fatal("--public-net", err)
 		}
 	}
-	opts := []libp2p.Option{
-		libp2p.Identity(identity(o)),
-		libp2p.NoTransports,
-		libp2p.Transport(libp2pquic.NewTransport),
-		// Beside QUIC, on the same quic-go sockets: a WebTransport listener given
-		// the same UDP port as a QUIC one shares its socket.
-		libp2p.Transport(webtransport.New),
-		libp2p.ResourceManager(&network.NullResourceManager{}),
-	}
-	if o.holePunch {
-		// The relay client (go-libp2p's default) and DCUtR.
-		opts = append(opts, libp2p.EnableHolePunching(holepunch.WithTracer(holePunchTracer{})))
-	} else {
-		opts = append(opts, libp2p.DisableRelay())
-	}
-	if len(o.listen) != 0 {
-		opts = append(opts, libp2p.ListenAddrStrings(o.listen...))
-	} else {
-		opts = append(opts, libp2p.NoListenAddrs)
-	}
-	h, err := libp2p.New(opts...)
+	h, err := libp2p.New(hostOptions(o, o.listen)...)
 	if err != nil {
 		fatal("start host", err)
 	}
-	theHost = h
+	setHost(h)
 
 	// The mode runs once, against the dialed peer, or, without --dial,
 	// against the first peer that connects to us.
@@ -815,16 +867,9 @@ func main() {
 	}
 
 	if o.relay != "" {
-		addr, err := ma.NewMultiaddr(o.relay)
-		if err != nil {
-			fatal("parse --relay", err)
-		}
-		relay, err := peer.AddrInfoFromP2pAddr(addr)
-		if err != nil {
-			fatal("parse --relay (needs /p2p/<ID>)", err)
-		}
+		relay := parseP2pAddr("--relay", o.relay)
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		err = h.Connect(ctx, *relay)
+		err = h.Connect(ctx, relay)
 		cancel()
 		if err != nil {
 			fatal("connect to the relay", err)
@@ -838,7 +883,7 @@ func main() {
 		}
 		if o.reserve {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			_, err := client.Reserve(ctx, h, *relay)
+			_, err := client.Reserve(ctx, h, relay)
 			cancel()
 			if err != nil {
 				fatal("reserve a slot on the relay", err)
@@ -848,17 +893,10 @@ func main() {
 	}
 
 	if o.dial != "" {
-		addr, err := ma.NewMultiaddr(o.dial)
-		if err != nil {
-			fatal("parse --dial", err)
-		}
-		info, err := peer.AddrInfoFromP2pAddr(addr)
-		if err != nil {
-			fatal("parse --dial (needs /p2p/<ID>)", err)
-		}
+		info := parseP2pAddr("--dial", o.dial)
 		// A relayed connection is a limited one.
 		ctx, cancel := context.WithTimeout(network.WithAllowLimitedConn(context.Background(), "dial"), 30*time.Second)
-		err = h.Connect(ctx, *info)
+		err = h.Connect(ctx, info)
 		cancel()
 		if err != nil {
 			fatal("dial", err)
