@@ -7,8 +7,8 @@
 //   - interop/go-peer-old  : go-libp2p v0.38.2 (quic-go v0.48.2, before the
 //     fix of quic-go issue 4803)
 //
-// The other two link to this file and to reliable_reset.go; each has its own
-// quic_side.go.
+// The other two link to this file, to reliable_reset.go and to perf.go;
+// go-peer-old has its own quic_side.go.
 //
 // Every report goes to stdout as one JSON object per line. See ../README.md.
 package main
@@ -74,6 +74,12 @@ func emit(event string, fields ...kv) {
 	writeLine(append([]kv{{"event", event}}, fields...))
 }
 
+// emitResult writes a perf result line, {"type":typ, k1:v1, ...}: the shape of
+// libp2p test-plans' perf clients, so it has no "event".
+func emitResult(typ string, fields ...kv) {
+	writeLine(append([]kv{{"type", typ}}, fields...))
+}
+
 // writeLine writes the fields as one JSON object on one line. os.Stdout is not
 // buffered, so the line is flushed when writeLine returns.
 func writeLine(fields []kv) {
@@ -127,7 +133,7 @@ func ms(d time.Duration) float64 {
 var (
 	exitOnce sync.Once
 	hostMu   sync.Mutex
-	theHost  host.Host // closed by exit
+	theHost  host.Host // closed by exit; perf-client's is the current run's
 )
 
 func setHost(h host.Host) {
@@ -140,7 +146,8 @@ func setHost(h host.Host) {
 func exit(code int) { exitWith(code, nil) }
 
 // fatal prints an error line and exits 1, unless the process is already
-// exiting: then the first reason stands alone.
+// exiting: then the first reason stands alone (a perf client stopped by a
+// signal gets no second error line from the run that the closing host broke).
 func fatal(what string, err error) {
 	exitWith(1, func() { emitError(what, err) })
 }
@@ -204,6 +211,7 @@ type options struct {
 	reliable      int
 	resetCode     uint32
 	rest          string
+	perf          perfOptions
 }
 
 // listenFlag collects every --listen: one flag per address, so that QUIC and
@@ -224,7 +232,7 @@ func parseFlags() options {
 	var o options
 	flag.Var(&o.listen, "listen", "multiaddr to listen on, e.g. /ip4/127.0.0.1/udp/0/quic-v1 or .../quic-v1/webtransport; repeat it for several (default: listen on nothing)")
 	flag.StringVar(&o.dial, "dial", "", "multiaddr with /p2p/<ID> of the peer to connect to")
-	flag.StringVar(&o.mode, "mode", "serve", "what to do after connecting (to the --dial peer, else to the first peer that connects): ping|echo|storm|reliable-reset|serve")
+	flag.StringVar(&o.mode, "mode", "serve", "what to do after connecting (to the --dial peer, else to the first peer that connects): ping|echo|storm|reliable-reset|serve; or perf-server (serve, with /perf/1.0.0) | perf-client (--runs perf runs against --dial, then exit)")
 	flag.IntVar(&o.count, "count", 0, "ping count (default 5) / storm streams (default 2560) / reliable-reset streams (default 10)")
 	flag.IntVar(&o.concurrency, "concurrency", 1, "storm, reliable-reset: streams opened in parallel")
 	flag.IntVar(&o.size, "size", 0, "payload bytes: echo (default 1048576); reliable-reset, sent and expected by the handler (default 102400)")
@@ -240,6 +248,7 @@ func parseFlags() options {
 	flag.BoolVar(&o.holePunch, "holepunch", false, "run the relay client and DCUtR hole punching (EnableHolePunching); --dial waits until hole punching is ready")
 	flag.StringVar(&o.relay, "relay", "", "multiaddr with /p2p/<ID> of a relay to connect to at start (before --dial)")
 	flag.BoolVar(&o.reserve, "reserve", false, "reserve a slot on --relay (then peers can reach us at <relay>/p2p-circuit/p2p/<us>)")
+	registerPerfFlags(&o.perf)
 	flag.StringVar(&o.publicNet, "public-net", "", "an IPv4 CIDR inside a range go-multiaddr calls unroutable (e.g. 198.18.0.0/24 of 198.18.0.0/15) that go-libp2p is to take as public")
 	flag.Parse()
 	flag.Visit(func(f *flag.Flag) {
@@ -254,7 +263,7 @@ func parseFlags() options {
 		fatal("unexpected arguments: "+fmt.Sprint(flag.Args()), nil)
 	}
 	switch o.mode {
-	case "ping", "echo", "storm", "reliable-reset", "serve":
+	case "ping", "echo", "storm", "reliable-reset", "serve", "perf-server", "perf-client":
 	default:
 		fatal("unknown --mode "+o.mode, nil)
 	}
@@ -304,11 +313,15 @@ func parseFlags() options {
 	if o.reserve && o.relay == "" {
 		fatal("--reserve needs --relay", nil)
 	}
-	if o.mode != "serve" && o.dial == "" && len(o.listen) == 0 {
+	checkPerfFlags(o)
+	if !serving(o.mode) && o.dial == "" && len(o.listen) == 0 {
 		fatal("--mode "+o.mode+" needs --dial or --listen", nil)
 	}
 	return o
 }
+
+// serving: the mode only serves (perf-server is serve with /perf/1.0.0 on).
+func serving(mode string) bool { return mode == "serve" || mode == "perf-server" }
 
 func identity(o options) crypto.PrivKey {
 	var seed [ed25519.SeedSize]byte
@@ -782,14 +795,21 @@ func main() {
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	// A perf client stopped before its last run has no result: it fails.
+	stop := func(why string) {
+		if o.mode == "perf-client" {
+			fatal("perf-client: "+why+" before the last run ended", nil)
+		}
+		exit(0)
+	}
 	go func() {
 		<-sigs
-		exit(0)
+		stop("signal")
 	}()
 	if !o.ignoreStdin {
 		go func() {
 			io.Copy(io.Discard, os.Stdin)
-			exit(0)
+			stop("stdin closed")
 		}()
 	}
 
@@ -797,6 +817,9 @@ func main() {
 		if err := makePublic(o.publicNet); err != nil {
 			fatal("--public-net", err)
 		}
+	}
+	if o.mode == "perf-client" {
+		runPerfClient(o) // its own host for each run
 	}
 	h, err := libp2p.New(hostOptions(o, o.listen)...)
 	if err != nil {
@@ -841,7 +864,7 @@ func main() {
 				fields = append(fields, kv{"reset_stream_at", *negotiated})
 			}
 			emit("connected", fields...)
-			if o.dial == "" && o.mode != "serve" {
+			if o.dial == "" && !serving(o.mode) {
 				startMode(c.RemotePeer())
 			}
 		},
@@ -854,6 +877,10 @@ func main() {
 	h.SetStreamHandler(stormProtocol, stormHandler)
 	handlerOpts = o
 	h.SetStreamHandler(reliableResetProtocol, reliableResetHandler)
+	if o.mode == "perf-server" {
+		// Not always on: the spec says a perf server SHOULD NOT be on by default.
+		h.SetStreamHandler(perfProtocol, perfHandler)
+	}
 
 	addrs, err := h.Network().InterfaceListenAddresses()
 	if err != nil {
