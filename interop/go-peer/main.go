@@ -7,8 +7,8 @@
 //   - interop/go-peer-old  : go-libp2p v0.38.2 (quic-go v0.48.2, before the
 //     fix of quic-go issue 4803)
 //
-// The other two link to this file and to reliable_reset.go; each has its own
-// quic_side.go.
+// The other two link to this file, to reliable_reset.go and to perf.go;
+// go-peer-old has its own quic_side.go.
 //
 // Every report goes to stdout as one JSON object per line. See ../README.md.
 package main
@@ -69,15 +69,27 @@ type kv struct {
 	v any
 }
 
-// emit writes {"event":event, k1:v1, ...} as one line. os.Stdout is not
-// buffered, so each line is flushed when emit returns.
+// emit writes {"event":event, k1:v1, ...} as one line.
 func emit(event string, fields ...kv) {
+	writeLine(append([]kv{{"event", event}}, fields...))
+}
+
+// emitResult writes a perf result line, {"type":typ, k1:v1, ...}: the shape of
+// libp2p test-plans' perf clients, so it has no "event".
+func emitResult(typ string, fields ...kv) {
+	writeLine(append([]kv{{"type", typ}}, fields...))
+}
+
+// writeLine writes the fields as one JSON object on one line. os.Stdout is not
+// buffered, so the line is flushed when writeLine returns.
+func writeLine(fields []kv) {
 	var b bytes.Buffer
-	b.WriteString(`{"event":`)
-	ev, _ := json.Marshal(event)
-	b.Write(ev)
-	for _, f := range fields {
-		b.WriteByte(',')
+	for i, f := range fields {
+		if i == 0 {
+			b.WriteByte('{')
+		} else {
+			b.WriteByte(',')
+		}
 		k, _ := json.Marshal(f.k)
 		b.Write(k)
 		b.WriteByte(':')
@@ -95,15 +107,19 @@ func emit(event string, fields ...kv) {
 
 func emitError(what string, err error) {
 	if err != nil {
-		msg := err.Error()
-		if msg == "" {
-			// webtransport-go's errors for a session torn down under a stream read
-			// print as "": show their fields instead.
-			msg = fmt.Sprintf("%#v", err)
-		}
-		what = what + ": " + msg
+		what = what + ": " + errorText(err)
 	}
 	emit("error", kv{"what", what})
+}
+
+func errorText(err error) string {
+	msg := err.Error()
+	if msg == "" {
+		// webtransport-go's errors for a session torn down under a stream read
+		// print as "": show their fields instead.
+		msg = fmt.Sprintf("%#v", err)
+	}
+	return msg
 }
 
 // ms converts a duration to milliseconds, rounded to microseconds.
@@ -116,35 +132,59 @@ func ms(d time.Duration) float64 {
 
 var (
 	exitOnce sync.Once
-	theHost  host.Host
+	hostMu   sync.Mutex
+	theHost  host.Host // closed by exit; perf-client's is the current run's
 )
 
+func setHost(h host.Host) {
+	hostMu.Lock()
+	theHost = h
+	hostMu.Unlock()
+}
+
 // exit closes the host (bounded) and ends the process with code.
-func exit(code int) {
+func exit(code int) { exitWith(code, nil) }
+
+// fatal prints an error line and exits 1, unless the process is already
+// exiting: then the first reason stands alone (a perf client stopped by a
+// signal gets no second error line from the run that the closing host broke).
+func fatal(what string, err error) {
+	exitWith(1, func() { emitError(what, err) })
+}
+
+// exitWith: only the first call runs first (if not nil) and exits; later
+// calls block.
+func exitWith(code int, first func()) {
 	exitOnce.Do(func() {
+		if first != nil {
+			first()
+		}
 		if n := stormServed.Load(); n%progressEvery != 0 {
 			emit("storm_served", kv{"count", n}, kv{"failed", stormServedFailed.Load()}, kv{"final", true})
 		}
 		emitReliableServed(true)
-		if theHost != nil {
-			done := make(chan struct{})
-			go func() {
-				theHost.Close()
-				close(done)
-			}()
-			select {
-			case <-done:
-			case <-time.After(2 * time.Second):
-			}
+		hostMu.Lock()
+		h := theHost
+		hostMu.Unlock()
+		if h != nil {
+			closeHost(h)
 		}
 		os.Exit(code)
 	})
 	select {} // another goroutine is already exiting
 }
 
-func fatal(what string, err error) {
-	emitError(what, err)
-	exit(1)
+// closeHost closes h, waiting at most 2 s.
+func closeHost(h host.Host) {
+	done := make(chan struct{})
+	go func() {
+		h.Close()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+	}
 }
 
 // ---------------------------------------------------------------------------
@@ -171,6 +211,7 @@ type options struct {
 	reliable      int
 	resetCode     uint32
 	rest          string
+	perf          perfOptions
 }
 
 // listenFlag collects every --listen: one flag per address, so that QUIC and
@@ -191,7 +232,7 @@ func parseFlags() options {
 	var o options
 	flag.Var(&o.listen, "listen", "multiaddr to listen on, e.g. /ip4/127.0.0.1/udp/0/quic-v1 or .../quic-v1/webtransport; repeat it for several (default: listen on nothing)")
 	flag.StringVar(&o.dial, "dial", "", "multiaddr with /p2p/<ID> of the peer to connect to")
-	flag.StringVar(&o.mode, "mode", "serve", "what to do after connecting (to the --dial peer, else to the first peer that connects): ping|echo|storm|reliable-reset|serve")
+	flag.StringVar(&o.mode, "mode", "serve", "what to do after connecting (to the --dial peer, else to the first peer that connects): ping|echo|storm|reliable-reset|serve; or perf-server (serve, with /perf/1.0.0) | perf-client (--runs perf runs against --dial, then exit)")
 	flag.IntVar(&o.count, "count", 0, "ping count (default 5) / storm streams (default 2560) / reliable-reset streams (default 10)")
 	flag.IntVar(&o.concurrency, "concurrency", 1, "storm, reliable-reset: streams opened in parallel")
 	flag.IntVar(&o.size, "size", 0, "payload bytes: echo (default 1048576); reliable-reset, sent and expected by the handler (default 102400)")
@@ -207,6 +248,7 @@ func parseFlags() options {
 	flag.BoolVar(&o.holePunch, "holepunch", false, "run the relay client and DCUtR hole punching (EnableHolePunching); --dial waits until hole punching is ready")
 	flag.StringVar(&o.relay, "relay", "", "multiaddr with /p2p/<ID> of a relay to connect to at start (before --dial)")
 	flag.BoolVar(&o.reserve, "reserve", false, "reserve a slot on --relay (then peers can reach us at <relay>/p2p-circuit/p2p/<us>)")
+	registerPerfFlags(&o.perf)
 	flag.StringVar(&o.publicNet, "public-net", "", "an IPv4 CIDR inside a range go-multiaddr calls unroutable (e.g. 198.18.0.0/24 of 198.18.0.0/15) that go-libp2p is to take as public")
 	flag.Parse()
 	flag.Visit(func(f *flag.Flag) {
@@ -221,7 +263,7 @@ func parseFlags() options {
 		fatal("unexpected arguments: "+fmt.Sprint(flag.Args()), nil)
 	}
 	switch o.mode {
-	case "ping", "echo", "storm", "reliable-reset", "serve":
+	case "ping", "echo", "storm", "reliable-reset", "serve", "perf-server", "perf-client":
 	default:
 		fatal("unknown --mode "+o.mode, nil)
 	}
@@ -271,11 +313,15 @@ func parseFlags() options {
 	if o.reserve && o.relay == "" {
 		fatal("--reserve needs --relay", nil)
 	}
-	if o.mode != "serve" && o.dial == "" && len(o.listen) == 0 {
+	checkPerfFlags(o)
+	if !serving(o.mode) && o.dial == "" && len(o.listen) == 0 {
 		fatal("--mode "+o.mode+" needs --dial or --listen", nil)
 	}
 	return o
 }
+
+// serving: the mode only serves (perf-server is serve with /perf/1.0.0 on).
+func serving(mode string) bool { return mode == "serve" || mode == "perf-server" }
 
 func identity(o options) crypto.PrivKey {
 	var seed [ed25519.SeedSize]byte
@@ -654,6 +700,19 @@ func transportOf(a ma.Multiaddr) string {
 	return "other"
 }
 
+// parseP2pAddr parses the multiaddr with /p2p/<ID> given to flag name.
+func parseP2pAddr(name, s string) peer.AddrInfo {
+	addr, err := ma.NewMultiaddr(s)
+	if err != nil {
+		fatal("parse "+name, err)
+	}
+	info, err := peer.AddrInfoFromP2pAddr(addr)
+	if err != nil {
+		fatal("parse "+name+" (needs /p2p/<ID>)", err)
+	}
+	return *info
+}
+
 // ---------------------------------------------------------------------------
 // versions
 
@@ -702,30 +761,9 @@ func emitVersions(o options) {
 	}
 }
 
-// ---------------------------------------------------------------------------
-
-func main() {
-	o := parseFlags()
-	emitVersions(o)
-
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
-	go func() {
-		<-sigs
-		exit(0)
-	}()
-	if !o.ignoreStdin {
-		go func() {
-			io.Copy(io.Discard, os.Stdin)
-			exit(0)
-		}()
-	}
-
-	if o.publicNet != "" {
-		if err := makePublic(o.publicNet); err != nil {
-			fatal("--public-net", err)
-		}
-	}
+// hostOptions: QUIC and WebTransport, no resource limits, relay and hole
+// punching only with --holepunch, listening on listen.
+func hostOptions(o options, listen []string) []libp2p.Option {
 	opts := []libp2p.Option{
 		libp2p.Identity(identity(o)),
 		libp2p.NoTransports,
@@ -741,16 +779,53 @@ func main() {
 	} else {
 		opts = append(opts, libp2p.DisableRelay())
 	}
-	if len(o.listen) != 0 {
-		opts = append(opts, libp2p.ListenAddrStrings(o.listen...))
+	if len(listen) != 0 {
+		opts = append(opts, libp2p.ListenAddrStrings(listen...))
 	} else {
 		opts = append(opts, libp2p.NoListenAddrs)
 	}
-	h, err := libp2p.New(opts...)
+	return opts
+}
+
+// ---------------------------------------------------------------------------
+
+func main() {
+	o := parseFlags()
+	emitVersions(o)
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	// A perf client stopped before its last run has no result: it fails.
+	stop := func(why string) {
+		if o.mode == "perf-client" {
+			fatal("perf-client: "+why+" before the last run ended", nil)
+		}
+		exit(0)
+	}
+	go func() {
+		<-sigs
+		stop("signal")
+	}()
+	if !o.ignoreStdin {
+		go func() {
+			io.Copy(io.Discard, os.Stdin)
+			stop("stdin closed")
+		}()
+	}
+
+	if o.publicNet != "" {
+		if err := makePublic(o.publicNet); err != nil {
+			fatal("--public-net", err)
+		}
+	}
+	if o.mode == "perf-client" {
+		runPerfClient(o) // its own host for each run
+	}
+	h, err := libp2p.New(hostOptions(o, o.listen)...)
 	if err != nil {
 		fatal("start host", err)
 	}
-	theHost = h
+	setHost(h)
 
 	// The mode runs once, against the dialed peer, or, without --dial,
 	// against the first peer that connects to us.
@@ -789,7 +864,7 @@ func main() {
 				fields = append(fields, kv{"reset_stream_at", *negotiated})
 			}
 			emit("connected", fields...)
-			if o.dial == "" && o.mode != "serve" {
+			if o.dial == "" && !serving(o.mode) {
 				startMode(c.RemotePeer())
 			}
 		},
@@ -802,6 +877,10 @@ func main() {
 	h.SetStreamHandler(stormProtocol, stormHandler)
 	handlerOpts = o
 	h.SetStreamHandler(reliableResetProtocol, reliableResetHandler)
+	if o.mode == "perf-server" {
+		// Not always on: the spec says a perf server SHOULD NOT be on by default.
+		h.SetStreamHandler(perfProtocol, perfHandler)
+	}
 
 	addrs, err := h.Network().InterfaceListenAddresses()
 	if err != nil {
@@ -815,16 +894,9 @@ func main() {
 	}
 
 	if o.relay != "" {
-		addr, err := ma.NewMultiaddr(o.relay)
-		if err != nil {
-			fatal("parse --relay", err)
-		}
-		relay, err := peer.AddrInfoFromP2pAddr(addr)
-		if err != nil {
-			fatal("parse --relay (needs /p2p/<ID>)", err)
-		}
+		relay := parseP2pAddr("--relay", o.relay)
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		err = h.Connect(ctx, *relay)
+		err = h.Connect(ctx, relay)
 		cancel()
 		if err != nil {
 			fatal("connect to the relay", err)
@@ -838,7 +910,7 @@ func main() {
 		}
 		if o.reserve {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			_, err := client.Reserve(ctx, h, *relay)
+			_, err := client.Reserve(ctx, h, relay)
 			cancel()
 			if err != nil {
 				fatal("reserve a slot on the relay", err)
@@ -848,17 +920,10 @@ func main() {
 	}
 
 	if o.dial != "" {
-		addr, err := ma.NewMultiaddr(o.dial)
-		if err != nil {
-			fatal("parse --dial", err)
-		}
-		info, err := peer.AddrInfoFromP2pAddr(addr)
-		if err != nil {
-			fatal("parse --dial (needs /p2p/<ID>)", err)
-		}
+		info := parseP2pAddr("--dial", o.dial)
 		// A relayed connection is a limited one.
 		ctx, cancel := context.WithTimeout(network.WithAllowLimitedConn(context.Background(), "dial"), 30*time.Second)
-		err = h.Connect(ctx, *info)
+		err = h.Connect(ctx, info)
 		cancel()
 		if err != nil {
 			fatal("dial", err)
