@@ -1,8 +1,11 @@
 //! Test utilities (feature `test-util`): an in-process UDP proxy that drops, delays, reorders
-//! and duplicates datagrams with a seeded RNG, so that lossy-network tests replay.
+//! and duplicates datagrams with a seeded RNG, so that lossy-network tests replay; and a delay
+//! line that emulates a wide-area path (delay, bottleneck, loss) for the perf benchmark.
 
+pub mod delay_line;
 pub mod udp_proxy;
 
+pub use delay_line::{DelayLine, DelayLineStats, Path};
 pub use udp_proxy::{Direction, Impairment, ProxyStats, UdpProxy};
 
 /// How many streams of this process still have their state in memory: a handle alive, a
