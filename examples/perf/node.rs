@@ -70,11 +70,11 @@ impl std::str::FromStr for Stack {
 }
 
 /// How a node is set up beyond its stack.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Options {
     pub stack: Stack,
     /// Our transport's config is made from this (the keypair is filled in).
-    pub tune: fn(&mut libp2p_quinn::Config),
+    pub tune: std::sync::Arc<dyn Fn(&mut libp2p_quinn::Config) + Send + Sync>,
     /// Negotiate each stream's protocol lazily (multistream-select V1Lazy): the dialer sends
     /// its first bytes with the protocol name instead of waiting a round trip for the answer.
     pub lazy: bool,
@@ -86,7 +86,7 @@ impl Options {
     pub fn new(stack: Stack) -> Self {
         Self {
             stack,
-            tune: |_| {},
+            tune: std::sync::Arc::new(|_| {}),
             lazy: true,
             stall: protocol::STALL,
         }
@@ -112,7 +112,7 @@ pub fn node(options: &Options) -> Result<Node, BoxError> {
     };
     let (swarm, ledgers) = match options.stack {
         Stack::Ours => {
-            let tune = options.tune;
+            let tune = options.tune.clone();
             let mut ledgers = None;
             let swarm = builder
                 .with_other_transport(|keypair| {

@@ -1,0 +1,328 @@
+//! The WAN benchmark: libp2p's perf protocol over emulated wide-area paths, ours against
+//! `libp2p-quic` and go-libp2p, side by side in one run.
+//!
+//! ```text
+//! cargo bench --all-features --bench wan -- [--profiles continental,lossy,long-thin]
+//!     [--lines ours,ours-webtransport,libp2p-quic,go-libp2p,go-libp2p-webtransport]
+//!     [--rounds N] [--seconds S] [--round-trips N] [--quick]
+//!     [--congestion cubic|new-reno|bbr] [--initial-rtt-ms MS]   (our transport's knobs)
+//! ```
+//!
+//! Each server listens on loopback behind a delay line (`libp2p_quinn::test_util::DelayLine`:
+//! one-way delays, a bottleneck with a drop-tail queue, seeded loss) that its clients dial
+//! instead. Each run is a fresh client node: one connection, one perf stream. Per profile and
+//! line, each round measures the connection + 1-byte round trip (a third of `--round-trips`
+//! per round), the time from the dial to the first MiB of a download, and goodput up and
+//! down over transfers sized to take about `--seconds` (sized once, by a probe in the first
+//! round). Lines take turns in an order that rotates per round. Rust peers run in this
+//! process, each on a one-worker runtime of its own; Go peers are processes (`interop/go-peer`,
+//! go-libp2p v0.52). A `BENCH` line per measurement, then a table of medians.
+//!
+//! `tests/wan_smoke.rs` includes this file and runs each profile for a second.
+
+#[allow(dead_code)]
+#[path = "../../tests/common/go/mod.rs"]
+mod go;
+mod measure;
+#[path = "../../examples/perf/node.rs"]
+mod node;
+mod peers;
+#[path = "../../examples/perf/protocol.rs"]
+mod protocol;
+mod report;
+
+use std::{collections::HashMap, time::Duration};
+
+use libp2p_quinn::{
+    test_util::{DelayLine, Path},
+    CongestionControl,
+};
+
+pub use measure::Direction;
+pub use peers::{Impl, Line, Transport};
+pub use report::{Report, Sample};
+
+use measure::{first_mib, goodput, link_limit, round_trip};
+use node::BoxError;
+use peers::{socket_addr, through, Server, Tune};
+
+/// An emulated path.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub name: &'static str,
+    pub path: Path,
+}
+
+impl Profile {
+    pub fn all() -> Vec<Profile> {
+        ["continental", "lossy", "long-thin"]
+            .into_iter()
+            .map(|name| Profile::named(name).expect("a known profile"))
+            .collect()
+    }
+
+    pub fn named(name: &str) -> Option<Profile> {
+        let path = Path::profile(name)?;
+        let name = ["continental", "lossy", "long-thin"]
+            .into_iter()
+            .find(|n| *n == name)?;
+        Some(Profile { name, path })
+    }
+
+    pub fn rtt(&self) -> Duration {
+        self.path.rtt()
+    }
+
+    pub fn rate_bps(&self) -> u64 {
+        self.path.rate_bps.unwrap_or(1_000_000_000)
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub profiles: Vec<Profile>,
+    pub lines: Vec<Line>,
+    pub rounds: usize,
+    /// How long a goodput transfer should take.
+    pub transfer: Duration,
+    /// Connection + 1-byte round trips per line and profile, over all rounds.
+    pub round_trips: usize,
+    /// First-MiB runs per round.
+    pub first_mib_runs: usize,
+    /// Our transport's configuration beyond the defaults (the knob under test).
+    pub tune: Tune,
+}
+
+impl Options {
+    /// The lines of the issue: every stack against itself.
+    pub fn lines() -> Vec<Line> {
+        vec![
+            Line::same(Impl::Ours, Transport::Quic),
+            Line::same(Impl::Ours, Transport::WebTransport),
+            Line::same(Impl::Libp2pQuic, Transport::Quic),
+            Line::same(Impl::Go, Transport::Quic),
+            Line::same(Impl::Go, Transport::WebTransport),
+        ]
+    }
+
+    pub fn full() -> Self {
+        Self {
+            profiles: Profile::all(),
+            lines: Self::lines(),
+            rounds: 3,
+            transfer: Duration::from_secs(10),
+            round_trips: 30,
+            first_mib_runs: 2,
+            tune: Tune::default(),
+        }
+    }
+
+    pub fn quick() -> Self {
+        Self {
+            rounds: 1,
+            transfer: Duration::from_secs(1),
+            round_trips: 3,
+            first_mib_runs: 1,
+            ..Self::full()
+        }
+    }
+
+    const USAGE: &'static str = "usage: wan [--profiles P,...] [--lines L,...] [--rounds N] \
+        [--seconds S] [--round-trips N] [--congestion cubic|new-reno|bbr] [--initial-rtt-ms MS] \
+        [--quick]\n  profiles: continental, lossy, long-thin\n  \
+        lines: ours, ours-webtransport, libp2p-quic, go-libp2p, go-libp2p-webtransport";
+
+    pub fn from_args(args: impl IntoIterator<Item = String>) -> Result<Self, String> {
+        let args: Vec<String> = args.into_iter().collect();
+        let mut options = if args.iter().any(|a| a == "--quick") {
+            Self::quick()
+        } else {
+            Self::full()
+        };
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            let mut value = || args.next().ok_or(format!("{arg} needs a value"));
+            let number = |s: String| s.parse::<f64>().map_err(|_| format!("not a number: {s}"));
+            match arg.as_str() {
+                "--quick" | "--bench" => {}
+                "--rounds" => options.rounds = number(value()?)? as usize,
+                "--seconds" => options.transfer = Duration::from_secs_f64(number(value()?)?),
+                "--round-trips" => options.round_trips = number(value()?)? as usize,
+                "--congestion" => {
+                    options.tune.congestion = Some(match value()?.as_str() {
+                        "cubic" => CongestionControl::Cubic,
+                        "new-reno" => CongestionControl::NewReno,
+                        "bbr" => CongestionControl::Bbr,
+                        other => return Err(format!("unknown congestion controller {other}")),
+                    })
+                }
+                "--initial-rtt-ms" => {
+                    options.tune.initial_rtt =
+                        Some(Duration::from_secs_f64(number(value()?)? / 1e3))
+                }
+                "--profiles" => {
+                    options.profiles = value()?
+                        .split(',')
+                        .map(|p| Profile::named(p.trim()).ok_or(format!("unknown profile {p}")))
+                        .collect::<Result<_, _>>()?
+                }
+                "--lines" => {
+                    let all = Self::lines();
+                    options.lines = value()?
+                        .split(',')
+                        .map(|l| {
+                            let l = l
+                                .trim()
+                                .replace('-', " ")
+                                .replace("libp2p quic", "libp2p-quic");
+                            all.iter()
+                                .find(|line| line.name().replace("go-libp2p", "go libp2p") == l)
+                                .copied()
+                                .ok_or(format!("unknown line {l}\n{}", Self::USAGE))
+                        })
+                        .collect::<Result<_, _>>()?
+                }
+                other => return Err(format!("unknown argument {other:?}\n{}", Self::USAGE)),
+            }
+        }
+        if options.rounds == 0 {
+            return Err("--rounds must be at least 1".into());
+        }
+        Ok(options)
+    }
+}
+
+/// Runs the benchmark; prints a `BENCH` line per measurement as it goes.
+pub async fn run(options: &Options) -> Result<Report, BoxError> {
+    let mut servers = HashMap::new();
+    for line in &options.lines {
+        if !servers.contains_key(&line.server) {
+            servers.insert(line.server, Server::start(line.server, options.tune).await?);
+        }
+    }
+    let mut report = Report::default();
+    for profile in &options.profiles {
+        let result = run_profile(options, profile, &servers, &mut report).await;
+        if let Err(error) = result {
+            report.errors.push(format!("{}: {error}", profile.name));
+        }
+    }
+    for (_, server) in servers {
+        server.stop().await;
+    }
+    Ok(report)
+}
+
+async fn run_profile(
+    options: &Options,
+    profile: &Profile,
+    servers: &HashMap<Impl, Server>,
+    report: &mut Report,
+) -> Result<(), BoxError> {
+    // The path's own limit, through a delay line of its own.
+    let sink = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let line = DelayLine::start(sink.local_addr()?, profile.path.clone(), 1)?;
+    let (front, rate) = (line.local_addr(), profile.rate_bps());
+    let seconds = options.transfer.as_secs_f64().clamp(1.0, 3.0);
+    let limit = tokio::task::spawn_blocking(move || link_limit(front, sink, rate, seconds)).await?;
+    drop(line);
+    report.add(profile, "link", Sample::LinkLimit, limit);
+
+    // A delay line in front of every server address, for the whole profile.
+    let mut lines = Vec::new();
+    let mut dial = HashMap::new();
+    for (seed, line) in options.lines.iter().enumerate() {
+        let server = &servers[&line.server];
+        let addr = server.addr(line.transport).ok_or("no such transport")?;
+        let relay = DelayLine::start(
+            socket_addr(addr).ok_or("not a UDP address")?,
+            profile.path.clone(),
+            seed as u64 + 2,
+        )?;
+        dial.insert(*line, through(addr, relay.local_addr()));
+        lines.push(relay);
+    }
+
+    let mut sizes: HashMap<(Line, Direction), u64> = HashMap::new();
+    let per_round = options.round_trips.div_ceil(options.rounds);
+    for round in 0..options.rounds {
+        let mut order = options.lines.clone();
+        let turn = round % order.len().max(1);
+        order.rotate_left(turn);
+        for line in order {
+            let addr = &dial[&line];
+            let name = line.name();
+            for _ in 0..per_round {
+                let t = round_trip(line.client, addr, options.tune).await;
+                report.record(profile, &name, Sample::RoundTrip, t.map(ms));
+            }
+            for _ in 0..options.first_mib_runs {
+                let t = first_mib(line.client, addr, options.tune).await;
+                report.record(profile, &name, Sample::FirstMib, t.map(ms));
+            }
+            for direction in [Direction::Upload, Direction::Download] {
+                let bytes = match sizes.get(&(line, direction)) {
+                    Some(bytes) => *bytes,
+                    None => {
+                        let bytes = size_transfer(options, profile, line, addr, direction).await?;
+                        *sizes.entry((line, direction)).or_insert(bytes)
+                    }
+                };
+                let rate = goodput(line.client, addr, direction, bytes, options.tune).await;
+                let sample = match direction {
+                    Direction::Upload => Sample::Upload,
+                    Direction::Download => Sample::Download,
+                };
+                report.record(profile, &name, sample, rate);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Bytes for a transfer of about `options.transfer`: a probe of a quarter second at the
+/// link's rate, then the size at the rate it reached (which slow start makes a low guess).
+async fn size_transfer(
+    options: &Options,
+    profile: &Profile,
+    line: Line,
+    addr: &libp2p::Multiaddr,
+    direction: Direction,
+) -> Result<u64, BoxError> {
+    let link_bytes_per_s = profile.rate_bps() as f64 / 8.0;
+    let probe = (link_bytes_per_s / 4.0) as u64;
+    let mbps = goodput(line.client, addr, direction, probe, options.tune).await?;
+    let bytes = mbps * 1e6 / 8.0 * options.transfer.as_secs_f64();
+    Ok((bytes as u64).clamp(
+        probe,
+        (link_bytes_per_s * options.transfer.as_secs_f64()) as u64,
+    ))
+}
+
+fn ms(t: Duration) -> f64 {
+    t.as_secs_f64() * 1e3
+}
+
+#[tokio::main]
+async fn main() {
+    let options = match Options::from_args(std::env::args().skip(1)) {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("{message}");
+            std::process::exit(2);
+        }
+    };
+    let report = match run(&options).await {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("the benchmark could not start: {error}");
+            std::process::exit(1);
+        }
+    };
+    println!("{}", report::summary(&report, &options));
+    if !report.errors.is_empty() {
+        eprintln!("errors:\n{}", report.errors.join("\n"));
+        std::process::exit(1);
+    }
+}
