@@ -55,9 +55,13 @@ pub struct Config {
     /// Receive window of the whole connection, in bytes. Default: 15 000 000.
     pub max_connection_data: u32,
     /// The round-trip time assumed before the first sample: it sets how soon a lost first
-    /// packet is sent again (three times this). Default: 333 ms, quinn's and RFC 9002's.
+    /// packet is sent again (about three times this). Default: 100 ms, as quic-go (quinn and
+    /// RFC 9002 say 333 ms, which made a lost Initial cost a hole punch a second; see
+    /// `docs/performance.md`).
     pub initial_rtt: Duration,
     /// The congestion controller of every connection. Default: [`CongestionControl::Cubic`].
+    /// [`CongestionControl::Bbr`] moves 10–20 times the bytes on a path with random loss, but
+    /// half of CUBIC's on loopback (`docs/performance.md`): choose it for lossy paths.
     pub congestion_control: CongestionControl,
     /// Whether to discover the path MTU above QUIC's 1200-byte minimum. Default: on.
     /// [`Config::disable_path_mtu_discovery`] clears it and [`Config::mtu_upper_bound`] sets
@@ -128,7 +132,7 @@ impl Config {
             max_concurrent_stream_limit: 256,
             max_stream_data: 10_000_000,
             max_connection_data: 15_000_000,
-            initial_rtt: Duration::from_millis(333),
+            initial_rtt: Duration::from_millis(100),
             congestion_control: CongestionControl::Cubic,
             mtu_discovery: true,
             reset_on_drop: false,
@@ -265,8 +269,10 @@ pub enum CongestionControl {
     Cubic,
     /// NewReno (RFC 9002's example).
     NewReno,
-    /// BBR (quinn's implementation, marked experimental there): paces at the bottleneck rate it
-    /// measures and does not take random loss for congestion.
+    /// BBR (quinn's implementation of BBRv1, marked experimental there): paces at the
+    /// bottleneck rate it measures and does not take random loss for congestion, so it keeps
+    /// its rate on lossy paths where CUBIC collapses. Like any BBRv1, it can take more than its
+    /// share of a bottleneck from CUBIC flows.
     Bbr,
 }
 
