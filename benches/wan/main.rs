@@ -29,7 +29,7 @@ mod node;
 mod peers;
 #[path = "../../examples/perf/protocol.rs"]
 mod protocol;
-mod report;
+pub mod report;
 
 use std::{collections::HashMap, time::Duration};
 
@@ -92,6 +92,8 @@ pub struct Options {
     pub first_mib_runs: usize,
     /// Our transport's configuration beyond the defaults (the knob under test).
     pub tune: Tune,
+    /// Bytes of each goodput transfer, instead of sizing them to `transfer` by a probe.
+    pub transfer_bytes: Option<u64>,
 }
 
 impl Options {
@@ -115,6 +117,7 @@ impl Options {
             round_trips: 30,
             first_mib_runs: 2,
             tune: Tune::default(),
+            transfer_bytes: None,
         }
     }
 
@@ -220,14 +223,24 @@ async fn run_profile(
     servers: &HashMap<Impl, Server>,
     report: &mut Report,
 ) -> Result<(), BoxError> {
-    // The path's own limit, through a delay line of its own.
-    let sink = std::net::UdpSocket::bind("127.0.0.1:0")?;
-    let line = DelayLine::start(sink.local_addr()?, profile.path.clone(), 1)?;
-    let (front, rate) = (line.local_addr(), profile.rate_bps());
+    // The path's own limit, and the delay line's without a bottleneck (its own ceiling).
     let seconds = options.transfer.as_secs_f64().clamp(1.0, 3.0);
-    let limit = tokio::task::spawn_blocking(move || link_limit(front, sink, rate, seconds)).await?;
-    drop(line);
-    report.add(profile, "link", Sample::LinkLimit, limit);
+    let unlimited = Path {
+        rate_bps: None,
+        loss: 0.0,
+        ..profile.path.clone()
+    };
+    for (path, rate, sample) in [
+        (profile.path.clone(), profile.rate_bps(), Sample::LinkLimit),
+        (unlimited, 2_000_000_000, Sample::LineCeiling),
+    ] {
+        let sink = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let line = DelayLine::start(sink.local_addr()?, path, 1)?;
+        let front = line.local_addr();
+        let limit =
+            tokio::task::spawn_blocking(move || link_limit(front, sink, rate, seconds)).await?;
+        report.add(profile, "link", sample, limit);
+    }
 
     // A delay line in front of every server address, for the whole profile.
     let mut lines = Vec::new();
@@ -262,7 +275,10 @@ async fn run_profile(
                 report.record(profile, &name, Sample::FirstMib, t.map(ms));
             }
             for direction in [Direction::Upload, Direction::Download] {
-                let bytes = match sizes.get(&(line, direction)) {
+                let bytes = match sizes
+                    .get(&(line, direction))
+                    .or(options.transfer_bytes.as_ref())
+                {
                     Some(bytes) => *bytes,
                     None => {
                         let bytes = size_transfer(options, profile, line, addr, direction).await?;
@@ -278,6 +294,16 @@ async fn run_profile(
             }
         }
     }
+    let late: u64 = lines
+        .iter()
+        .map(|l| l.stats().late.iter().sum::<u64>())
+        .sum();
+    let sent: u64 = lines
+        .iter()
+        .map(|l| l.stats().delivered.iter().sum::<u64>())
+        .sum();
+    report.add(profile, "link", Sample::LateSends, late as f64);
+    report.add(profile, "link", Sample::Relayed, sent as f64);
     Ok(())
 }
 

@@ -10,6 +10,12 @@ use super::{Options, Profile};
 pub enum Sample {
     /// UDP payload the path lets through (Mbit/s).
     LinkLimit,
+    /// UDP payload the delay line relays with no bottleneck (Mbit/s): its own ceiling.
+    LineCeiling,
+    /// Datagrams the delay line sent more than 1 ms after they were due, over a profile.
+    LateSends,
+    /// Datagrams the delay line relayed over a profile.
+    Relayed,
     /// Goodput of an upload (Mbit/s).
     Upload,
     /// Goodput of a download (Mbit/s).
@@ -24,6 +30,9 @@ impl Sample {
     pub fn name(self) -> &'static str {
         match self {
             Sample::LinkLimit => "link_limit",
+            Sample::LineCeiling => "line_ceiling",
+            Sample::LateSends => "late_sends",
+            Sample::Relayed => "relayed",
             Sample::Upload => "upload",
             Sample::Download => "download",
             Sample::RoundTrip => "round_trip",
@@ -33,7 +42,8 @@ impl Sample {
 
     fn unit(self) -> &'static str {
         match self {
-            Sample::LinkLimit | Sample::Upload | Sample::Download => "Mbit/s",
+            Sample::LinkLimit | Sample::LineCeiling | Sample::Upload | Sample::Download => "Mbit/s",
+            Sample::LateSends | Sample::Relayed => "datagrams",
             Sample::RoundTrip | Sample::FirstMib => "ms",
         }
     }
@@ -102,13 +112,19 @@ pub fn summary(report: &Report, options: &Options) -> String {
     for profile in &options.profiles {
         let rate = profile.rate_bps() as f64 / 1e6;
         let rtt = profile.rtt().as_secs_f64() * 1e3;
-        let limit = percentile(report.values(profile.name, "link", Sample::LinkLimit), 50.0);
+        let link = |s| percentile(report.values(profile.name, "link", s), 50.0);
+        let shown = |v: Option<f64>| v.map_or("?".into(), |v| format!("{v:.0}"));
         let _ = writeln!(
             out,
-            "\n### {} ({rtt:.0} ms RTT, {rate:.0} Mbit/s, {}; the path passes {} Mbit/s of UDP)\n",
+            "\n### {} ({rtt:.0} ms RTT, {rate:.0} Mbit/s, {})\n\nThe path passes {} Mbit/s of \
+             UDP; the delay line alone relays {} Mbit/s; {} of {} datagrams left it over 1 ms \
+             late.\n",
             profile.name,
             profile.path.describe_loss(),
-            limit.map_or("?".into(), |l| format!("{l:.1}")),
+            shown(link(Sample::LinkLimit)),
+            shown(link(Sample::LineCeiling)),
+            shown(link(Sample::LateSends)),
+            shown(link(Sample::Relayed)),
         );
         let _ = writeln!(
             out,
