@@ -16,8 +16,11 @@
 //! ```
 
 mod link;
+#[cfg(test)]
+mod net_tests;
 mod os;
 mod path;
+pub mod probe;
 mod relay;
 #[cfg(test)]
 mod tests;
