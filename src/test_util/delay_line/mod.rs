@@ -3,12 +3,12 @@
 //! benchmark, where this kernel has no `netem`. `docs/wan-emulation.md` has what it models,
 //! its measured ceiling and delay error, and its limits.
 //!
-//! Each direction is a link that decides every datagram's fate and departure
-//! time the moment it arrives (by the kernel's receive timestamp); one sender thread per
-//! direction sleeps until each is due. Plain threads and blocking sockets, not tokio: its timer
-//! ticks in milliseconds, and a 200 Mbit/s bottleneck sends a datagram every 60 µs. Each
-//! client address gets a session, with a socket of its own towards the server; each
-//! direction's bottleneck is shared by all sessions.
+//! Each direction is a link that decides every datagram's fate and departure time the moment
+//! it arrives (by the kernel's receive timestamp); one sender thread per direction sleeps until
+//! each is due. Plain threads and blocking sockets, not tokio: its timer ticks in milliseconds,
+//! and a 200 Mbit/s bottleneck sends a datagram every 60 µs. Each client address gets a
+//! session, with a socket of its own towards the server; each direction's bottleneck is shared
+//! by all sessions.
 //!
 //! ```text
 //!  client ─► front socket ─► [link to server] ─► sender ─► session socket ─► server

@@ -45,7 +45,10 @@ fn bottleneck(one_way_ms: u64, rate_bps: u64, queue_bytes: Option<usize>) -> Pat
 
 /// 4,000 datagrams of 1,250 bytes paced at 100 Mbit/s into a 100 Mbit/s bottleneck with 20 ms
 /// of delay: each arrives (by the sink's kernel timestamp) when the exact model says, none
-/// early, the median within a millisecond in every run and the 99th percentile in one of three.
+/// early, the median within 0.25 ms in every run and the 99th percentile within 1 ms in one of
+/// three. The median's bound is tighter than the 1 ms because a line that sends on a
+/// millisecond timer (tokio's) is late by 0–1 ms, uniformly: its p99 would pass 1 ms, its
+/// median of 0.5 ms does not pass this. Here the median is 0.02–0.05 ms.
 ///
 /// Why one of three: on this 2-core machine with compilers and fuzzers beside it (load 6) and
 /// a kernel that does not preempt in kernel code, about one run in ten has a stall of 3-9 ms
@@ -71,7 +74,7 @@ fn delay_is_within_a_millisecond_at_100_mbit_s() {
         // Early would be a line that skips part of the delay; the model's own slack (the
         // source's stamp is taken just before its send) is microseconds, and late.
         assert!(error.min > -0.05, "{error:?}");
-        assert!(error.median < 1.0, "{error:?}");
+        assert!(error.median < 0.25, "{error:?}");
         runs.push(error);
         if error.p99 < 1.0 {
             return;
@@ -222,5 +225,38 @@ fn each_direction_has_its_own_path() {
         assert_eq!(stats.delivered, [10, 0]);
         assert_eq!(stats.lost, [0, 10]);
         assert_eq!(echoed.join().unwrap(), 10);
+    });
+}
+
+/// From a tokio program: the line runs on threads of its own, so it needs no runtime, and a
+/// round trip through it takes both one-way delays (and not much more).
+#[test]
+fn a_tokio_program_sees_both_delays() {
+    bounded(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let server = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let (there, back) = (Duration::from_millis(10), Duration::from_millis(20));
+            let addr = server.local_addr().unwrap();
+            let line =
+                DelayLine::start_each_way(addr, Path::delay_only(there), Path::delay_only(back), 1);
+            let line = line.unwrap();
+            let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let start = Instant::now();
+            client.send_to(b"ping", line.local_addr()).await.unwrap();
+            let mut buf = [0u8; 16];
+            let (len, from) = server.recv_from(&mut buf).await.unwrap();
+            let arrived = start.elapsed();
+            server.send_to(&buf[..len], from).await.unwrap();
+            client.recv(&mut buf).await.unwrap();
+            let rtt = start.elapsed();
+            assert!(arrived >= there, "{arrived:?}");
+            assert!(rtt >= there + back, "{rtt:?}");
+            // Generous: a stall of the machine, not the line, is what could use it.
+            assert!(rtt < there + back + Duration::from_millis(50), "{rtt:?}");
+        });
     });
 }
