@@ -61,7 +61,8 @@ fn main() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Offers rising rates until two in a row lose 1% or more; prints each and the ceiling.
+/// Offers rising rates until two in a row lose 1% or more; prints each, and the most received
+/// with under 1% lost.
 fn ceiling(size: usize, rates: &[u64], duration: Duration) -> std::io::Result<()> {
     println!("\n{size}-byte datagrams, no rate limit, 30 ms one way");
     println!("offered Mbit/s  sent Mbit/s  received Mbit/s  packets/s  loss %  missed by line/sink  line max late");
@@ -86,7 +87,10 @@ fn ceiling(size: usize, rates: &[u64], duration: Duration) -> std::io::Result<()
             stats.max_late[0],
         );
         if probe.loss() < 0.01 {
-            best = Some((received, pps));
+            // The most received, not the last: a source that cannot keep up offers less.
+            if best.is_none_or(|(most, _)| received > most) {
+                best = Some((received, pps));
+            }
             failures = 0;
         } else {
             failures += 1;
