@@ -20,10 +20,12 @@
 //!
 //! `tests/wan_smoke.rs` includes this file and runs each profile for a second.
 
-#[allow(dead_code)]
+// go/mod.rs allows its own dead code.
 #[path = "../../tests/common/go/mod.rs"]
 mod go;
 mod measure;
+// The perf node takes go's `accept.rs` by path too: two copies of a small module.
+#[allow(clippy::duplicate_mod)]
 #[path = "../../examples/perf/node.rs"]
 mod node;
 mod peers;
@@ -31,7 +33,10 @@ mod peers;
 mod protocol;
 pub mod report;
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{hash_map::Entry, HashMap},
+    time::Duration,
+};
 
 use libp2p_quinn::{
     test_util::{DelayLine, Path},
@@ -200,8 +205,8 @@ impl Options {
 pub async fn run(options: &Options) -> Result<Report, BoxError> {
     let mut servers = HashMap::new();
     for line in &options.lines {
-        if !servers.contains_key(&line.server) {
-            servers.insert(line.server, Server::start(line.server, options.tune).await?);
+        if let Entry::Vacant(entry) = servers.entry(line.server) {
+            entry.insert(Server::start(line.server, options.tune).await?);
         }
     }
     let mut report = Report::default();

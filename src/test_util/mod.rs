@@ -5,7 +5,7 @@
 pub mod delay_line;
 pub mod udp_proxy;
 
-pub use delay_line::{DelayLine, DelayLineStats, Path};
+pub use delay_line::{DelayLine, DelayLineStats, Path, UnknownProfile};
 pub use udp_proxy::{Direction, Impairment, ProxyStats, UdpProxy};
 
 /// How many streams of this process still have their state in memory: a handle alive, a

@@ -1,12 +1,14 @@
 //! A delay line: a UDP relay that makes loopback look like a wide-area path — a one-way delay
 //! each way, a bottleneck with a drop-tail queue, seeded random loss, jitter — for the perf
-//! benchmark, where this kernel has no `netem`.
+//! benchmark, where this kernel has no `netem`. `docs/wan-emulation.md` has what it models,
+//! its measured ceiling and delay error, and its limits.
 //!
-//! Each direction is a [`Link`] that decides every datagram's fate and departure time the
-//! moment it arrives; one sender thread per direction sleeps until each is due. Plain threads
-//! and blocking sockets, not tokio: its timer ticks in milliseconds, and a 200 Mbit/s
-//! bottleneck sends a datagram every 60 µs. Each client address gets a session, with a socket
-//! of its own towards the server; both directions' bottlenecks are shared by all sessions.
+//! Each direction is a link that decides every datagram's fate and departure time the moment
+//! it arrives (by the kernel's receive timestamp); one sender thread per direction sleeps until
+//! each is due. Plain threads and blocking sockets, not tokio: its timer ticks in milliseconds,
+//! and a 200 Mbit/s bottleneck sends a datagram every 60 µs. Each client address gets a
+//! session, with a socket of its own towards the server; each direction's bottleneck is shared
+//! by all sessions.
 //!
 //! ```text
 //!  client ─► front socket ─► [link to server] ─► sender ─► session socket ─► server
@@ -15,29 +17,27 @@
 
 mod link;
 #[cfg(test)]
+mod net_tests;
+mod os;
+mod path;
+pub mod probe;
+mod relay;
+#[cfg(test)]
 mod tests;
 
 use std::{
-    collections::HashMap,
     io,
-    net::{SocketAddr, UdpSocket},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        mpsc, Arc, Mutex, PoisonError,
-    },
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
+    sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError},
     thread,
     time::{Duration, Instant},
 };
 
-pub use link::Path;
-use link::{Link, Verdict};
+pub use path::{Path, UnknownProfile};
 
-/// How often blocked threads look at the stop flag.
-const POLL: Duration = Duration::from_millis(20);
-/// Receive buffer of each socket of the line (the kernel caps it at `net.core.rmem_max`).
-const RECEIVE_BUFFER: usize = 4 << 20;
-/// Sessions one delay line serves: a benchmark makes one per run, sequentially.
-const MAX_SESSIONS: usize = 4096;
+use link::Link;
+use relay::Direction;
 
 /// Counters per direction: index 0 towards the server, 1 towards the client.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -52,12 +52,18 @@ pub struct DelayLineStats {
     /// (a busy machine that ran its thread late), which a benchmark should report beside its
     /// results.
     pub late: [u64; 2],
+    /// The latest any datagram was sent after it was due.
+    pub max_late: [Duration; 2],
+    /// The longest any delivered datagram waited in the bottleneck's queue.
+    pub max_queue_delay: [Duration; 2],
 }
 
 /// How late a send may be before it counts in [`DelayLineStats::late`].
 pub const LATE: Duration = Duration::from_millis(1);
 
-/// A running delay line. Dropping it stops its threads and frees its sockets.
+/// A running delay line. It runs on threads of its own, so it needs no runtime and works
+/// beside tokio. Dropping it stops its threads and frees its sockets; [`DelayLine::shutdown`]
+/// does the same and returns the final counts.
 pub struct DelayLine {
     local_addr: SocketAddr,
     shared: Arc<Shared>,
@@ -67,37 +73,17 @@ pub struct DelayLine {
 struct Shared {
     stop: AtomicBool,
     stats: Mutex<DelayLineStats>,
+    /// Wakes [`DelayLine::wait_for_stats`]; notified only while someone waits, since a wake-up
+    /// is a system call and the line counts every datagram.
+    changed: Condvar,
+    waiters: AtomicUsize,
 }
 
-/// Where a datagram goes when it is due.
-enum Dest {
-    Server(Arc<UdpSocket>),
-    Client(Arc<UdpSocket>, SocketAddr),
-}
-
-type Due = (Instant, Vec<u8>, Dest);
-
-/// One direction: the link's decisions, and the queue to its sender thread.
-struct Direction {
-    index: usize,
-    link: Mutex<Link>,
-    due: Mutex<mpsc::Sender<Due>>,
-    shared: Arc<Shared>,
-}
-
-impl Direction {
-    fn offer(&self, datagram: Vec<u8>, dest: Dest) {
-        let now = Instant::now();
-        // Deciding and queueing under one lock keeps the sender's queue in departure order.
-        let mut link = lock(&self.link);
-        let verdict = link.offer(now, datagram.len());
-        let mut stats = lock(&self.shared.stats);
-        match verdict {
-            Verdict::Deliver(at) => {
-                let _ = lock(&self.due).send((at, datagram, dest));
-            }
-            Verdict::Lost => stats.lost[self.index] += 1,
-            Verdict::QueueFull => stats.queue_full[self.index] += 1,
+impl Shared {
+    fn count(&self, update: impl FnOnce(&mut DelayLineStats)) {
+        update(&mut lock(&self.stats));
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.changed.notify_all();
         }
     }
 }
@@ -106,43 +92,46 @@ impl DelayLine {
     /// Starts a delay line on `127.0.0.1:0` (or `[::1]:0`) in front of `server`, with `path`
     /// both ways; `seed` decides every loss and jitter.
     pub fn start(server: SocketAddr, path: Path, seed: u64) -> io::Result<DelayLine> {
-        let loopback: std::net::IpAddr = if server.is_ipv6() {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        } else {
-            std::net::Ipv4Addr::LOCALHOST.into()
+        Self::start_each_way(server, path.clone(), path, seed)
+    }
+
+    /// Like [`DelayLine::start`], with a path of its own each way.
+    pub fn start_each_way(
+        server: SocketAddr,
+        to_server: Path,
+        to_client: Path,
+        seed: u64,
+    ) -> io::Result<DelayLine> {
+        let loopback: IpAddr = match server {
+            SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
         };
-        let front = Arc::new(bind((loopback, 0).into())?);
-        let local_addr = front.local_addr()?;
+        let front = Arc::new(os::bind((loopback, 0).into())?);
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             stats: Mutex::new(DelayLineStats::default()),
+            changed: Condvar::new(),
+            waiters: AtomicUsize::new(0),
         });
-        let mut threads = Vec::new();
+        let mut line = DelayLine {
+            local_addr: front.local_addr()?,
+            shared: shared.clone(),
+            threads: Vec::new(),
+        };
+        // On an error, dropping `line` stops the threads already started.
         let mut directions = Vec::new();
-        for index in 0..2 {
-            let (tx, rx) = mpsc::channel();
-            let seed = seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            directions.push(Arc::new(Direction {
-                index,
-                link: Mutex::new(Link::new(path.clone(), seed)),
-                due: Mutex::new(tx),
-                shared: shared.clone(),
-            }));
-            let shared = shared.clone();
-            threads.push(spawn("delay-line send", move || {
-                send_due(rx, index, &shared)
-            })?);
+        for (index, path) in [to_server, to_client].into_iter().enumerate() {
+            let link = Link::new(path, direction_seed(seed, index));
+            let (direction, sender) = Direction::start(index, link, &shared)?;
+            line.threads.push(sender);
+            directions.push(direction);
         }
-        let [to_server, to_client] = [directions[0].clone(), directions[1].clone()];
-        let front_shared = shared.clone();
-        threads.push(spawn("delay-line front", move || {
-            run_front(front, server, to_server, to_client, &front_shared)
-        })?);
-        Ok(DelayLine {
-            local_addr,
-            shared,
-            threads,
-        })
+        let directions = [directions[0].clone(), directions[1].clone()];
+        line.threads
+            .push(os::spawn("delay-line front", os::LINE_PRIORITY, {
+                move || relay::run_front(front, server, directions, shared)
+            })?);
+        Ok(line)
     }
 
     /// The address to dial instead of the server.
@@ -154,10 +143,44 @@ impl DelayLine {
     pub fn stats(&self) -> DelayLineStats {
         *lock(&self.shared.stats)
     }
-}
 
-impl Drop for DelayLine {
-    fn drop(&mut self) {
+    /// Waits until `done` holds for the counts, at most `timeout`; returns them, or `None` if
+    /// the time ran out. Lets a test wait for what the line did ("ten datagrams lost")
+    /// instead of sleeping. It blocks: from async code, call it in `spawn_blocking`.
+    pub fn wait_for_stats(
+        &self,
+        timeout: Duration,
+        mut done: impl FnMut(&DelayLineStats) -> bool,
+    ) -> Option<DelayLineStats> {
+        let deadline = Instant::now() + timeout;
+        let shared = &self.shared;
+        // Registered before the first look, so that no count between look and wait is missed.
+        shared.waiters.fetch_add(1, Ordering::SeqCst);
+        let mut stats = lock(&shared.stats);
+        let outcome = loop {
+            if done(&stats) {
+                break Some(*stats);
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break None;
+            };
+            stats = (shared.changed.wait_timeout(stats, left))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        };
+        drop(stats);
+        shared.waiters.fetch_sub(1, Ordering::SeqCst);
+        outcome
+    }
+
+    /// Stops every thread, waits for them (so the ports are free when it returns), and
+    /// returns the final counts. Datagrams still in the line are discarded.
+    pub fn shutdown(mut self) -> DelayLineStats {
+        self.stop();
+        self.stats()
+    }
+
+    fn stop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
         for thread in self.threads.drain(..) {
             let _ = thread.join();
@@ -165,124 +188,18 @@ impl Drop for DelayLine {
     }
 }
 
-/// A socket of the line: a large receive buffer (as far as the kernel allows), so that a
-/// burst that comes while its thread waits for the CPU is queued rather than dropped.
-fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::DGRAM,
-        Some(socket2::Protocol::UDP),
-    )?;
-    let _ = socket.set_recv_buffer_size(RECEIVE_BUFFER);
-    socket.bind(&addr.into())?;
-    let socket = UdpSocket::from(socket);
-    socket.set_read_timeout(Some(POLL))?;
-    Ok(socket)
+impl Drop for DelayLine {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
-/// A thread of the line. It asks for real-time scheduling (`SCHED_FIFO`, which needs root or
-/// `CAP_SYS_NICE`; without them it runs as any thread): the threads sleep most of the time,
-/// and when they wake the datagram is due now, not when the compiler next to us yields.
-fn spawn<T: Send + 'static>(
-    name: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> io::Result<thread::JoinHandle<T>> {
-    thread::Builder::new().name(name.into()).spawn(move || {
-        let param = libc::sched_param { sched_priority: 10 };
-        // SAFETY: sets this thread's own policy; `param` is a valid sched_param.
-        let _ =
-            unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
-        f()
-    })
+/// Each direction's RNG: the seed mixed with the direction through splitmix64, as the UDP
+/// proxy's lanes do, so that seeds 1 and 2 do not share a direction's draws.
+fn direction_seed(seed: u64, index: usize) -> u64 {
+    seed ^ super::udp_proxy::splitmix64(index as u64)
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Reads what clients send; a new client address gets a session socket and a thread that
-/// reads the server's answers to it. Session threads end with this one.
-fn run_front(
-    front: Arc<UdpSocket>,
-    server: SocketAddr,
-    to_server: Arc<Direction>,
-    to_client: Arc<Direction>,
-    shared: &Arc<Shared>,
-) {
-    let mut sessions: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
-    let mut readers = Vec::new();
-    let mut buf = vec![0u8; 65_536];
-    while !shared.stop.load(Ordering::Relaxed) {
-        let Ok((len, client)) = front.recv_from(&mut buf) else {
-            continue; // a timeout to look at the flag, or an ICMP error from a gone client
-        };
-        let session = match sessions.get(&client) {
-            Some(session) => session.clone(),
-            None if sessions.len() < MAX_SESSIONS => {
-                let Some(session) = open_session(server, client, &front, &to_client, shared) else {
-                    continue;
-                };
-                readers.push(session.1);
-                sessions.insert(client, session.0.clone());
-                session.0
-            }
-            None => continue,
-        };
-        to_server.offer(buf[..len].to_vec(), Dest::Server(session));
-    }
-    for reader in readers {
-        let _ = reader.join();
-    }
-}
-
-fn open_session(
-    server: SocketAddr,
-    client: SocketAddr,
-    front: &Arc<UdpSocket>,
-    to_client: &Arc<Direction>,
-    shared: &Arc<Shared>,
-) -> Option<(Arc<UdpSocket>, thread::JoinHandle<()>)> {
-    let socket = bind((front.local_addr().ok()?.ip(), 0).into()).ok()?;
-    socket.connect(server).ok()?;
-    let socket = Arc::new(socket);
-    let (reader_socket, front, to_client, shared) = (
-        socket.clone(),
-        front.clone(),
-        to_client.clone(),
-        shared.clone(),
-    );
-    let reader = spawn("delay-line session", move || {
-        let mut buf = vec![0u8; 65_536];
-        while !shared.stop.load(Ordering::Relaxed) {
-            if let Ok(len) = reader_socket.recv(&mut buf) {
-                to_client.offer(buf[..len].to_vec(), Dest::Client(front.clone(), client));
-            }
-        }
-    })
-    .ok()?;
-    Some((socket, reader))
-}
-
-/// Sends each datagram of one direction when it is due.
-fn send_due(due: mpsc::Receiver<Due>, index: usize, shared: &Shared) {
-    while !shared.stop.load(Ordering::Relaxed) {
-        let Ok((at, datagram, dest)) = due.recv_timeout(POLL) else {
-            continue;
-        };
-        if let Some(wait) = at.checked_duration_since(Instant::now()) {
-            thread::sleep(wait);
-        }
-        let late = Instant::now().saturating_duration_since(at) > LATE;
-        let sent = match dest {
-            Dest::Server(socket) => socket.send(&datagram),
-            Dest::Client(socket, client) => socket.send_to(&datagram, client),
-        };
-        let mut stats = lock(&shared.stats);
-        if sent.is_ok() {
-            stats.delivered[index] += 1;
-        }
-        if late {
-            stats.late[index] += 1;
-        }
-    }
 }

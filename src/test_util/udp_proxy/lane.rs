@@ -259,7 +259,7 @@ async fn sleep_until_some(deadline: Option<Instant>) {
 }
 
 /// The splitmix64 finaliser: a cheap bijection that scatters nearby inputs.
-pub(super) fn splitmix64(mut x: u64) -> u64 {
+pub(in crate::test_util) fn splitmix64(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

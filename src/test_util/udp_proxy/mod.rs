@@ -33,6 +33,8 @@ use tokio::task::JoinSet;
 
 pub use impairment::{Direction, Impairment, ProxyStats};
 use session::run_front;
+// The delay line seeds its directions the same way.
+pub(in crate::test_util) use lane::splitmix64;
 
 /// A UDP proxy that impairs traffic between clients and one server.
 ///
