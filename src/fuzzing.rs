@@ -104,6 +104,22 @@ impl ClientHelloRouter {
     }
 }
 
+/// The ServerHello a listener of ours answers `client_hello` with, for seeds.
+pub fn server_hello(client_hello: &[u8]) -> Vec<u8> {
+    let router = ClientHelloRouter::new();
+    let mut session = router
+        .switch
+        .clone()
+        .start_session(QUIC_V1, &transport_parameters());
+    session
+        .read_handshake(client_hello)
+        .expect("the listener takes our dialer's ClientHello");
+    // The Initial space's bytes: the ServerHello alone.
+    let mut hello = Vec::new();
+    session.write_handshake(&mut hello);
+    hello
+}
+
 /// The first CRYPTO bytes a dialer of ours sends: its ClientHello, quinn's transport
 /// parameters inside, for a WebTransport address (`webtransport`) or a QUIC one.
 pub fn client_hello(webtransport: bool) -> Vec<u8> {
