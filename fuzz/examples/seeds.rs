@@ -14,7 +14,9 @@ use std::{
 
 use libp2p_quinn::fuzzing::{
     self,
-    web_transport_proto::{Capsule, ConnectRequest, Setting, Settings, VarInt},
+    web_transport_proto::{
+        http::StatusCode, Capsule, ConnectRequest, ConnectResponse, Setting, Settings, VarInt,
+    },
     Multiaddr, PeerId, Protocol,
 };
 use libp2p_quinn_fuzz::with_cuts;
@@ -134,6 +136,15 @@ fn main() {
         "connect-ours-trickled",
         &[&[1, 0x85][..], &bytes].concat(),
     );
+
+    // Our listener's answers to a CONNECT: 200, and the 404 of another path.
+    for (name, status) in [("response-200", 200), ("response-404", 404)] {
+        let mut bytes = Vec::new();
+        ConnectResponse::new(StatusCode::from_u16(status).unwrap())
+            .encode(&mut bytes)
+            .unwrap();
+        write("h3", name, &[&[4, 0][..], &bytes].concat());
+    }
 
     // Capsules: the session's close, and a grease one.
     let mut bytes = Vec::new();

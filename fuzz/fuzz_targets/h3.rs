@@ -1,13 +1,15 @@
 //! The HTTP/3 a WebTransport session reads from its peer. Input: `[what] [pace] [bytes]`, the
 //! bytes read through a reader that hands them out as `pace` says (a few at a time, stalling
-//! or not), as a QUIC stream does; `what` % 4 picks the stream:
+//! or not), as a QUIC stream does; `what` % 5 picks the stream:
 //!
-//! 0. a unidirectional stream: its type, then on a control stream the SETTINGS;
+//! 0. a unidirectional stream: its type, then on a control stream the SETTINGS, and what the
+//!    listener and the dialer make of them;
 //! 1. the CONNECT request stream (HEADERS, QPACK), and the listener's check of the request;
 //! 2. a capsule on the CONNECT stream (we read past capsules; this is the codec's own reader);
-//! 3. a session stream's header, for the session whose id the next 8 bytes give.
+//! 3. a session stream's header, for the session whose id the next 8 bytes give;
+//! 4. the answer to the dialer's CONNECT (HEADERS, QPACK).
 //!
-//! One target for all four: they share the varint and frame code, a corpus entry of one often
+//! One target for all five: they share the varint and frame code, a corpus entry of one often
 //! makes a good start for another, and the small three are covered within seconds, leaving
 //! the time to QPACK. Each asserts, besides never panicking, that what the async reader the
 //! crate uses makes of the bytes is what the codec's own synchronous decoder makes of them
@@ -19,7 +21,7 @@
 use libfuzzer_sys::fuzz_target;
 use libp2p_quinn::fuzzing::{
     self,
-    web_transport_proto::{Capsule, ConnectRequest, Setting, Settings, StreamUni},
+    web_transport_proto::{Capsule, ConnectRequest, ConnectResponse, Setting, Settings, StreamUni},
 };
 use libp2p_quinn_fuzz::{run, varint, Trickle};
 
@@ -27,11 +29,12 @@ fuzz_target!(|input: &[u8]| {
     let [what, pace, bytes @ ..] = input else {
         return;
     };
-    match what % 4 {
+    match what % 5 {
         0 => uni_stream(bytes, *pace),
         1 => connect(bytes, *pace),
         2 => capsule(bytes, *pace),
-        _ => stream_header(bytes, *pace),
+        3 => stream_header(bytes, *pace),
+        _ => connect_response(bytes, *pace),
     }
 });
 
@@ -69,6 +72,10 @@ fn uni_stream(bytes: &[u8], pace: u8) {
     .iter()
     .any(|key| settings.get(key).map(|value| value.into_inner()) == Some(1));
     assert_eq!(fuzzing::client_settings_accepted(&settings), datagrams);
+    // The dialer's check: WebTransport needs datagrams too.
+    if settings.supports_webtransport() != 0 {
+        assert!(datagrams, "WebTransport without datagrams");
+    }
     let mut written = Vec::new();
     settings.encode(&mut written);
     let again = Settings::decode(&mut written.as_slice()).expect("our SETTINGS read back");
@@ -129,6 +136,40 @@ fn connect(bytes: &[u8], pace: u8) {
         "the URL changes when written and read again"
     );
     assert_eq!(again_refusal, refusal);
+}
+
+fn connect_response(bytes: &[u8], pace: u8) {
+    // The dialer reads the answer to its CONNECT with exactly this call (h3.rs, `connect`).
+    let mut stream = Trickle::new(bytes, pace);
+    let read = run(ConnectResponse::read(&mut stream));
+    let mut unread = bytes;
+    let decoded = ConnectResponse::decode(&mut unread);
+    let response = match (read, decoded) {
+        (Ok(read), Ok(decoded)) => {
+            assert_eq!(read.status, decoded.status, "read and decode disagree");
+            assert_eq!(read.protocol, decoded.protocol);
+            assert_eq!(
+                stream.position(),
+                bytes.len() - unread.len(),
+                "read too far"
+            );
+            read
+        }
+        (Err(_), Err(_)) => return,
+        (read, decoded) => panic!("read: {read:?}, decode: {decoded:?}"),
+    };
+    // Only a success reads as a response; the dialer goes on only with 200.
+    assert!(response.status.is_success(), "{:?}", response.status);
+    let mut answer = ConnectResponse::new(response.status);
+    if let Some(protocol) = &response.protocol {
+        answer = answer.with_protocol(protocol.clone());
+    }
+    let mut written = Vec::new();
+    if answer.encode(&mut written).is_ok() {
+        let again = ConnectResponse::decode(&mut written.as_slice()).expect("ours reads back");
+        assert_eq!(again.status, response.status);
+        assert_eq!(again.protocol, response.protocol);
+    }
 }
 
 fn capsule(bytes: &[u8], pace: u8) {
