@@ -1,7 +1,8 @@
 //! Writes the seed corpus, fuzz/corpus/<target>/, from the crate's own code: the ClientHellos
 //! our dialers send, the ServerHello our listener answers with, the SETTINGS and CONNECT we
-//! send, our addresses and certificates. (fuzz/corpus/h3/ also holds SETTINGS and CONNECTs
-//! captured from go-libp2p and Chromium: docs/fuzzing.md.)
+//! send, our addresses and certificates, and Chromium's SETTINGS and CONNECT as its notes
+//! describe them. (fuzz/corpus/h3/*-go-* are go-libp2p's, captured from the wire:
+//! docs/fuzzing.md.)
 //!
 //! cargo run --manifest-path fuzz/Cargo.toml --example seeds
 
@@ -66,18 +67,6 @@ fn main() {
         &[&[0, 0x83][..], &bytes].concat(),
     );
 
-    // SETTINGS as webtransport-go v0.13's dialer (go-libp2p v0.52) writes them, from its source
-    // and quic-go v0.64's: max field section size, H3_DATAGRAM, SETTINGS_WT_ENABLED.
-    let go = [
-        &[0x06][..],
-        &varint(1 << 20),
-        &[0x33, 0x01],
-        &varint(0x2c7c_f000),
-        &[0x01],
-    ]
-    .concat();
-    let bytes = [&[0x00, 0x04][..], &varint(go.len() as u64), &go].concat();
-    write("h3", "settings-go", &[&[0, 0][..], &bytes].concat());
     // Chromium 114's, as web-transport-proto's notes list them, a grease setting included.
     let chromium = [
         (0x01, 65536),
@@ -95,27 +84,17 @@ fn main() {
     let bytes = [&[0x00, 0x04][..], &varint(body.len() as u64), &body].concat();
     write("h3", "settings-chromium", &[&[0, 0][..], &bytes].concat());
 
-    // CONNECTs in go's order (quic-go's request writer) with draft 15's `:protocol`, and in
-    // Chromium's with the headers it adds; QPACK static-table references where they exist.
+    // A CONNECT in Chromium's header order with the headers it adds, in plain literals (its own
+    // are Huffman-coded, as go's captured ones are); QPACK static-table references where the
+    // table has them.
     let authority = "192.0.2.7:4001";
     let path = "/.well-known/libp2p-webtransport?type=noise";
-    let mut go = vec![0x00, 0x00];
-    name_ref(&mut go, 0, authority); // :authority
-    go.push(0xc0 | 15); // :method CONNECT
-    name_ref(&mut go, 1, path); // :path
-    go.push(0xc0 | 23); // :scheme https
-    literal(&mut go, ":protocol", "webtransport-h3");
-    write(
-        "h3",
-        "connect-go",
-        &[&[1, 0][..], &headers_frame(&go)].concat(),
-    );
     let mut chromium = vec![0x00, 0x00];
-    chromium.push(0xc0 | 15);
+    chromium.push(0xc0 | 15); // :method CONNECT
     literal(&mut chromium, ":protocol", "webtransport");
-    chromium.push(0xc0 | 23);
-    name_ref(&mut chromium, 0, authority);
-    name_ref(&mut chromium, 1, path);
+    chromium.push(0xc0 | 23); // :scheme https
+    name_ref(&mut chromium, 0, authority); // :authority
+    name_ref(&mut chromium, 1, path); // :path
     literal(&mut chromium, "sec-webtransport-http3-draft02", "1");
     name_ref(&mut chromium, 90, "https://example.com"); // origin
     write(
