@@ -189,7 +189,7 @@ impl crypto::Session for Session {
 }
 
 /// The server's first handshake message, read from the start of the server's CRYPTO bytes.
-enum ServerHello {
+pub(crate) enum ServerHello {
     /// Its bytes so far.
     Reading(Vec<u8>),
     /// The group of its key share; `None` if it had none or was not a ServerHello (then the
@@ -198,7 +198,7 @@ enum ServerHello {
 }
 
 impl ServerHello {
-    fn read(&mut self, bytes: &[u8]) {
+    pub(crate) fn read(&mut self, bytes: &[u8]) {
         let Self::Reading(message) = self else {
             return;
         };

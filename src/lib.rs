@@ -32,6 +32,10 @@ mod config;
 mod connection;
 mod endpoint;
 mod error;
+// Internal: the fuzz targets' way in (fuzz/), not part of the API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod hole_punch;
 mod key_exchange;
 pub mod ledger;

@@ -389,6 +389,9 @@ impl Listener {
             return self.routed(ALPN_LIBP2P, connecting, qlog);
         }
         let timeout = self.config.handshake_timeout;
+        // Without the ALPN switch, a HelloRetryRequest's handshake data comes before rustls
+        // has chosen the ALPN: with WebTransport alone, `h3` is the only one it can choose.
+        let only = self.quic.is_none().then_some(ALPN_H3);
         self.routing.push(
             async move {
                 let data = tokio::time::timeout(timeout, connecting.handshake_data()).await;
@@ -406,7 +409,8 @@ impl Listener {
                 let alpn = data
                     .downcast::<key_exchange::HandshakeData>()
                     .ok()?
-                    .protocol?;
+                    .protocol
+                    .or_else(|| only.map(<[u8]>::to_vec))?;
                 Some((alpn, connecting, qlog))
             }
             .boxed(),

@@ -72,9 +72,40 @@ async fn a_webtransport_client_offering_only_x25519_connects_and_we_report_x2551
     init_tracing();
     let mut server = transport();
     let addr = listen(&mut server, WEBTRANSPORT).await;
+    let key_exchange = webtransport_session(&mut server, &addr, &[kx_group::X25519]).await;
+    assert_eq!(key_exchange.as_deref(), CLASSICAL);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webtransport_client_that_needs_a_hello_retry_request_connects() {
+    // Found by fuzzing (fuzz/, client_hello): a key share for pure ML-KEM-768, which we do not
+    // serve, gets a HelloRetryRequest for X25519; the listener used to drop the connection.
+    init_tracing();
+    for shared in [false, true] {
+        let mut server = transport();
+        let addr = if shared {
+            let port = socket_of(&listen(&mut server, QUIC).await).port();
+            let addr = format!("/ip4/127.0.0.1/udp/{port}/quic-v1/webtransport");
+            listen(&mut server, &addr).await
+        } else {
+            listen(&mut server, WEBTRANSPORT).await
+        };
+        let groups = [kx_group::MLKEM768, kx_group::X25519];
+        let key_exchange = webtransport_session(&mut server, &addr, &groups).await;
+        assert_eq!(key_exchange.as_deref(), CLASSICAL, "shared port: {shared}");
+    }
+}
+
+/// A WebTransport session, Noise included, from a client offering only the key-exchange
+/// `groups` to `server` listening at `addr`; the group our side reports.
+async fn webtransport_session(
+    server: &mut libp2p_quinn::tokio::Transport,
+    addr: &libp2p_core::Multiaddr,
+    groups: &[&'static dyn rustls::crypto::SupportedKxGroup],
+) -> Option<String> {
     let client = async {
         let (endpoint, connection) =
-            h3_client::connect_offering(socket_of(&addr), b"h3", &[kx_group::X25519]).await;
+            h3_client::connect_offering(socket_of(addr), b"h3", groups).await;
         let connection = connection.expect("the TLS handshake succeeds");
         let request = format!("{}?type=noise", h3_client::PATH);
         let (status, connect, _recv, control) = h3_client::request(&connection, &request).await;
@@ -87,14 +118,12 @@ async fn a_webtransport_client_offering_only_x25519_connects_and_we_report_x2551
         // Kept until our side has looked.
         (endpoint, connection, connect, control)
     };
-    let (held, (_, ours)) = bounded("session", async {
-        futures::join!(client, accept(&mut server))
-    })
-    .await;
+    let (held, (_, ours)) =
+        bounded("session", async { futures::join!(client, accept(server)) }).await;
     let snapshot = ours.snapshot();
     assert!(snapshot.webtransport);
-    assert_eq!(snapshot.key_exchange.as_deref(), CLASSICAL);
     drop(held);
+    snapshot.key_exchange
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

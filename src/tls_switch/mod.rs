@@ -11,8 +11,10 @@ use std::{any::Any, sync::Arc};
 
 use quinn::{
     crypto::{
-        self, rustls::QuicServerConfig, ExportKeyingMaterialError, HeaderKey, KeyPair, Keys,
-        PacketKey, ServerConfig as _, UnsupportedVersion,
+        self,
+        rustls::{HandshakeData, QuicServerConfig},
+        ExportKeyingMaterialError, HeaderKey, KeyPair, Keys, PacketKey, ServerConfig as _,
+        UnsupportedVersion,
     },
     ConnectionId, Side, TransportErrorCode,
 };
@@ -50,11 +52,14 @@ impl AlpnSwitch {
         &self.routes[0].1
     }
 
-    fn route(&self, offered: &[Vec<u8>]) -> &Arc<QuicServerConfig> {
+    /// The route for a client offering `offered`: its ALPN (`None` for the fallback) and config.
+    fn route(&self, offered: &[Vec<u8>]) -> (Option<&[u8]>, &Arc<QuicServerConfig>) {
         offered
             .iter()
             .find_map(|protocol| self.routes.iter().find(|(alpn, _)| alpn == protocol))
-            .map_or(self.fallback(), |(_, config)| config)
+            .map_or((None, self.fallback()), |(alpn, config)| {
+                (Some(alpn.as_slice()), config)
+            })
     }
 }
 
@@ -84,6 +89,7 @@ impl crypto::ServerConfig for AlpnSwitch {
             params: *params,
             hello: Vec::new(),
             inner: None,
+            routed_by: None,
         })
     }
 }
@@ -96,6 +102,8 @@ struct SwitchSession {
     params: TransportParameters,
     hello: Vec<u8>,
     inner: Option<Box<dyn crypto::Session>>,
+    /// The ALPN of the chosen route, if the client offered it.
+    routed_by: Option<Vec<u8>>,
 }
 
 impl SwitchSession {
@@ -137,7 +145,19 @@ impl crypto::Session for SwitchSession {
     }
 
     fn handshake_data(&self) -> Option<Box<dyn Any>> {
-        self.inner.as_ref()?.handshake_data()
+        let data = self.inner.as_ref()?.handshake_data()?;
+        // quinn reports a ClientHello answered with a HelloRetryRequest before rustls chooses
+        // the ALPN, which it does from the second ClientHello: report the one we routed by.
+        // The route's config serves that protocol alone, so it negotiates it or nothing.
+        match data.downcast::<HandshakeData>() {
+            Ok(mut data) => {
+                if data.protocol.is_none() {
+                    data.protocol.clone_from(&self.routed_by);
+                }
+                Some(data)
+            }
+            Err(data) => Some(data),
+        }
     }
 
     fn peer_identity(&self) -> Option<Box<dyn Any>> {
@@ -166,7 +186,9 @@ impl crypto::Session for SwitchSession {
             return Ok(false);
         };
         let offered = offered_alpn(&self.hello[..length])?;
-        let config = self.switch.route(&offered).clone();
+        let (alpn, config) = self.switch.route(&offered);
+        self.routed_by = alpn.map(<[u8]>::to_vec);
+        let config = config.clone();
         let inner = self
             .inner
             .insert(config.start_session(self.version, &self.params));

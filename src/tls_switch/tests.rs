@@ -22,6 +22,7 @@ use rustls::{
         danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
         ResolvesClientCert,
     },
+    crypto::{aws_lc_rs::kx_group, CryptoProvider, SupportedKxGroup},
     pki_types::{CertificateDer, ServerName, UnixTime},
     sign::CertifiedKey,
     DigitallySignedStruct, SignatureScheme,
@@ -153,7 +154,20 @@ struct Probe {
 
 impl Probe {
     fn config(self: &Arc<Self>, alpn: &[&[u8]]) -> Arc<QuicClientConfig> {
-        let mut config = rustls::ClientConfig::builder_with_provider(crypto_provider())
+        self.config_offering(alpn, &crypto_provider().kx_groups)
+    }
+
+    /// [`Probe::config`] offering only the key-exchange `groups`, in this order.
+    fn config_offering(
+        self: &Arc<Self>,
+        alpn: &[&[u8]],
+        groups: &[&'static dyn SupportedKxGroup],
+    ) -> Arc<QuicClientConfig> {
+        let provider = CryptoProvider {
+            kx_groups: groups.to_vec(),
+            ..(*crypto_provider()).clone()
+        };
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap()
             .dangerous()
@@ -361,8 +375,17 @@ fn session() -> Box<dyn crypto::Session> {
 
 /// The CRYPTO bytes of a rustls QUIC client's first flight: its ClientHello.
 fn client_hello(alpn: &[&[u8]]) -> Vec<u8> {
+    client_hello_offering(alpn, &crypto_provider().kx_groups)
+}
+
+/// [`client_hello`] offering only the key-exchange `groups`, in this order.
+fn client_hello_offering(alpn: &[&[u8]], groups: &[&'static dyn SupportedKxGroup]) -> Vec<u8> {
     let probe = Arc::new(Probe::default());
-    let mut config = rustls::ClientConfig::builder_with_provider(crypto_provider())
+    let provider = CryptoProvider {
+        kx_groups: groups.to_vec(),
+        ..(*crypto_provider()).clone()
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .dangerous()
@@ -398,6 +421,54 @@ fn a_client_hello_fed_byte_by_byte_is_held_until_whole() {
         .downcast::<HandshakeData>()
         .unwrap();
     assert_eq!(data.protocol.as_deref(), Some(&b"h3"[..]));
+}
+
+/// The random of a ServerHello that is a HelloRetryRequest (RFC 8446, 4.1.3).
+const HELLO_RETRY_REQUEST: [u8; 32] = [
+    0xcf, 0x21, 0xad, 0x74, 0xe5, 0x9a, 0x61, 0x11, 0xbe, 0x1d, 0x8c, 0x02, 0x1e, 0x65, 0xb8, 0x91,
+    0xc2, 0xa2, 0x11, 0x16, 0x7a, 0xbb, 0x8c, 0x5e, 0x07, 0x9e, 0x09, 0xe2, 0xc8, 0xa8, 0x33, 0x9c,
+];
+
+/// Found by fuzzing (fuzz/, client_hello): a client whose key share is for a group we do not
+/// serve gets a HelloRetryRequest, and quinn reports the handshake data then, before rustls
+/// has chosen the ALPN. A listener routes by that report, and dropped such a connection.
+#[test]
+fn a_client_hello_answered_with_a_hello_retry_request_reports_the_alpn_it_was_routed_by() {
+    for alpn in [&b"h3"[..], b"libp2p"] {
+        // Pure ML-KEM-768 first, which we do not serve; X25519, which we do, second.
+        let hello = client_hello_offering(&[alpn], &[kx_group::MLKEM768, kx_group::X25519]);
+        let mut session = session();
+        assert!(session.read_handshake(&hello).unwrap());
+        let mut answer = Vec::new();
+        session.write_handshake(&mut answer);
+        // A ServerHello: type, length, legacy_version, then the random.
+        assert_eq!(answer[0], 2);
+        assert_eq!(
+            answer[6..38],
+            HELLO_RETRY_REQUEST,
+            "not a HelloRetryRequest"
+        );
+        let data = session
+            .handshake_data()
+            .unwrap()
+            .downcast::<HandshakeData>()
+            .unwrap();
+        assert_eq!(data.protocol.as_deref(), Some(alpn));
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_needs_a_hello_retry_request_is_routed_and_connects() {
+    let mut server = Server::start();
+    let probe = Arc::new(Probe::default());
+    let config = probe.config_offering(&[b"h3"], &[kx_group::MLKEM768, kx_group::X25519]);
+    let (_endpoint, result) = connect(server.address(), config).await;
+    let connection = result.unwrap();
+    assert_eq!(negotiated_alpn(&connection).as_deref(), Some(&b"h3"[..]));
+    let accepted = server.next_accepted().await;
+    // What the listener routes by.
+    assert_eq!(accepted.early_alpn.as_deref(), Some(&b"h3"[..]));
+    assert_eq!(accepted.outcome.unwrap(), None);
 }
 
 #[test]

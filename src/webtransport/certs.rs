@@ -185,7 +185,7 @@ impl Certs {
     }
 
     /// The certificate served now.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn current_certificate(&self) -> rustls::pki_types::CertificateDer<'static> {
         self.state().current.key.cert[0].clone()
     }

@@ -13,10 +13,13 @@ use std::{
 };
 
 use futures::FutureExt;
-use tokio::{io::AsyncReadExt, sync::oneshot};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt},
+    sync::oneshot,
+};
 use web_transport_proto::{
     http::StatusCode, ConnectError, ConnectRequest, ConnectResponse, Frame, Setting, Settings,
-    StreamUni, VarInt,
+    SettingsError, StreamUni, VarInt,
 };
 
 pub(crate) use crate::session::codes::H3_NO_ERROR;
@@ -43,7 +46,7 @@ pub(crate) struct Header {
 }
 
 impl Header {
-    fn new(session: u64) -> Self {
+    pub(crate) fn new(session: u64) -> Self {
         let mut encoded = Vec::with_capacity(16);
         varint(Frame::WEBTRANSPORT.0.into_inner()).encode(&mut encoded);
         varint(session).encode(&mut encoded);
@@ -82,17 +85,7 @@ impl Header {
         (mut send, mut recv): (quinn::SendStream, quinn::RecvStream),
         timeout: Duration,
     ) -> Option<(quinn::SendStream, quinn::RecvStream)> {
-        let read = async {
-            let signal = VarInt::read(&mut recv).await.map_err(|_| None)?;
-            if signal.into_inner() != Frame::WEBTRANSPORT.0.into_inner() {
-                return Err(Some(H3_REQUEST_REJECTED));
-            }
-            let session = VarInt::read(&mut recv).await.map_err(|_| None)?;
-            if session.into_inner() != self.session {
-                return Err(Some(WEBTRANSPORT_BUFFERED_STREAM_REJECTED));
-            }
-            Ok(())
-        };
+        let read = self.read(&mut recv);
         // The header almost always came with the stream's first bytes: read it without a
         // timer then (arming one per stream costs churn a few percent).
         let read = {
@@ -112,6 +105,20 @@ impl Header {
         let _ = send.reset(refusal.into());
         let _ = recv.stop(refusal.into());
         None
+    }
+
+    /// Read the header from the front of `recv` and nothing past it: `Err(Some(code))` when
+    /// it is not this session's (refused with `code`), `Err(None)` when the stream ends first.
+    pub(crate) async fn read<R: AsyncRead + Unpin>(&self, recv: &mut R) -> Result<(), Option<u32>> {
+        let signal = VarInt::read(recv).await.map_err(|_| None)?;
+        if signal.into_inner() != Frame::WEBTRANSPORT.0.into_inner() {
+            return Err(Some(H3_REQUEST_REJECTED));
+        }
+        let session = VarInt::read(recv).await.map_err(|_| None)?;
+        if session.into_inner() != self.session {
+            return Err(Some(WEBTRANSPORT_BUFFERED_STREAM_REJECTED));
+        }
+        Ok(())
     }
 }
 
@@ -186,7 +193,8 @@ pub(crate) async fn accept(connection: &quinn::Connection) -> Result<Request, We
     })
 }
 
-fn h3_datagrams(settings: &Settings) -> bool {
+/// Whether `settings` enable HTTP/3 datagrams, in either spelling.
+pub(crate) fn h3_datagrams(settings: &Settings) -> bool {
     [
         Setting::ENABLE_DATAGRAM,
         Setting::ENABLE_DATAGRAM_DEPRECATED,
@@ -304,11 +312,7 @@ async fn peer_uni_stream(mut recv: quinn::RecvStream, settings: SettingsSender) 
         StreamUni::CONTROL => {
             let sender = settings.lock().unwrap_or_else(|e| e.into_inner()).take();
             if let Some(sender) = sender {
-                // Settings::read wants the stream type, which we have read already.
-                let mut typed = Vec::new();
-                kind.encode(&mut typed);
-                let mut control = (&typed[..]).chain(&mut recv);
-                match Settings::read(&mut control).await {
+                match control_settings(kind, &mut recv).await {
                     Ok(received) => {
                         let _ = sender.send(received);
                     }
@@ -325,6 +329,17 @@ async fn peer_uni_stream(mut recv: quinn::RecvStream, settings: SettingsSender) 
             let _ = recv.stop(H3_STREAM_CREATION_ERROR.into());
         }
     }
+}
+
+/// The SETTINGS that open a control stream whose type, `kind`, has been read from `recv`.
+pub(crate) async fn control_settings<R: AsyncRead + Unpin>(
+    kind: VarInt,
+    recv: &mut R,
+) -> Result<Settings, SettingsError> {
+    // Settings::read wants the stream type, which we have read already.
+    let mut typed = Vec::new();
+    kind.encode(&mut typed);
+    Settings::read(&mut (&typed[..]).chain(recv)).await
 }
 
 async fn drain(mut recv: quinn::RecvStream) {

@@ -133,7 +133,7 @@ async fn listen(
 }
 
 /// Why a CONNECT is refused, if it is: libp2p serves one path, with `?type=noise`.
-fn refusal(url: &url::Url) -> Option<StatusCode> {
+pub(crate) fn refusal(url: &url::Url) -> Option<StatusCode> {
     if url.path() != h3::PATH {
         return Some(StatusCode::NOT_FOUND);
     }
@@ -151,9 +151,7 @@ async fn dial(
     certhashes: Vec<Multihash<64>>,
     config: &Config,
 ) -> Result<(PeerId, Header), WebTransportError> {
-    let url = format!("https://{remote}{}?type=noise", h3::PATH);
-    let url = url::Url::parse(&url).expect("a socket address makes a valid URL");
-    let (header, answer) = h3::connect(connection, url).await?;
+    let (header, answer) = h3::connect(connection, connect_url(remote)).await?;
     // Noise's first message goes out right behind the CONNECT, not after its answer.
     let certhashes: HashSet<_> = certhashes.into_iter().collect();
     let noise = async {
@@ -168,6 +166,12 @@ async fn dial(
     };
     let ((), peer) = futures::try_join!(answer.accepted(), noise)?;
     Ok((peer, header))
+}
+
+/// The URL of the dialer's CONNECT to `remote`.
+pub(crate) fn connect_url(remote: SocketAddr) -> url::Url {
+    let url = format!("https://{remote}{}?type=noise", h3::PATH);
+    url::Url::parse(&url).expect("a socket address makes a valid URL")
 }
 
 /// The Noise stream: it lives only through the handshake, before the session's books exist, so

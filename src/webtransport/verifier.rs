@@ -28,7 +28,7 @@ pub(crate) fn client_config(hashes: Vec<Multihash<64>>) -> Arc<QuicClientConfig>
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("aws-lc-rs supports TLS 1.3")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(CerthashVerifier { hashes, provider }))
+        .with_custom_certificate_verifier(Arc::new(CerthashVerifier::new(hashes, provider)))
         .with_no_client_auth();
     config.alpn_protocols = vec![b"h3".to_vec()];
     // A config serves one dial, so its session cache (~4.7 KB, kept as long as the connection)
@@ -43,9 +43,15 @@ pub(crate) fn client_config(hashes: Vec<Multihash<64>>) -> Arc<QuicClientConfig>
 /// Accepts the server's certificate iff its hash is one of `hashes`, its key is not RSA, it is
 /// valid for at most [`MAX_VALIDITY`], and now is within its validity.
 #[derive(Debug)]
-struct CerthashVerifier {
+pub(crate) struct CerthashVerifier {
     hashes: Vec<Multihash<64>>,
     provider: Arc<CryptoProvider>,
+}
+
+impl CerthashVerifier {
+    pub(crate) fn new(hashes: Vec<Multihash<64>>, provider: Arc<CryptoProvider>) -> Self {
+        Self { hashes, provider }
+    }
 }
 
 impl ServerCertVerifier for CerthashVerifier {
@@ -119,7 +125,7 @@ impl ServerCertVerifier for CerthashVerifier {
 }
 
 /// Why a certificate that parses was refused, where rustls has no words for it.
-enum Refusal {
+pub(crate) enum Refusal {
     UnlistedCerthash(Multihash<64>),
     RsaKey,
     /// The validity in seconds.
