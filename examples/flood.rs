@@ -560,6 +560,7 @@ fn flood_round(
         } else {
             b"libp2p".to_vec()
         },
+        half_hello: false,
     };
     let prepared = flood.prepare().expect("the flood's sockets");
     let cpu_before = cpu_of(listener.pid());

@@ -241,6 +241,7 @@ async fn flood_test(flood_sources: Vec<IpAddr>, peer_ips: Vec<IpAddr>) {
         duration: Duration::from_secs(2),
         threads: 1,
         alpn: b"h3".to_vec(),
+        half_hello: false,
     }
     .prepare()
     .expect("the flood's sockets");
@@ -520,6 +521,47 @@ fn a_failed_handshake_gives_its_place_back() {
         let snapshot = listener.settled(0).await;
         assert_eq!(snapshot.handshakes_in_flight, 0);
         assert_eq!(listener.incoming("accepted", "exempt"), 1.0);
+        assert!(listener.established.lock().unwrap().is_empty());
+    });
+}
+
+/// Connections whose ClientHello never completes, on a WebTransport port (where the listener
+/// waits for it to learn the route): their places come back at the handshake timeout. On
+/// loopback, exempt from per-source limits but counted all the same.
+#[test]
+fn a_clienthello_that_never_completes_gives_its_place_back_at_the_timeout() {
+    let _serial = serial();
+    common::captured_warnings();
+    runtime().block_on(async {
+        let listener = Listener::start(&[common::WEBTRANSPORT]).await;
+        let target = socket_of(&listener.addresses[0]);
+        let flood = Flood {
+            target,
+            sources: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            ports_per_source: 4,
+            count: 4,
+            duration: Duration::from_millis(10),
+            threads: 1,
+            alpn: b"h3".to_vec(),
+            half_hello: true,
+        };
+        let started = Instant::now();
+        let report = tokio::task::spawn_blocking(move || flood.run())
+            .await
+            .unwrap()
+            .expect("the Initials");
+        assert_eq!(report.sent, 4);
+        common::eventually("four handshakes in flight", || {
+            listener.snapshot().handshakes_in_flight == 4
+        })
+        .await;
+        listener.settled(0).await;
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(4_500),
+            "released after {took:?}, before the handshake timeout"
+        );
+        assert_eq!(listener.incoming("accepted", "exempt"), 4.0);
         assert!(listener.established.lock().unwrap().is_empty());
     });
 }

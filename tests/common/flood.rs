@@ -49,6 +49,9 @@ pub struct Flood {
     pub threads: usize,
     /// The ALPN the ClientHello offers: `b"libp2p"` for a QUIC route, `b"h3"` for WebTransport.
     pub alpn: Vec<u8>,
+    /// Send only the first half of the ClientHello, as a client whose second datagram never
+    /// comes: the server cannot even tell the ALPN.
+    pub half_hello: bool,
 }
 
 /// What a flood did.
@@ -76,8 +79,11 @@ impl Flood {
             }
         }
         let scid: [u8; CID_LEN] = rand::random();
-        let hello = client_hello(&self.alpn, &scid)
+        let mut hello = client_hello(&self.alpn, &scid)
             .map_err(|e| io::Error::other(format!("cannot make a ClientHello: {e}")))?;
+        if self.half_hello {
+            hello.truncate(hello.len() / 2);
+        }
         Ok(Prepared {
             plan: self.clone(),
             sockets,
