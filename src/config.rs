@@ -7,7 +7,7 @@ use quinn::{
     MtuDiscoveryConfig, VarInt,
 };
 
-use crate::key_exchange::Reporting;
+use crate::{admission::AdmissionConfig, key_exchange::Reporting};
 
 /// The longest validity browsers accept of a certificate they check by hash.
 pub(crate) const DEFAULT_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(14 * 24 * 60 * 60);
@@ -100,6 +100,11 @@ pub struct Config {
     /// certificates derive from the identity key and the time, so a restarted node keeps its
     /// addresses. Short lifetimes are for tests (at least 1 s is used).
     pub webtransport_certificate_lifetime: Duration,
+    /// Which new connections a listener admits to a handshake, asks for a Retry, refuses or
+    /// ignores, before it holds state for them: caps on handshakes in flight, per listener and
+    /// per source subnet, and rates per subnet. Default: go-libp2p's limits, loopback exempt
+    /// (see [`AdmissionConfig`] and `docs/admission.md`).
+    pub admission: AdmissionConfig,
 
     /// The largest UDP payload MTU discovery may try; `None`: quinn's default (1452 bytes).
     mtu_upper_bound: Option<u16>,
@@ -141,6 +146,7 @@ impl Config {
             stream_leak_warning: DEFAULT_STREAM_LEAK_WARNING,
             support_draft_29: false,
             webtransport_certificate_lifetime: DEFAULT_CERTIFICATE_LIFETIME,
+            admission: AdmissionConfig::default(),
             mtu_upper_bound: None,
             keypair: keypair.clone(),
             client_tls: Arc::new(client_tls),
@@ -244,6 +250,7 @@ impl Config {
         server.transport = transport;
         // A libp2p connection is bound to the addresses it was made on.
         server.migration(false);
+        crate::admission::bound_incoming(&mut server);
         server
     }
 
@@ -342,6 +349,7 @@ impl std::fmt::Debug for Config {
                 "webtransport_certificate_lifetime",
                 &self.webtransport_certificate_lifetime,
             )
+            .field("admission", &self.admission)
             .finish_non_exhaustive()
     }
 }

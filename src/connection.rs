@@ -395,6 +395,20 @@ impl Connecting {
         }
     }
 
+    /// The same handshake, holding `guard` until it is done (resolved, failed, timed out) or
+    /// dropped: a listener's place for it among the handshakes in flight.
+    pub(crate) fn holding<G: Send + 'static>(self, guard: G) -> Self {
+        let inner = self.inner;
+        Self {
+            inner: async move {
+                let result = inner.await;
+                drop(guard);
+                result
+            }
+            .boxed(),
+        }
+    }
+
     /// A handshake the transport finished itself, to learn the peer's id (hole punching).
     pub(crate) fn finished(result: Result<(PeerId, Connection), Error>) -> Self {
         Self {

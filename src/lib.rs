@@ -28,6 +28,7 @@
 #![warn(missing_docs)]
 
 mod address;
+mod admission;
 mod config;
 mod connection;
 mod endpoint;
@@ -54,6 +55,7 @@ mod watcher;
 mod webtransport;
 
 pub use address::{parse as parse_multiaddr, to_multiaddr};
+pub use admission::{AdmissionConfig, AdmissionSnapshot, SubnetLimit};
 pub use config::{Config, CongestionControl};
 pub use connection::{Connecting, Connection, Ledgers};
 #[cfg(feature = "reset-stream-at")]

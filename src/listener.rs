@@ -24,6 +24,7 @@ use libp2p_core::{
 
 use crate::{
     address,
+    admission::{self, Admission, Ticket},
     connection::{Connecting, Ledgers},
     endpoint::{self, QuinnConfigs},
     key_exchange::{self, Reporting},
@@ -41,6 +42,10 @@ const ALPN_H3: &[u8] = b"h3";
 
 /// How many connections may wait for their ClientHello at once on a WebTransport port.
 const MAX_ROUTING: usize = 1024;
+
+/// New connections decided on in one poll at most: a flood must not keep the task that polls
+/// the listener (the `Swarm`'s) from everything else.
+const INCOMING_PER_POLL: usize = 64;
 
 /// The shortest wait for a certificate roll, so that a clock that jumps cannot spin us.
 const MIN_ROLL_WAIT: Duration = Duration::from_millis(50);
@@ -76,8 +81,9 @@ fn until(when: SystemTime) -> Duration {
         .max(MIN_ROLL_WAIT)
 }
 
-/// A connection whose ClientHello we wait for, to learn which route it is for.
-type Routing = BoxFuture<'static, Option<(Vec<u8>, quinn::Connecting, Option<Qlog>)>>;
+/// A connection whose ClientHello we wait for, to learn which route it is for; it holds its
+/// place among the handshakes in flight.
+type Routing = BoxFuture<'static, Option<(Vec<u8>, quinn::Connecting, Option<Qlog>, Ticket)>>;
 
 /// One listening socket and its endpoint, as a stream of transport events.
 pub(crate) struct Listener {
@@ -91,6 +97,8 @@ pub(crate) struct Listener {
     config: Arc<Config>,
     quinn: QuinnConfigs,
     ledgers: Ledgers,
+    /// Which new connections get a handshake (`docs/admission.md`).
+    pub(crate) admission: Admission,
     accept: BoxFuture<'static, Option<quinn::Incoming>>,
     routing: FuturesUnordered<Routing>,
     /// Watches interfaces when bound to an unspecified address.
@@ -122,6 +130,7 @@ impl Listener {
         } else {
             None
         };
+        let admission = Admission::new(&config, local_addr);
         let mut listener = Self {
             quic: None,
             webtransport: None,
@@ -131,6 +140,7 @@ impl Listener {
             local_addr,
             config,
             quinn: quinn.clone(),
+            admission,
             ledgers,
             routing: FuturesUnordered::new(),
             if_watcher,
@@ -203,6 +213,7 @@ impl Listener {
         server.transport_config(Arc::new(transport));
         // A libp2p connection is bound to the addresses it was made on.
         server.migration(false);
+        admission::bound_incoming(&mut server);
         server
     }
 
@@ -362,11 +373,13 @@ impl Listener {
         }
     }
 
-    /// A connection arrived: report it, or, on a port that serves WebTransport, wait for its
-    /// ClientHello to know which route it is for. Those waits are bounded in number: beyond
-    /// [`MAX_ROUTING`] new connections are refused, so that clients who never finish their
-    /// ClientHello cannot make us hold unbounded state before the `Swarm` even hears of them.
+    /// A connection arrived: decide whether it gets a handshake (`admission`), then report it,
+    /// or, on a port that serves WebTransport, wait for its ClientHello to know which route it
+    /// is for. Its ticket goes with it until its handshake is done, however that ends. The
+    /// ClientHello waits are bounded in number too: beyond [`MAX_ROUTING`] new connections are
+    /// refused, whatever admission allows.
     fn on_incoming(&mut self, incoming: quinn::Incoming) -> Option<Event> {
+        let (incoming, ticket) = self.admission.admit(incoming)?;
         let remote = incoming.remote_address();
         if self.webtransport.is_some() && self.routing.len() >= MAX_ROUTING {
             tracing::debug!(%remote, "refused a connection: too many ClientHellos under way");
@@ -386,7 +399,7 @@ impl Listener {
             }
         };
         if self.webtransport.is_none() {
-            return self.routed(ALPN_LIBP2P, connecting, qlog);
+            return self.routed(ALPN_LIBP2P, connecting, qlog, ticket);
         }
         let timeout = self.config.handshake_timeout;
         // Without the ALPN switch, a HelloRetryRequest's handshake data comes before rustls
@@ -411,7 +424,7 @@ impl Listener {
                     .ok()?
                     .protocol
                     .or_else(|| only.map(<[u8]>::to_vec))?;
-                Some((alpn, connecting, qlog))
+                Some((alpn, connecting, qlog, ticket))
             }
             .boxed(),
         );
@@ -424,6 +437,7 @@ impl Listener {
         alpn: &[u8],
         connecting: quinn::Connecting,
         qlog: Option<Qlog>,
+        ticket: Ticket,
     ) -> Option<Event> {
         let remote = connecting.remote_address();
         let config = self.config.clone();
@@ -449,7 +463,7 @@ impl Listener {
         };
         Some(TransportEvent::Incoming {
             listener_id,
-            upgrade,
+            upgrade: upgrade.holding(ticket),
             local_addr,
             send_back_addr,
         })
@@ -479,6 +493,7 @@ impl futures::Stream for Listener {
     type Item = Event;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        let mut incoming_budget = INCOMING_PER_POLL;
         loop {
             if let Some(event) = self.pending.pop_front() {
                 return Poll::Ready(Some(event));
@@ -498,15 +513,20 @@ impl futures::Stream for Listener {
                 continue;
             }
             if let Poll::Ready(Some(routed)) = self.routing.poll_next_unpin(cx) {
-                if let Some(event) =
-                    routed.and_then(|(alpn, connecting, qlog)| self.routed(&alpn, connecting, qlog))
-                {
+                if let Some(event) = routed.and_then(|(alpn, connecting, qlog, ticket)| {
+                    self.routed(&alpn, connecting, qlog, ticket)
+                }) {
                     return Poll::Ready(Some(event));
                 }
                 continue;
             }
+            if incoming_budget == 0 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             match self.accept.poll_unpin(cx) {
                 Poll::Ready(Some(incoming)) => {
+                    incoming_budget -= 1;
                     self.accept = accept(self.endpoint.clone());
                     if let Some(event) = self.on_incoming(incoming) {
                         return Poll::Ready(Some(event));

@@ -10,6 +10,8 @@
 //! | `libp2p_quinn_stream_credit_wait_seconds` | histogram | — | how long opens that had to wait for stream credit waited |
 //! | `libp2p_quinn_stream_credit_warnings_total` | counter | — | opens that waited past `credit_wait_warning` |
 //! | `libp2p_quinn_stream_leak_warnings_total` | counter | `kind`, `transport` | leak warnings: `held_after_drop`, `idle_handle` |
+//! | `libp2p_quinn_incoming_total` | counter | `outcome`, `reason` | new connections a listener decided on before their handshake (`docs/admission.md`): `accepted`, `retried`, `refused`, `ignored` |
+//! | `libp2p_quinn_handshakes_in_flight` | gauge | — | handshakes admitted and not yet done, over all listeners |
 //!
 //! `transport` is `quic` or `webtransport`: the kind of session the stream belongs to.
 
@@ -42,6 +44,12 @@ struct HalfLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AdmissionLabel {
+    outcome: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
     transport: &'static str,
@@ -63,6 +71,8 @@ struct Inner {
     credit_wait: Histogram,
     credit_warnings: Counter,
     leak_warnings: Family<KindLabel, Counter>,
+    incoming: Family<AdmissionLabel, Counter>,
+    handshakes_in_flight: Gauge,
 }
 
 impl Metrics {
@@ -78,6 +88,8 @@ impl Metrics {
             credit_wait: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
             credit_warnings: Counter::default(),
             leak_warnings: Family::default(),
+            incoming: Family::default(),
+            handshakes_in_flight: Gauge::default(),
         };
         registry.register("streams_opened", "Streams opened", inner.opened.clone());
         registry.register(
@@ -105,6 +117,16 @@ impl Metrics {
             "stream_leak_warnings",
             "Possible stream leaks reported",
             inner.leak_warnings.clone(),
+        );
+        registry.register(
+            "incoming",
+            "New connections decided on before their handshake, by outcome and reason",
+            inner.incoming.clone(),
+        );
+        registry.register(
+            "handshakes_in_flight",
+            "Handshakes admitted and not yet done",
+            inner.handshakes_in_flight.clone(),
         );
         Self {
             inner: Arc::new(inner),
@@ -156,5 +178,20 @@ impl Metrics {
                 transport,
             })
             .inc();
+    }
+
+    pub(crate) fn incoming(&self, outcome: &'static str, reason: &'static str) {
+        self.inner
+            .incoming
+            .get_or_create(&AdmissionLabel { outcome, reason })
+            .inc();
+    }
+
+    pub(crate) fn handshake_started(&self) {
+        self.inner.handshakes_in_flight.inc();
+    }
+
+    pub(crate) fn handshake_ended(&self) {
+        self.inner.handshakes_in_flight.dec();
     }
 }

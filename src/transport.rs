@@ -27,7 +27,7 @@ use crate::{
     listener::Listener,
     session::Qlog,
     webtransport::{certs::Certs, upgrade::Role, verifier},
-    Config, Connection, Error,
+    AdmissionSnapshot, Config, Connection, Error,
 };
 
 /// The shortest certificate lifetime we take (tests roll in seconds; nothing rolls faster).
@@ -102,6 +102,20 @@ impl Transport {
     /// before handing the transport to a `Swarm`.
     pub fn ledgers(&self) -> Ledgers {
         self.ledgers.clone()
+    }
+
+    /// What the admission of this transport's listeners holds now: handshakes in flight,
+    /// source subnets tracked, and the connections their endpoints hold
+    /// (`docs/admission.md`).
+    pub fn admission_snapshot(&self) -> AdmissionSnapshot {
+        let mut snapshot = AdmissionSnapshot::default();
+        for listener in self.listeners.iter() {
+            let (in_flight, sources) = listener.admission.snapshot();
+            snapshot.handshakes_in_flight += in_flight;
+            snapshot.sources += sources;
+            snapshot.endpoint_connections += listener.endpoint.open_connections();
+        }
+        snapshot
     }
 
     /// The client config for a dial (a WebTransport one checks the certificate against

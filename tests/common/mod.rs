@@ -3,9 +3,11 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod flood;
 pub mod go;
 pub mod h3_client;
 pub mod inject;
+pub mod lab;
 pub mod prepare;
 pub mod quic_frames;
 
