@@ -21,6 +21,8 @@
 //! from a quarter of the way in, the 20 peers connect again one after another, 100 ms apart;
 //! the listener's RSS and heap are sampled every 100 ms; 10 s after the flood the RSS is read
 //! again. A listener past `--rss-cap-mib` is stopped, the flood with it, and reported as such.
+//! `FLOOD_WRAP=<program>` starts the listener child under that program (a heap profiler such as
+//! `heaptrack`); `FLOOD_TRACE=1` prints its reports, one a second.
 
 #[path = "../tests/common/flood.rs"]
 mod flood;
@@ -322,7 +324,16 @@ struct ListenerChild {
 
 impl ListenerChild {
     fn spawn(kind: &str) -> Self {
-        let mut child = Command::new(std::env::current_exe().expect("our own path"))
+        let exe = std::env::current_exe().expect("our own path");
+        let mut command = match std::env::var_os("FLOOD_WRAP") {
+            Some(wrapper) => {
+                let mut command = Command::new(wrapper);
+                command.arg(&exe);
+                command
+            }
+            None => Command::new(&exe),
+        };
+        let mut child = command
             .args(["listen", "--kind", kind])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -124,10 +124,12 @@ impl Config {
         // without the libp2p cipher suites; neither can happen with libp2p-tls's aws-lc-rs.
         let client_tls = libp2p_tls::make_client_config(keypair, None)
             .ok()
+            .map(without_resumption_client)
             .and_then(|c| QuicClientConfig::try_from(c).ok())
             .expect("libp2p TLS client config is valid for QUIC");
         let server_tls = libp2p_tls::make_server_config(keypair)
             .ok()
+            .map(without_resumption_server)
             .and_then(|c| QuicServerConfig::try_from(c).ok())
             .expect("libp2p TLS server config is valid for QUIC");
         Self {
@@ -265,6 +267,23 @@ impl Config {
         endpoint.supported_versions(vec![1]);
         endpoint
     }
+}
+
+// libp2p's TLS without session resumption, as go-libp2p has it (`SessionTicketsDisabled`).
+// libp2p-tls leaves rustls's defaults: a listener sends two tickets after every handshake and
+// keeps up to 256 sessions (about a KiB each, with the client's certificate) that only a
+// redial of the same peer could redeem, and a dialer keeps tickets under the one server name
+// all libp2p peers share, offering one peer's ticket to the next. Each connection proves its
+// peer id by a full handshake anyway.
+fn without_resumption_server(mut config: rustls::ServerConfig) -> rustls::ServerConfig {
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config
+}
+
+fn without_resumption_client(mut config: rustls::ClientConfig) -> rustls::ClientConfig {
+    config.resumption = rustls::client::Resumption::disabled();
+    config
 }
 
 /// Which of quinn's congestion controllers a connection runs.
@@ -433,5 +452,80 @@ mod tests {
         // Bounding turns discovery back on, keeping the bound.
         let on_again = off.mtu_upper_bound(1300);
         assert!(mtu_of(&on_again).contains("upper_bound: 1300"));
+    }
+}
+
+#[cfg(test)]
+mod resumption_tests {
+    use std::sync::Arc;
+
+    use rustls::{pki_types::ServerName, ClientConnection, HandshakeKind, ServerConnection};
+
+    use super::{without_resumption_client, without_resumption_server};
+
+    /// A TLS handshake in memory between these configs: how the server saw it.
+    fn handshake(
+        client: &Arc<rustls::ClientConfig>,
+        server: &Arc<rustls::ServerConfig>,
+    ) -> HandshakeKind {
+        // libp2p's TLS names no server: every peer is "l".
+        let name = ServerName::try_from("l").unwrap();
+        let mut client = ClientConnection::new(client.clone(), name).unwrap();
+        let mut server = ServerConnection::new(server.clone()).unwrap();
+        // Until both are done and nothing is left to send (tickets come after the handshake).
+        for _ in 0..10 {
+            let mut wire = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut wire).unwrap();
+            }
+            server.read_tls(&mut &wire[..]).unwrap();
+            server.process_new_packets().unwrap();
+            let mut wire = Vec::new();
+            while server.wants_write() {
+                server.write_tls(&mut wire).unwrap();
+            }
+            client.read_tls(&mut &wire[..]).unwrap();
+            client.process_new_packets().unwrap();
+            if !client.is_handshaking() && !server.is_handshaking() && !server.wants_write() {
+                break;
+            }
+        }
+        assert!(!client.is_handshaking() && !server.is_handshaking());
+        server.handshake_kind().unwrap()
+    }
+
+    fn configs(
+        client: impl Fn(rustls::ClientConfig) -> rustls::ClientConfig,
+        server: impl Fn(rustls::ServerConfig) -> rustls::ServerConfig,
+    ) -> (Arc<rustls::ClientConfig>, Arc<rustls::ServerConfig>) {
+        let (a, b) = (
+            libp2p_identity::Keypair::generate_ed25519(),
+            libp2p_identity::Keypair::generate_ed25519(),
+        );
+        (
+            Arc::new(client(libp2p_tls::make_client_config(&a, None).unwrap())),
+            Arc::new(server(libp2p_tls::make_server_config(&b).unwrap())),
+        )
+    }
+
+    #[test]
+    fn libp2p_tls_alone_resumes_a_redial() {
+        // The reason for the helpers: without them the second handshake is resumed.
+        let (client, server) = configs(|c| c, |s| s);
+        assert_eq!(handshake(&client, &server), HandshakeKind::Full);
+        assert_eq!(handshake(&client, &server), HandshakeKind::Resumed);
+    }
+
+    #[test]
+    fn our_redials_are_full_handshakes_whichever_side_is_ours() {
+        for (ours_dials, ours_listens) in [(true, true), (true, false), (false, true)] {
+            let (client, server) = configs(
+                |c| if ours_dials { without_resumption_client(c) } else { c },
+                |s| if ours_listens { without_resumption_server(s) } else { s },
+            );
+            for _ in 0..3 {
+                assert_eq!(handshake(&client, &server), HandshakeKind::Full);
+            }
+        }
     }
 }
