@@ -22,6 +22,10 @@ pub const PROTOCOL: libp2p::StreamProtocol = libp2p::StreamProtocol::new("/perf/
 /// How long a read or a write may make no progress before the stream is given up.
 pub const STALL: Duration = Duration::from_secs(10);
 
+/// The slowest upload that still counts as progress while the client waits for its answer:
+/// 1 Mbit/s.
+const SLOWEST_BYTES_PER_SECOND: f64 = 125_000.0;
+
 /// Bytes per read and per write: big enough that a system call moves a useful amount.
 const CHUNK: usize = 64 * 1024;
 
@@ -46,7 +50,7 @@ where
         .await
         .map_err(|e| context(e, "reading the 8-byte length"))?;
     let sent = u64::from_be_bytes(header);
-    let received = drain(stream, stall, |_| {}).await?;
+    let received = drain(stream, stall, stall, |_| {}).await?;
     send(stream, sent, stall, |_| {}).await?;
     within(stall, stream.close()).await?;
     Ok(Served { received, sent })
@@ -104,7 +108,12 @@ where
             download_bytes: n,
         })
     });
-    let received = drain(stream, stall, |n| {
+    // The upload's tail may still sit in the transport's send buffer: quinn takes up to the
+    // peer's flow-control window at once (10 MB, 20 s at 4 Mbit/s) where quic-go's writes wait
+    // for the wire. The answer cannot come before that tail is through, so its first byte may
+    // take as long as the whole upload at the slowest rate we still call progress.
+    let first = stall + Duration::from_secs_f64(upload as f64 / SLOWEST_BYTES_PER_SECOND);
+    let received = drain(stream, first, stall, |n| {
         meter.add(n);
         if first_mib.is_none() && meter.total >= MIB {
             first_mib = Some(start.elapsed());
@@ -127,15 +136,23 @@ where
     })
 }
 
-/// Reads to the end and returns how many bytes came; `on_read` hears of each read.
-async fn drain<S>(stream: &mut S, stall: Duration, mut on_read: impl FnMut(u64)) -> io::Result<u64>
+/// Reads to the end and returns how many bytes came; `on_read` hears of each read. The first
+/// read may take up to `first`, each later one up to `stall`.
+async fn drain<S>(
+    stream: &mut S,
+    first: Duration,
+    stall: Duration,
+    mut on_read: impl FnMut(u64),
+) -> io::Result<u64>
 where
     S: AsyncRead + Unpin,
 {
     let mut buf = vec![0u8; CHUNK];
     let mut total = 0;
+    let mut wait = first;
     loop {
-        let n = within(stall, stream.read(&mut buf)).await? as u64;
+        let n = within(wait, stream.read(&mut buf)).await? as u64;
+        wait = stall;
         if n == 0 {
             return Ok(total);
         }
