@@ -520,24 +520,30 @@ mod resumption_tests {
         server.handshake_kind().unwrap()
     }
 
+    /// libp2p-tls's configs for two identities, with ours where `ours_dial` / `ours_listen`.
     fn configs(
-        client: impl Fn(rustls::ClientConfig) -> rustls::ClientConfig,
-        server: impl Fn(rustls::ServerConfig) -> rustls::ServerConfig,
+        ours_dial: bool,
+        ours_listen: bool,
     ) -> (Arc<rustls::ClientConfig>, Arc<rustls::ServerConfig>) {
         let (a, b) = (
             libp2p_identity::Keypair::generate_ed25519(),
             libp2p_identity::Keypair::generate_ed25519(),
         );
-        (
-            Arc::new(client(libp2p_tls::make_client_config(&a, None).unwrap())),
-            Arc::new(server(libp2p_tls::make_server_config(&b).unwrap())),
-        )
+        let mut client = libp2p_tls::make_client_config(&a, None).unwrap();
+        let mut server = libp2p_tls::make_server_config(&b).unwrap();
+        if ours_dial {
+            client = without_resumption_client(client);
+        }
+        if ours_listen {
+            server = without_resumption_server(server);
+        }
+        (Arc::new(client), Arc::new(server))
     }
 
     #[test]
     fn libp2p_tls_alone_resumes_a_redial() {
         // The reason for the helpers: without them the second handshake is resumed.
-        let (client, server) = configs(|c| c, |s| s);
+        let (client, server) = configs(false, false);
         assert_eq!(handshake(&client, &server), HandshakeKind::Full);
         assert_eq!(handshake(&client, &server), HandshakeKind::Resumed);
     }
@@ -545,10 +551,7 @@ mod resumption_tests {
     #[test]
     fn our_redials_are_full_handshakes_whichever_side_is_ours() {
         for (ours_dials, ours_listens) in [(true, true), (true, false), (false, true)] {
-            let (client, server) = configs(
-                |c| if ours_dials { without_resumption_client(c) } else { c },
-                |s| if ours_listens { without_resumption_server(s) } else { s },
-            );
+            let (client, server) = configs(ours_dials, ours_listens);
             for _ in 0..3 {
                 assert_eq!(handshake(&client, &server), HandshakeKind::Full);
             }
