@@ -24,8 +24,10 @@ pub(crate) const DEFAULT_STREAM_LEAK_WARNING: Duration = Duration::from_secs(60)
 
 /// Configuration of the transport.
 ///
-/// The defaults equal those of rust-libp2p's `libp2p-quic`, so that both interoperate unchanged
-/// and swapping one for the other changes nothing on the wire.
+/// The defaults equal those of rust-libp2p's `libp2p-quic`, so that swapping one for the other
+/// changes no transport parameter, except where quic-go's choices measured better: a 100 ms
+/// initial RTT, a congestion window that starts at 32 packets, and no TLS session resumption
+/// (as go-libp2p).
 ///
 /// ```
 /// let keypair = libp2p_identity::Keypair::generate_ed25519();
