@@ -6,7 +6,8 @@
 //!
 //! A thread that [`Lab::enter`]s it makes its sockets there, and so do the threads it starts
 //! afterwards (a tokio runtime's workers); a socket stays in the namespace it was made in,
-//! whichever thread uses it. Shared by `tests/admission.rs` and `examples/flood.rs`; needs
+//! whichever thread uses it. Shared by `tests/admission.rs` and `examples/flood.rs` (and its
+//! helpers by the NAT tests' `tests/nat/netns.rs`); needs
 //! nothing of the rest of `tests/common`.
 #![allow(dead_code)]
 
@@ -38,7 +39,7 @@ impl Lab {
                 return Err(format!("{ip} is outside 198.18.0.0/15"));
             }
         }
-        remove_stale();
+        remove_stale(PREFIX);
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let number = NEXT.fetch_add(1, Ordering::Relaxed);
         let name = format!("{PREFIX}{}x{number}", std::process::id());
@@ -140,31 +141,32 @@ pub fn enter(path: &str) -> io::Result<()> {
     Ok(())
 }
 
-fn run(program: &str, args: &[&str]) -> Result<(), String> {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| format!("`{program}` cannot run ({e}): install iproute2"))?;
+/// Run a command; its stderr is the error. Shared with the NAT tests' namespaces.
+pub fn run(program: &str, args: &[&str]) -> Result<(), String> {
+    let output = Command::new(program).args(args).output().map_err(|e| {
+        format!("`{program}` cannot run ({e}): install iproute2 (and iptables for the NAT tests)")
+    })?;
     if output.status.success() {
         return Ok(());
     }
     Err(format!(
-        "`{program} {}` failed ({}): {} (the test needs root and iproute2)",
+        "`{program} {}` failed ({}): {} (network tests need root, iproute2 and, for NAT, iptables)",
         args.join(" "),
         output.status,
         String::from_utf8_lossy(&output.stderr).trim()
     ))
 }
 
-/// Remove the namespaces of test processes that are gone (killed before they could clean up).
-fn remove_stale() {
+/// Remove the namespaces named `prefix`, then a process id, that test processes now gone left
+/// behind (killed before they could clean up).
+pub fn remove_stale(prefix: &str) {
     let Ok(output) = Command::new("ip").args(["netns", "list"]).output() else {
         return;
     };
     for line in String::from_utf8_lossy(&output.stdout).lines() {
         let name = line.split_whitespace().next().unwrap_or_default();
         let Some(pid) = name
-            .strip_prefix(PREFIX)
+            .strip_prefix(prefix)
             .and_then(|rest| rest.split('x').next())
         else {
             continue;

@@ -8,6 +8,9 @@ pub mod attempt;
 /// The Go peer's harness (build, spawn, JSON lines), shared with the interop tests.
 #[path = "../common/go/mod.rs"]
 pub mod go;
+/// Entering a namespace, running `ip`, removing stale namespaces: shared with the admission lab.
+#[path = "../common/lab.rs"]
+pub mod lab;
 pub mod netns;
 pub mod node;
 /// Installs iproute2 and iptables when they are missing and we may.

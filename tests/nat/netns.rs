@@ -17,13 +17,11 @@
 //! test networks, and exist only in these namespaces.
 
 use std::{
-    fs::File,
-    io,
-    os::fd::AsRawFd,
-    process::Command,
     sync::atomic::{AtomicUsize, Ordering},
     thread::JoinHandle,
 };
+
+use super::lab::{enter, remove_stale, run};
 
 /// The namespaces' names start with this, then the process id and a number.
 const PREFIX: &str = "lqnat";
@@ -68,7 +66,7 @@ impl Network {
     pub fn build(input: Input) -> Result<Self, String> {
         use super::prepare::{tools, IP, IPTABLES};
         tools(&[IP, IPTABLES])?;
-        remove_stale();
+        remove_stale(PREFIX);
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let number = NEXT.fetch_add(1, Ordering::Relaxed);
         let mut network = Self {
@@ -207,52 +205,6 @@ impl Drop for Network {
             if let Err(e) = run("ip", &["netns", "del", &self.ns(host)]) {
                 eprintln!("could not remove a test namespace: {e}");
             }
-        }
-    }
-}
-
-/// Move this thread into the network namespace at `path`.
-fn enter(path: &str) -> io::Result<()> {
-    let file = File::open(path)?;
-    // SAFETY: setns on an open namespace file; it changes only this thread's namespace.
-    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Run a command; its stderr is the error.
-fn run(program: &str, args: &[&str]) -> Result<(), String> {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| format!("`{program}` cannot run ({e}): install iproute2 and iptables"))?;
-    if output.status.success() {
-        return Ok(());
-    }
-    Err(format!(
-        "`{program} {}` failed ({}): {} (the NAT test needs root, iproute2 and iptables)",
-        args.join(" "),
-        output.status,
-        String::from_utf8_lossy(&output.stderr).trim()
-    ))
-}
-
-/// Remove the namespaces of test processes that are gone (killed before they could clean up).
-fn remove_stale() {
-    let Ok(output) = Command::new("ip").args(["netns", "list"]).output() else {
-        return;
-    };
-    for line in String::from_utf8_lossy(&output.stdout).lines() {
-        let name = line.split_whitespace().next().unwrap_or_default();
-        let Some(pid) = name
-            .strip_prefix(PREFIX)
-            .and_then(|rest| rest.split('x').next())
-        else {
-            continue;
-        };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = run("ip", &["netns", "del", name]);
         }
     }
 }
