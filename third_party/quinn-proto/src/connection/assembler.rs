@@ -104,7 +104,10 @@ impl Assembler {
     /// We merge contiguous chunks in the process of doing so.
     fn defragment(&mut self) {
         // Chunks smaller than min_chunk_size are merged regardless of fragmentation
-        let min_chunk_size = max(self.buffered.div_ceil(MAX_CHUNKS), MIN_RETAINED_CHUNK_SIZE);
+        let min_chunk_size = max(
+            self.buffered.div_ceil(self.max_chunks()),
+            MIN_RETAINED_CHUNK_SIZE,
+        );
         let new = BinaryHeap::with_capacity(self.data.len());
         let old = mem::replace(&mut self.data, new);
         let mut buffers = old.into_sorted_vec();
@@ -211,16 +214,30 @@ impl Assembler {
         // buffered data. The constants are chosen somewhat arbitrarily and try to
         // balance between defragmentation overhead and over-allocation.
         let threshold = 32768.max(buffered * 3 / 2);
+        let max_chunks = self.max_chunks();
         // Small gapped frames hold over-allocation below the threshold, so bound the count too.
-        if over_allocation > threshold || self.data.len() > COMPACT_THRESHOLD {
+        if over_allocation > threshold || self.data.len() > COMPACT_THRESHOLD.max(2 * max_chunks)
+        {
             self.defragment();
             // ngtcp2 uses a threshold of 4000 -- try to be a little more conservative?
-            if self.data.len() > MAX_CHUNKS {
+            if self.data.len() > max_chunks {
                 return Err(TooManyChunks);
             }
         }
 
         Ok(())
+    }
+
+    /// Bound on the chunks kept after compaction
+    ///
+    /// `MAX_CHUNKS`, or one per `MIN_BYTES_PER_CHUNK` of unique data buffered if that is more:
+    /// a sender keeping a large window of full-size packets in flight can leave more than
+    /// `MAX_CHUNKS` runs behind losses (a burst dropped at a full queue drops every other
+    /// packet), while the chunks' bookkeeping stays a small fraction of data that flow control
+    /// already bounds.
+    fn max_chunks(&self) -> usize {
+        let buffered = self.buffered.min((self.end - self.bytes_read) as usize);
+        MAX_CHUNKS.max(buffered / MIN_BYTES_PER_CHUNK)
     }
 
     /// Number of bytes consumed by the application
@@ -390,6 +407,13 @@ pub(crate) struct TooManyChunks;
 /// Independent of how much memory those spans over-allocate. A frame is rejected only
 /// if compaction cannot get the count back down to this.
 const MAX_CHUNKS: usize = 1024;
+
+/// Buffered bytes that each chunk past `MAX_CHUNKS` must bring
+///
+/// A packet at QUIC's minimum MTU of 1200 bytes carries more than this in a single STREAM
+/// frame, so runs of whole packets always qualify, while frames of a few bytes cannot raise the
+/// bound.
+const MIN_BYTES_PER_CHUNK: usize = 1024;
 
 /// Minimum size of a defragmented chunk that is retained without coalescing.
 ///
@@ -814,6 +838,58 @@ mod test {
             max_len > MAX_CHUNKS,
             "buffer compacted on every frame (max observed len {max_len})"
         );
+    }
+
+    #[test]
+    fn gapped_full_packets_are_not_rejected() {
+        // A burst dropped at a full queue: every other full-size packet lost, a window of
+        // 8 MB of them in flight, nothing read yet. Each received packet is a chunk of its own.
+        const FRAME_LEN: usize = 1150;
+        let mut x = Assembler::new();
+        let data = Bytes::from(vec![0; FRAME_LEN]);
+        // Each packet's frame in an allocation of its own, as received.
+        let mut offset = FRAME_LEN as u64;
+        while offset < 8_000_000 {
+            x.insert(offset, data.clone(), 1200)
+                .expect("full packets behind losses must not be rejected");
+            offset += 2 * FRAME_LEN as u64;
+        }
+        assert!(x.data.len() > 3 * MAX_CHUNKS, "{} chunks", x.data.len());
+        let end = offset - FRAME_LEN as u64;
+        // The losses repaired, all of it reads in order.
+        let mut offset = 0;
+        while offset < end {
+            x.insert(offset, data.clone(), 1200).unwrap();
+            offset += 2 * FRAME_LEN as u64;
+        }
+        let mut read = 0;
+        while let Some(chunk) = x.read(usize::MAX, true) {
+            assert_eq!(chunk.offset, read);
+            read += chunk.bytes.len() as u64;
+        }
+        assert_eq!(read, end);
+    }
+
+    #[test]
+    fn small_gapped_frames_behind_large_data_are_still_bounded() {
+        // Buffered bytes raise the bound by one chunk per `MIN_BYTES_PER_CHUNK`: frames of a
+        // few bytes cannot raise it further themselves.
+        let mut x = Assembler::new();
+        let large = 4 * MAX_CHUNKS * MIN_BYTES_PER_CHUNK;
+        x.insert(1, Bytes::from(vec![0; large]), large).unwrap();
+        let mut offset = 2 + large as u64;
+        let mut result = Ok(());
+        for _ in 0..(MAX_CHUNKS * 16) {
+            result = x.insert(offset, Bytes::from_static(b"gap"), 3);
+            if result.is_err() {
+                break;
+            }
+            offset += 3 + 1;
+        }
+        assert_matches!(result, Err(TooManyChunks));
+        let bound = x.buffered / MIN_BYTES_PER_CHUNK;
+        assert!(bound < 5 * MAX_CHUNKS);
+        assert!(x.data.len() <= 2 * bound + 1, "{} chunks", x.data.len());
     }
 
     fn next_unordered(x: &mut Assembler) -> Chunk {
