@@ -30,6 +30,7 @@
 mod address;
 mod admission;
 mod config;
+mod congestion;
 mod connection;
 mod endpoint;
 mod error;
@@ -56,7 +57,8 @@ mod webtransport;
 
 pub use address::{parse as parse_multiaddr, to_multiaddr};
 pub use admission::{AdmissionConfig, AdmissionSnapshot, SubnetLimit};
-pub use config::{Config, CongestionControl};
+pub use config::Config;
+pub use congestion::CongestionControl;
 pub use connection::{Connecting, Connection, Ledgers};
 #[cfg(feature = "reset-stream-at")]
 pub use error::ResetAtError;

@@ -1,0 +1,253 @@
+//! Which congestion controller a connection runs, and how ours differ from quinn's defaults: every
+//! controller starts from 32 packets, and BBR's window stays at 64 packets or more on short
+//! paths.
+
+use std::{
+    any::Any,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use quinn::congestion::{
+    BbrConfig, Controller, ControllerFactory, ControllerMetrics, CubicConfig, NewRenoConfig,
+};
+use quinn_proto::RttEstimator;
+
+/// Which of quinn's congestion controllers a connection runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum CongestionControl {
+    /// CUBIC (RFC 9438), as `libp2p-quic` and quic-go run: backs off on every loss.
+    #[default]
+    Cubic,
+    /// NewReno (RFC 9002's example).
+    NewReno,
+    /// BBR (quinn's implementation of BBRv1, marked experimental there): paces at the
+    /// bottleneck rate it measures and does not take random loss for congestion, so it keeps
+    /// its rate on lossy paths where CUBIC collapses. Like any BBRv1, it can take more than its
+    /// share of a bottleneck from CUBIC flows. On paths under 2 ms of RTT ours keeps a window
+    /// of at least 64 packets (quinn's falls to 4, and a scheduling hiccup then stalls it).
+    Bbr,
+}
+
+impl CongestionControl {
+    pub(crate) fn factory(self) -> Arc<dyn ControllerFactory + Send + Sync> {
+        match self {
+            CongestionControl::Cubic => {
+                let mut config = CubicConfig::default();
+                config.initial_window(INITIAL_WINDOW);
+                Arc::new(config)
+            }
+            CongestionControl::NewReno => {
+                let mut config = NewRenoConfig::default();
+                config.initial_window(INITIAL_WINDOW);
+                Arc::new(config)
+            }
+            CongestionControl::Bbr => Arc::new(FlooredBbrConfig),
+        }
+    }
+}
+
+/// The congestion window a connection starts with: quic-go's 32 packets, where quinn starts
+/// from RFC 9002's 10. Slow start then reaches a path's first MiB two round trips earlier
+/// (60 ms RTT: 545 → 442 ms), and a 10 s transfer gains what those round trips were worth
+/// (`docs/performance.md`, "Real paths").
+pub(crate) const INITIAL_WINDOW: u64 = 32 * 1200;
+
+/// Paths whose minimum RTT is below this are short (loopback, a LAN), where BBR's window gets
+/// [`SHORT_PATH_FLOOR`].
+const SHORT_PATH: Duration = Duration::from_millis(2);
+
+/// BBR's least window on a short path: 64 packets. Loopback bulk against `libp2p-quic`'s CUBIC,
+/// median of six paired turns: quinn's floor of 4 packets 0.78×, 32 packets 0.86×, 64 packets
+/// 1.04×, 128 packets 1.03×; CUBIC 1.02× (`docs/performance.md`).
+const SHORT_PATH_FLOOR: u64 = 64 * 1200;
+
+/// BBR's `window` on a path whose minimum RTT is `min_rtt`.
+fn floored(window: u64, min_rtt: Duration) -> u64 {
+    if min_rtt < SHORT_PATH {
+        window.max(SHORT_PATH_FLOOR)
+    } else {
+        window
+    }
+}
+
+/// Builds [`FlooredBbr`]s.
+struct FlooredBbrConfig;
+
+impl ControllerFactory for FlooredBbrConfig {
+    fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
+        let mut config = BbrConfig::default();
+        config.initial_window(INITIAL_WINDOW);
+        Box::new(FlooredBbr {
+            bbr: Arc::new(config).build(now, current_mtu),
+            min_rtt: Duration::MAX,
+        })
+    }
+}
+
+/// quinn's BBR, with a floor under its window on short paths. BBR sets its window to twice the
+/// bottleneck rate times the minimum RTT; where that RTT is tens of microseconds (loopback, a
+/// LAN) that is a few packets, so any pause in the receiver's scheduling stalls the sender and
+/// the rate it then measures is lower still. On longer paths the floor would only queue: a
+/// slow link's BBR keeps its own window.
+struct FlooredBbr {
+    bbr: Box<dyn Controller>,
+    /// The path's minimum RTT, as of the last acknowledgement.
+    min_rtt: Duration,
+}
+
+impl Controller for FlooredBbr {
+    fn on_sent(&mut self, now: Instant, bytes: u64, last_packet_number: u64) {
+        self.bbr.on_sent(now, bytes, last_packet_number);
+    }
+
+    fn on_ack(
+        &mut self,
+        now: Instant,
+        sent: Instant,
+        bytes: u64,
+        app_limited: bool,
+        rtt: &RttEstimator,
+    ) {
+        self.min_rtt = rtt.min();
+        self.bbr.on_ack(now, sent, bytes, app_limited, rtt);
+    }
+
+    fn on_end_acks(
+        &mut self,
+        now: Instant,
+        in_flight: u64,
+        app_limited: bool,
+        largest_packet_num_acked: Option<u64>,
+    ) {
+        self.bbr
+            .on_end_acks(now, in_flight, app_limited, largest_packet_num_acked);
+    }
+
+    fn on_congestion_event(
+        &mut self,
+        now: Instant,
+        sent: Instant,
+        is_persistent_congestion: bool,
+        lost_bytes: u64,
+    ) {
+        self.bbr
+            .on_congestion_event(now, sent, is_persistent_congestion, lost_bytes);
+    }
+
+    fn on_mtu_update(&mut self, new_mtu: u16) {
+        self.bbr.on_mtu_update(new_mtu);
+    }
+
+    fn window(&self) -> u64 {
+        floored(self.bbr.window(), self.min_rtt)
+    }
+
+    fn metrics(&self) -> ControllerMetrics {
+        let mut metrics = self.bbr.metrics();
+        metrics.congestion_window = self.window();
+        metrics
+    }
+
+    fn clone_box(&self) -> Box<dyn Controller> {
+        Box::new(FlooredBbr {
+            bbr: self.bbr.clone_box(),
+            min_rtt: self.min_rtt,
+        })
+    }
+
+    fn initial_window(&self) -> u64 {
+        self.bbr.initial_window()
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use quinn::congestion::{Cubic, NewReno};
+
+    use super::*;
+
+    const ALL: [CongestionControl; 3] = [
+        CongestionControl::Cubic,
+        CongestionControl::NewReno,
+        CongestionControl::Bbr,
+    ];
+
+    fn built(cc: CongestionControl) -> Box<dyn Controller> {
+        cc.factory().build(Instant::now(), 1200)
+    }
+
+    #[test]
+    fn each_choice_builds_its_controller_with_our_initial_window() {
+        assert!(built(CongestionControl::Cubic)
+            .into_any()
+            .downcast::<Cubic>()
+            .is_ok());
+        assert!(built(CongestionControl::NewReno)
+            .into_any()
+            .downcast::<NewReno>()
+            .is_ok());
+        assert!(built(CongestionControl::Bbr)
+            .into_any()
+            .downcast::<FlooredBbr>()
+            .is_ok());
+        for cc in ALL {
+            assert_eq!(built(cc).window(), 32 * 1200, "{cc:?}");
+        }
+    }
+
+    /// A controller whose window is whatever the test sets.
+    #[derive(Clone)]
+    struct Fixed(u64);
+
+    impl Controller for Fixed {
+        fn on_congestion_event(&mut self, _: Instant, _: Instant, _: bool, _: u64) {
+            self.0 /= 2;
+        }
+        fn on_mtu_update(&mut self, _: u16) {}
+        fn window(&self) -> u64 {
+            self.0
+        }
+        fn clone_box(&self) -> Box<dyn Controller> {
+            Box::new(self.clone())
+        }
+        fn initial_window(&self) -> u64 {
+            INITIAL_WINDOW
+        }
+        fn into_any(self: Box<Self>) -> Box<dyn Any> {
+            self
+        }
+    }
+
+    #[test]
+    fn on_a_short_path_the_floor_holds_below_it_and_bbr_decides_above_it() {
+        let now = Instant::now();
+        let mut floored = FlooredBbr {
+            bbr: Box::new(Fixed(200 * 1200)),
+            min_rtt: Duration::from_micros(50),
+        };
+        assert_eq!(floored.window(), 200 * 1200);
+        floored.on_congestion_event(now, now, false, 1200);
+        assert_eq!(floored.window(), 100 * 1200);
+        floored.on_congestion_event(now, now, false, 1200);
+        assert_eq!(floored.window(), SHORT_PATH_FLOOR, "50 packets, held at 64");
+        assert_eq!(floored.metrics().congestion_window, SHORT_PATH_FLOOR);
+        assert_eq!(floored.clone_box().window(), SHORT_PATH_FLOOR);
+    }
+
+    #[test]
+    fn on_a_longer_path_or_before_any_sample_bbr_keeps_its_own_window() {
+        assert_eq!(
+            floored(4 * 1200, Duration::from_millis(1)),
+            SHORT_PATH_FLOOR
+        );
+        assert_eq!(floored(4 * 1200, SHORT_PATH), 4 * 1200);
+        assert_eq!(floored(4 * 1200, Duration::from_millis(60)), 4 * 1200);
+        assert_eq!(floored(4 * 1200, Duration::MAX), 4 * 1200);
+    }
+}
