@@ -644,6 +644,16 @@ pin_project! {
     }
 }
 
+#[cfg(test)]
+impl Endpoint {
+    /// Connection attempts waiting to be accepted, and the capacity of their queue
+    pub(crate) fn incoming_queue(&self) -> (usize, usize) {
+        let state = self.inner.state.lock().unwrap();
+        let incoming = &state.recv_state.incoming;
+        (incoming.len(), incoming.capacity())
+    }
+}
+
 impl Future for Accept<'_> {
     type Output = Option<Incoming>;
     fn poll(self: Pin<&mut Self>, ctx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -653,6 +663,7 @@ impl Future for Accept<'_> {
             return Poll::Ready(None);
         }
         if let Some(incoming) = endpoint.recv_state.incoming.pop_front() {
+            endpoint.recv_state.shrink_drained_incoming();
             // Release the mutex lock on endpoint so cloning it doesn't deadlock
             drop(endpoint);
             let incoming = Incoming::new(incoming, this.endpoint.inner.clone());
@@ -737,6 +748,9 @@ impl std::ops::Deref for EndpointRef {
     }
 }
 
+/// Capacity the queue of incoming connections keeps once drained
+pub(crate) const INCOMING_KEPT: usize = 16;
+
 /// State directly involved in handling incoming packets
 struct RecvState {
     incoming: VecDeque<proto::Incoming>,
@@ -746,6 +760,15 @@ struct RecvState {
 }
 
 impl RecvState {
+    /// Give back what a burst of connection attempts made the queue of incoming connections
+    /// take, once the application has accepted or refused them all: a flood of Initials can
+    /// grow it to thousands of entries, and a `VecDeque` never shrinks by itself.
+    fn shrink_drained_incoming(&mut self) {
+        if self.incoming.is_empty() && self.incoming.capacity() > INCOMING_KEPT {
+            self.incoming.shrink_to(INCOMING_KEPT);
+        }
+    }
+
     fn new(
         sender: mpsc::UnboundedSender<(ConnectionHandle, EndpointEvent)>,
         max_receive_segments: usize,

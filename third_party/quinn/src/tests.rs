@@ -264,6 +264,31 @@ async fn ip_blocking() {
     server_task.abort();
 }
 
+#[tokio::test]
+async fn incoming_queue_shrinks_once_drained() {
+    let _guard = subscribe();
+    let endpoint_factory = EndpointFactory::new();
+    let client = endpoint_factory.endpoint();
+    let server = endpoint_factory.endpoint();
+    let server_addr = server.local_addr().unwrap();
+    // A burst of connection attempts that the server does not accept yet (a few of whose
+    // Initials the socket may drop: they come back after a probe timeout)
+    let _attempts: Vec<_> = (0..200)
+        .map(|_| client.connect(server_addr, "localhost").unwrap())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.incoming_queue().0 < 100 {
+        assert!(Instant::now() < deadline, "{:?}", server.incoming_queue());
+        sleep(Duration::from_millis(1)).await;
+    }
+    assert!(server.incoming_queue().1 >= 100);
+    while server.incoming_queue().0 > 0 {
+        server.accept().await.unwrap().ignore();
+    }
+    // A late Initial may have come in since, but the capacity went back
+    assert_eq!(server.incoming_queue().1, crate::endpoint::INCOMING_KEPT);
+}
+
 /// Construct an endpoint suitable for connecting to itself
 fn endpoint() -> Endpoint {
     EndpointFactory::new().endpoint()
