@@ -20,7 +20,9 @@
 //! with fresh connection ids, from `--sources` addresses × 16 ports, `tests/common/flood.rs`);
 //! from a quarter of the way in, the 20 peers connect again one after another, 100 ms apart;
 //! the listener's RSS and heap are sampled every 100 ms; 10 s after the flood the RSS is read
-//! again. A listener past `--rss-cap-mib` is stopped, the flood with it, and reported as such.
+//! again. Just before each flood and 10 s after it, the listener also hands its allocator's
+//! free memory back (`malloc_trim`) and its heap in use and RSS are read: what the flood left
+//! behind. A listener past `--rss-cap-mib` is stopped, the flood with it, and reported as such.
 //! `FLOOD_WRAP=<program>` starts the listener child under that program (a heap profiler such as
 //! `heaptrack`); `FLOOD_TRACE=1` prints its reports, one a second.
 
@@ -426,6 +428,10 @@ struct Row {
     after_heap: u64,
     /// RSS once the allocator handed its free memory back (`malloc_trim`), after `after_rss`.
     trimmed_rss: u64,
+    /// Heap in use and trimmed RSS just before this flood: after the peers' unloaded
+    /// connections, or 10 s after the previous flood.
+    before_heap: u64,
+    before_rss: u64,
     cpu: Duration,
     flood_time: Duration,
     unloaded: Vec<Duration>,
@@ -557,6 +563,10 @@ fn flood_round(
         unloaded: idle.unloaded.clone(),
         ..Row::default()
     };
+    // What the flood starts from, the allocator's free memory handed back as it is after.
+    listener.trim();
+    row.before_heap = listener.stats().heap;
+    row.before_rss = listener.rss();
     let target = SocketAddr::new(IpAddr::V4(LISTENER), PORT);
     let addr = listener.addr.clone();
     let flood = flood::Flood {
@@ -690,9 +700,9 @@ fn print_table(args: &Args, rows: &[Row]) {
         args.rate, args.seconds, args.sources, args.threads
     );
     println!(
-        "| listener | Initials sent (rate) | listener CPU | RSS idle | RSS peak (Δ) | RSS 10 s after (Δ) | … after malloc_trim | heap peak Δ | heap 10 s after Δ | peers | connect p50 / p90 unloaded | … under flood | admission |"
+        "| listener | Initials sent (rate) | listener CPU | RSS idle | RSS peak (Δ) | RSS 10 s after (Δ) | … after malloc_trim | heap peak Δ | heap 10 s after Δ | just before the flood → 10 s after: heap; RSS, both trimmed | peers | connect p50 / p90 unloaded | … under flood | admission |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for row in rows {
         let after = match &row.stopped {
             Some(why) => format!("stopped: {why}"),
@@ -714,8 +724,21 @@ fn print_table(args: &Args, rows: &[Row]) {
             Some(_) => "–".to_owned(),
             None => format!("{:+.1} MiB", mib(row.after_heap) - mib(row.idle_heap)),
         };
+        let percent = |after: u64, before: u64| (after as f64 / before.max(1) as f64 - 1.0) * 100.0;
+        let since_before = match &row.stopped {
+            Some(_) => "–".to_owned(),
+            None => format!(
+                "{:.2} → {:.2} MiB ({:+.1}%); {:.1} → {:.1} MiB ({:+.1}%)",
+                mib(row.before_heap),
+                mib(row.after_heap),
+                percent(row.after_heap, row.before_heap),
+                mib(row.before_rss),
+                mib(row.trimmed_rss),
+                percent(row.trimmed_rss, row.before_rss),
+            ),
+        };
         println!(
-            "| {} | {} ({:.0}/s) | {:.1} s of {:.1} s | {:.0} MiB | {:.0} MiB ({:+.0} MiB) | {} | {} | {:+.1} MiB | {} | {}/{} | {} | {} | {} |",
+            "| {} | {} ({:.0}/s) | {:.1} s of {:.1} s | {:.0} MiB | {:.0} MiB ({:+.0} MiB) | {} | {} | {:+.1} MiB | {} | {} | {}/{} | {} | {} | {} |",
             row.kind,
             row.sent,
             row.rate,
@@ -728,6 +751,7 @@ fn print_table(args: &Args, rows: &[Row]) {
             trimmed,
             mib(row.peak_heap) - mib(row.idle_heap),
             after_heap,
+            since_before,
             row.loaded.len(),
             row.loaded.len() + row.loaded_failed.len(),
             p50_p90(&row.unloaded),
