@@ -1,7 +1,8 @@
 //! Keeps the WAN benchmark working: every profile for about a second, ours with ours and with
 //! go-libp2p both ways, over QUIC and WebTransport. Every run moves exactly the bytes it asked
-//! for (the perf client checks), the Go client's result lines parse, and every round trip
-//! takes at least the path's RTT (the delay line is really in the path). Not a measurement.
+//! for (the perf client checks), the Go client's result lines parse, every round trip takes at
+//! least the path's RTT (the delay line is really in the path), and `--share`'s two uploads
+//! at once arrive whole. Not a measurement.
 
 #[allow(dead_code)]
 #[path = "../benches/wan/main.rs"]
@@ -9,6 +10,7 @@ mod wan;
 
 use std::time::Duration;
 
+use libp2p_quinn::CongestionControl;
 use wan::{Impl, Line, Options, Profile, Sample, Transport};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,6 +33,7 @@ async fn every_profile_carries_perf_between_ours_and_go() {
         round_trips: 1,
         first_mib_runs: 1,
         transfer_bytes: Some(256 << 10),
+        share: Some([CongestionControl::Bbr, CongestionControl::Cubic]),
         ..Options::quick()
     };
     let report = tokio::time::timeout(Duration::from_secs(300), wan::run(&options))
@@ -58,6 +61,12 @@ async fn every_profile_carries_perf_between_ours_and_go() {
                 profile.name,
                 trips[0]
             );
+        }
+        // `--share`: both clients' uploads arrive whole, side by side.
+        for name in options.share_lines() {
+            let uploads = report.values(profile.name, &name, Sample::Upload);
+            assert_eq!(uploads.len(), 1, "{} {name}", profile.name);
+            assert!(uploads[0] > 0.0, "{} {name}", profile.name);
         }
     }
 }

@@ -6,6 +6,7 @@
 //!     [--lines ours,ours-webtransport,libp2p-quic,go-libp2p,go-libp2p-webtransport]
 //!     [--rounds N] [--seconds S] [--round-trips N] [--quick]
 //!     [--congestion cubic|new-reno|bbr] [--initial-rtt-ms MS]   (our transport's knobs)
+//!     [--share bbr,cubic]   (also: two of our clients uploading at once, one per controller)
 //! ```
 //!
 //! Each server listens on loopback behind a delay line (`libp2p_quinn::test_util::DelayLine`:
@@ -99,6 +100,9 @@ pub struct Options {
     pub tune: Tune,
     /// Bytes of each goodput transfer, instead of sizing them to `transfer` by a probe.
     pub transfer_bytes: Option<u64>,
+    /// Two of our clients, one with each controller, uploading the same bytes at once over one
+    /// path to our server: how they share its bottleneck ([`share`]).
+    pub share: Option<[CongestionControl; 2]>,
 }
 
 impl Options {
@@ -123,7 +127,20 @@ impl Options {
             first_mib_runs: 2,
             tune: Tune::default(),
             transfer_bytes: None,
+            share: None,
         }
+    }
+
+    /// The names of the two lines of `--share`, in its order.
+    pub fn share_lines(&self) -> Vec<String> {
+        let Some([a, b]) = self.share else {
+            return Vec::new();
+        };
+        let (a, b) = (controller_name(a), controller_name(b));
+        vec![
+            format!("ours {a} beside {b}, first"),
+            format!("ours {b} beside {a}, second"),
+        ]
     }
 
     pub fn quick() -> Self {
@@ -138,8 +155,8 @@ impl Options {
 
     const USAGE: &'static str = "usage: wan [--profiles P,...] [--lines L,...] [--rounds N] \
         [--seconds S] [--round-trips N] [--congestion cubic|new-reno|bbr] [--initial-rtt-ms MS] \
-        [--quick]\n  profiles: continental, lossy, long-thin\n  \
-        lines: ours, ours-webtransport, libp2p-quic, go-libp2p, go-libp2p-webtransport";
+        [--share CC,CC] [--quick]\n  profiles: continental, lossy, long-thin\n  \
+        lines: ours, ours-webtransport, libp2p-quic, go-libp2p, go-libp2p-webtransport, or none";
 
     pub fn from_args(args: impl IntoIterator<Item = String>) -> Result<Self, String> {
         let args: Vec<String> = args.into_iter().collect();
@@ -157,13 +174,16 @@ impl Options {
                 "--rounds" => options.rounds = number(value()?)? as usize,
                 "--seconds" => options.transfer = Duration::from_secs_f64(number(value()?)?),
                 "--round-trips" => options.round_trips = number(value()?)? as usize,
-                "--congestion" => {
-                    options.tune.congestion = Some(match value()?.as_str() {
-                        "cubic" => CongestionControl::Cubic,
-                        "new-reno" => CongestionControl::NewReno,
-                        "bbr" => CongestionControl::Bbr,
-                        other => return Err(format!("unknown congestion controller {other}")),
-                    })
+                "--congestion" => options.tune.congestion = Some(controller(&value()?)?),
+                "--share" => {
+                    let pair = value()?
+                        .split(',')
+                        .map(controller)
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let pair = pair
+                        .try_into()
+                        .map_err(|_| "--share takes two controllers")?;
+                    options.share = Some(pair);
                 }
                 "--initial-rtt-ms" => {
                     options.tune.initial_rtt =
@@ -177,7 +197,12 @@ impl Options {
                 }
                 "--lines" => {
                     let all = Self::lines();
-                    options.lines = value()?
+                    let value = value()?;
+                    if value == "none" {
+                        options.lines.clear();
+                        continue;
+                    }
+                    options.lines = value
                         .split(',')
                         .map(|l| {
                             let l = l
@@ -201,12 +226,30 @@ impl Options {
     }
 }
 
+fn controller(name: &str) -> Result<CongestionControl, String> {
+    match name.trim() {
+        "cubic" => Ok(CongestionControl::Cubic),
+        "new-reno" => Ok(CongestionControl::NewReno),
+        "bbr" => Ok(CongestionControl::Bbr),
+        other => Err(format!("unknown congestion controller {other}")),
+    }
+}
+
+fn controller_name(controller: CongestionControl) -> &'static str {
+    match controller {
+        CongestionControl::NewReno => "new-reno",
+        CongestionControl::Bbr => "bbr",
+        _ => "cubic",
+    }
+}
+
 /// Runs the benchmark; prints a `BENCH` line per measurement as it goes.
 pub async fn run(options: &Options) -> Result<Report, BoxError> {
     let mut servers = HashMap::new();
-    for line in &options.lines {
-        if let Entry::Vacant(entry) = servers.entry(line.server) {
-            entry.insert(Server::start(line.server, options.tune).await?);
+    let share = options.share.map(|_| Impl::Ours);
+    for server in options.lines.iter().map(|l| l.server).chain(share) {
+        if let Entry::Vacant(entry) = servers.entry(server) {
+            entry.insert(Server::start(server, options.tune).await?);
         }
     }
     let mut report = Report::default();
@@ -309,6 +352,45 @@ async fn run_profile(
         .sum();
     report.add(profile, "link", Sample::LateSends, late as f64);
     report.add(profile, "link", Sample::Relayed, sent as f64);
+    if let Some(pair) = options.share {
+        share(options, profile, &servers[&Impl::Ours], pair, report).await?;
+    }
+    Ok(())
+}
+
+/// Two of our clients, with the controllers of `pair`, upload the same bytes at once through
+/// one delay line to our server, each round: each one's goodput. The bytes are half of what the
+/// link carries in `options.transfer`, so two fair flows end together; a flow that takes more
+/// than its half ends first, and the other has the link to itself for the rest.
+async fn share(
+    options: &Options,
+    profile: &Profile,
+    server: &Server,
+    pair: [CongestionControl; 2],
+    report: &mut Report,
+) -> Result<(), BoxError> {
+    let addr = server.addr(Transport::Quic).ok_or("no QUIC address")?;
+    let relay = DelayLine::start(
+        socket_addr(addr).ok_or("not a UDP address")?,
+        profile.path.clone(),
+        1,
+    )?;
+    let addr = through(addr, relay.local_addr());
+    let half = profile.rate_bps() as f64 / 8.0 / 2.0 * options.transfer.as_secs_f64();
+    let bytes = options.transfer_bytes.unwrap_or(half as u64);
+    let tune = |congestion| Tune {
+        congestion: Some(congestion),
+        ..options.tune
+    };
+    let names = options.share_lines();
+    for _ in 0..options.rounds {
+        let (a, b) = tokio::join!(
+            goodput(Impl::Ours, &addr, Direction::Upload, bytes, tune(pair[0])),
+            goodput(Impl::Ours, &addr, Direction::Upload, bytes, tune(pair[1])),
+        );
+        report.record(profile, &names[0], Sample::Upload, a);
+        report.record(profile, &names[1], Sample::Upload, b);
+    }
     Ok(())
 }
 

@@ -131,8 +131,8 @@ pub fn summary(report: &Report, options: &Options) -> String {
             "| line | upload Mbit/s | download Mbit/s | connection + 1 B, median (p90) | first MiB, median |"
         );
         let _ = writeln!(out, "|---|---|---|---|---|");
-        for line in &options.lines {
-            let name = line.name();
+        let names = options.lines.iter().map(|line| line.name());
+        for name in names.chain(options.share_lines()) {
             let median = |s| percentile(report.values(profile.name, &name, s), 50.0);
             let rate_cell = |s| match median(s) {
                 Some(v) => format!("{v:.1} ({:.2}×)", v / rate),
