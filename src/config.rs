@@ -62,10 +62,11 @@ pub struct Config {
     /// `docs/performance.md`).
     pub initial_rtt: Duration,
     /// The congestion controller of every connection. Default: [`CongestionControl::Cubic`].
-    /// [`CongestionControl::Bbr`] moves about 18 times the bytes on a path with 1% random loss
-    /// and as much as CUBIC on loopback, but quinn marks its BBR experimental, and a receiver on
-    /// a released quinn-proto can end a connection after a BBR burst loss
-    /// (`docs/performance.md`): choose it for lossy paths to peers you know.
+    /// [`CongestionControl::Bbr`] moves about 25 times CUBIC's bytes on a path with 1% random
+    /// loss and as much as CUBIC on loopback, but quinn marks its BBR experimental, it takes
+    /// most of a bottleneck shared with CUBIC flows, and a receiver on a released quinn-proto
+    /// can end a connection after a BBR burst loss (`docs/performance.md`): choose it for lossy
+    /// paths to peers you know.
     pub congestion_control: CongestionControl,
     /// Whether to discover the path MTU above QUIC's 1200-byte minimum. Default: on.
     /// [`Config::disable_path_mtu_discovery`] clears it and [`Config::mtu_upper_bound`] sets

@@ -59,7 +59,8 @@ const INITIAL_WINDOW: u64 = 32 * 1200;
 /// [`SHORT_PATH_FLOOR`].
 const SHORT_PATH: Duration = Duration::from_millis(2);
 
-/// BBR's least window on a short path: 64 packets. Loopback bulk against `libp2p-quic`'s CUBIC,
+/// BBR's least window on a short path: 76,800 bytes, 64 packets of QUIC's least size (fewer
+/// of a larger MTU). Loopback bulk against `libp2p-quic`'s CUBIC,
 /// median of six paired turns: quinn's floor of 4 packets 0.78×, 32 packets 0.86×, 64 packets
 /// 1.04×, 128 packets 1.03×; CUBIC 1.02× (`docs/performance.md`).
 const SHORT_PATH_FLOOR: u64 = 64 * 1200;
@@ -83,6 +84,7 @@ impl ControllerFactory for FlooredBbrConfig {
         Box::new(FlooredBbr {
             bbr: Arc::new(config).build(now, current_mtu),
             min_rtt: Duration::MAX,
+            floor: true,
         })
     }
 }
@@ -96,6 +98,10 @@ struct FlooredBbr {
     bbr: Box<dyn Controller>,
     /// The path's minimum RTT, as of the last acknowledgement.
     min_rtt: Duration,
+    /// Whether the floor applies: persistent congestion clears it for the rest of the
+    /// connection, as it takes any window to its minimum (RFC 9002 §7.6.2). A short path that
+    /// loses three probe timeouts' worth is a congested one, not the loopback the floor is for.
+    floor: bool,
 }
 
 impl Controller for FlooredBbr {
@@ -133,6 +139,9 @@ impl Controller for FlooredBbr {
         is_persistent_congestion: bool,
         lost_bytes: u64,
     ) {
+        if is_persistent_congestion {
+            self.floor = false;
+        }
         self.bbr
             .on_congestion_event(now, sent, is_persistent_congestion, lost_bytes);
     }
@@ -142,7 +151,10 @@ impl Controller for FlooredBbr {
     }
 
     fn window(&self) -> u64 {
-        floored(self.bbr.window(), self.min_rtt)
+        match self.floor {
+            true => floored(self.bbr.window(), self.min_rtt),
+            false => self.bbr.window(),
+        }
     }
 
     fn metrics(&self) -> ControllerMetrics {
@@ -155,6 +167,7 @@ impl Controller for FlooredBbr {
         Box::new(FlooredBbr {
             bbr: self.bbr.clone_box(),
             min_rtt: self.min_rtt,
+            floor: self.floor,
         })
     }
 
@@ -231,6 +244,7 @@ mod tests {
         let mut floored = FlooredBbr {
             bbr: Box::new(Fixed(200 * 1200)),
             min_rtt: Duration::from_micros(50),
+            floor: true,
         };
         assert_eq!(floored.window(), 200 * 1200);
         floored.on_congestion_event(now, now, false, 1200);
@@ -239,6 +253,10 @@ mod tests {
         assert_eq!(floored.window(), SHORT_PATH_FLOOR, "50 packets, held at 64");
         assert_eq!(floored.metrics().congestion_window, SHORT_PATH_FLOOR);
         assert_eq!(floored.clone_box().window(), SHORT_PATH_FLOOR);
+        // Persistent congestion: BBR's own window from then on, in copies too.
+        floored.on_congestion_event(now, now, true, 1200);
+        assert_eq!(floored.window(), 25 * 1200);
+        assert_eq!(floored.clone_box().window(), 25 * 1200);
     }
 
     #[test]
