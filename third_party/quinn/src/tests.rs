@@ -285,8 +285,10 @@ async fn incoming_queue_shrinks_once_drained() {
     while server.incoming_queue().0 > 0 {
         server.accept().await.unwrap().ignore();
     }
-    // A late Initial may have come in since, but the capacity went back
-    assert_eq!(server.incoming_queue().1, crate::endpoint::INCOMING_KEPT);
+    // A late Initial may have come in since, but the capacity went back (`shrink_to` keeps at
+    // least what it is asked to)
+    let (_, capacity) = server.incoming_queue();
+    assert!(capacity < 100, "capacity {capacity}");
 }
 
 /// Construct an endpoint suitable for connecting to itself

@@ -220,7 +220,7 @@ impl Assembler {
         {
             self.defragment();
             // ngtcp2 uses a threshold of 4000 -- try to be a little more conservative?
-            if self.data.len() > max_chunks {
+            if self.data.len() > self.max_chunks() {
                 return Err(TooManyChunks);
             }
         }
@@ -411,8 +411,9 @@ const MAX_CHUNKS: usize = 1024;
 /// Buffered bytes that each chunk past `MAX_CHUNKS` must bring
 ///
 /// A packet at QUIC's minimum MTU of 1200 bytes carries more than this in a single STREAM
-/// frame, so runs of whole packets always qualify, while frames of a few bytes cannot raise the
-/// bound.
+/// frame, so runs of whole packets of one stream always qualify, while frames of a few bytes
+/// cannot raise the bound. (Packets shared by several streams carry smaller frames, and those
+/// streams still have `MAX_CHUNKS` at least.)
 const MIN_BYTES_PER_CHUNK: usize = 1024;
 
 /// Minimum size of a defragmented chunk that is retained without coalescing.
