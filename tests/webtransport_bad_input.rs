@@ -328,13 +328,13 @@ async fn alpn_libp2p_without_a_client_certificate_is_refused() {
     };
     // TLS 1.3 lets the client finish first: the listener's refusal may come just after, and
     // the listener hands out the connection, whose handshake then fails, before or after it.
-    let client = async {
+    let client = bounded("the client's attempt", async {
         let (_endpoint, connection) = h3_client::connect(socket_of(&quic_addr), b"libp2p").await;
         match connection {
             Ok(connection) => connection.closed().await,
             Err(error) => error,
         }
-    };
+    });
     let (refused, accepted) = futures::join!(client, next_handshake(&mut server));
     assert!(
         matches!(accepted, Err(Error::Connection(ref e))
