@@ -440,6 +440,11 @@ struct Row {
     admission: String,
 }
 
+/// How much `after` is above `before`, in percent.
+fn percent(after: u64, before: u64) -> f64 {
+    (after as f64 / before.max(1) as f64 - 1.0) * 100.0
+}
+
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 20) as f64
 }
@@ -709,7 +714,7 @@ fn print_table(args: &Args, rows: &[Row]) {
             None => format!(
                 "{:.0} MiB ({:+.1}%)",
                 mib(row.after_rss),
-                (row.after_rss as f64 / row.idle_rss.max(1) as f64 - 1.0) * 100.0
+                percent(row.after_rss, row.idle_rss)
             ),
         };
         let trimmed = match &row.stopped {
@@ -717,14 +722,13 @@ fn print_table(args: &Args, rows: &[Row]) {
             None => format!(
                 "{:.0} MiB ({:+.1}%)",
                 mib(row.trimmed_rss),
-                (row.trimmed_rss as f64 / row.idle_rss.max(1) as f64 - 1.0) * 100.0
+                percent(row.trimmed_rss, row.idle_rss)
             ),
         };
         let after_heap = match &row.stopped {
             Some(_) => "–".to_owned(),
             None => format!("{:+.1} MiB", mib(row.after_heap) - mib(row.idle_heap)),
         };
-        let percent = |after: u64, before: u64| (after as f64 / before.max(1) as f64 - 1.0) * 100.0;
         let since_before = match &row.stopped {
             Some(_) => "–".to_owned(),
             None => format!(
