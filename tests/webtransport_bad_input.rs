@@ -336,19 +336,17 @@ async fn alpn_libp2p_without_a_client_certificate_is_refused() {
         }
     });
     let (refused, accepted) = futures::join!(client, next_handshake(&mut server));
+    // TLS alert 116, certificate_required, as a QUIC CRYPTO_ERROR (0x100 + alert), both sides.
+    let certificate_required = quinn_proto::TransportErrorCode::crypto(116);
     assert!(
         matches!(accepted, Err(Error::Connection(ref e))
             if matches!(**e, quinn::ConnectionError::TransportError(ref e)
-                if e.code == quinn_proto::TransportErrorCode::crypto(116))),
+                if e.code == certificate_required)),
         "{accepted:?}"
     );
-    // TLS alert 116, certificate_required, as a QUIC CRYPTO_ERROR (0x100 + alert).
     match refused {
         quinn::ConnectionError::ConnectionClosed(close) => {
-            assert_eq!(
-                close.error_code,
-                quinn_proto::TransportErrorCode::crypto(116)
-            )
+            assert_eq!(close.error_code, certificate_required)
         }
         other => panic!("a libp2p connection without a client certificate: {other:?}"),
     }
