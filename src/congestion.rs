@@ -151,9 +151,10 @@ impl Controller for FlooredBbr {
     }
 
     fn window(&self) -> u64 {
-        match self.floor {
-            true => floored(self.bbr.window(), self.min_rtt),
-            false => self.bbr.window(),
+        if self.floor {
+            floored(self.bbr.window(), self.min_rtt)
+        } else {
+            self.bbr.window()
         }
     }
 
