@@ -1,7 +1,9 @@
 use std::{
     collections::{HashMap, hash_map},
     convert::TryFrom,
-    fmt, mem,
+    fmt,
+    hash::{BuildHasher, Hash},
+    mem,
     net::{IpAddr, SocketAddr},
     ops::{Index, IndexMut},
     sync::Arc,
@@ -125,6 +127,7 @@ impl Endpoint {
                 if let Some(cid) = self.connections[ch].loc_cids.remove(&seq) {
                     trace!("peer retired CID {}: {}", seq, cid);
                     self.index.retire(cid);
+                    self.shrink_sparse_tables();
                     if allow_more_cids {
                         return Some(self.send_new_identifiers(now, ch, 1));
                     }
@@ -133,6 +136,7 @@ impl Endpoint {
             Drained => {
                 if let Some(conn) = self.connections.try_remove(ch.0) {
                     self.index.remove(&conn);
+                    self.shrink_sparse_tables();
                 } else {
                     // This indicates a bug in downstream code, which could cause spurious
                     // connection loss instead of this error if the CID was (re)allocated prior to
@@ -561,6 +565,7 @@ impl Endpoint {
         incoming.improper_drop_warner.dismiss();
         let incoming_buffer = self.incoming_buffers.remove(incoming.incoming_idx);
         self.all_incoming_buffers_total_bytes -= incoming_buffer.total_bytes;
+        self.shrink_sparse_tables();
 
         let packet_number = incoming.packet.header.number.expand(0);
         let InitialHeader {
@@ -809,6 +814,19 @@ impl Endpoint {
         self.index.remove_initial(incoming.packet.header.dst_cid);
         let incoming_buffer = self.incoming_buffers.remove(incoming.incoming_idx);
         self.all_incoming_buffers_total_bytes -= incoming_buffer.total_bytes;
+        self.shrink_sparse_tables();
+    }
+
+    /// Give back what a burst of connection attempts (a flood of Initials, say) grew the tables
+    /// to, once they are mostly unused again: neither a `Slab` nor a `HashMap` shrinks by itself.
+    ///
+    /// A map shrinks to twice its length once under a quarter full, so that rehashing costs O(1)
+    /// per removal, amortized; a slab only when empty, as its keys are held elsewhere.
+    fn shrink_sparse_tables(&mut self) {
+        shrink_if_empty(&mut self.incoming_buffers);
+        shrink_if_empty(&mut self.connections);
+        shrink_if_sparse(&mut self.index.connection_ids_initial);
+        shrink_if_sparse(&mut self.index.connection_ids);
     }
 
     fn add_connection(
@@ -942,6 +960,19 @@ impl Endpoint {
         self.index.connection_ids.len()
     }
 
+    #[cfg(test)]
+    pub(crate) fn largest_table_capacity(&self) -> usize {
+        [
+            self.incoming_buffers.capacity(),
+            self.connections.capacity(),
+            self.index.connection_ids_initial.capacity(),
+            self.index.connection_ids.capacity(),
+        ]
+        .into_iter()
+        .max()
+        .unwrap()
+    }
+
     /// Whether we've used up 3/4 of the available CID space
     ///
     /// We leave some space unused so that `new_cid` can be relied upon to finish quickly. We don't
@@ -970,6 +1001,23 @@ impl fmt::Debug for Endpoint {
                 &self.all_incoming_buffers_total_bytes,
             )
             .finish()
+    }
+}
+
+/// Entries an endpoint's table keeps room for however empty it gets, so that an endpoint with a
+/// few connections never reallocates
+pub(crate) const TABLE_KEPT: usize = 16;
+
+fn shrink_if_empty<T>(slab: &mut Slab<T>) {
+    if slab.is_empty() && slab.capacity() > TABLE_KEPT {
+        *slab = Slab::with_capacity(TABLE_KEPT);
+    }
+}
+
+fn shrink_if_sparse<K: Eq + Hash, V, S: BuildHasher>(map: &mut HashMap<K, V, S>) {
+    let wanted = 2 * map.len().max(TABLE_KEPT);
+    if map.capacity() > 2 * wanted {
+        map.shrink_to(wanted);
     }
 }
 

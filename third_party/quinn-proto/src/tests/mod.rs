@@ -3731,6 +3731,69 @@ fn validate_then_reject_manually() {
     assert_eq!(pair.server.known_cids(), 0);
 }
 
+/// A burst of connection attempts grows the server's tables; once the attempts are refused, the
+/// tables give that memory back rather than keeping the burst's capacity for good.
+#[test]
+fn tables_shrink_after_a_burst_of_incoming() {
+    let _guard = subscribe();
+    let mut pair = Pair::default();
+    pair.server.handle_incoming = Box::new(|_| IncomingConnectionBehavior::Wait);
+    for _ in 0..200 {
+        pair.begin_connect(client_config());
+    }
+    // One flight each way, not `drive()`: the test endpoints route events for one connection.
+    pair.drive_client();
+    pair.drive_server();
+    assert_eq!(pair.server.waiting_incoming.len(), 200);
+    assert!(pair.server.largest_table_capacity() >= 200);
+
+    for incoming in mem::take(&mut pair.server.waiting_incoming) {
+        pair.server.reject(incoming);
+    }
+    assert!(pair.server.largest_table_capacity() <= 4 * crate::endpoint::TABLE_KEPT);
+    assert_eq!(pair.server.incoming_buffer_bytes(), 0);
+
+    // The endpoint still serves, the refused clients gone.
+    pair.server.outbound.clear();
+    pair.client.connections.clear();
+    pair.server.handle_incoming = Box::new(|_| IncomingConnectionBehavior::Accept);
+    pair.connect();
+}
+
+/// As above, for connections accepted and then closed.
+#[test]
+fn tables_shrink_after_a_burst_of_connections() {
+    let _guard = subscribe();
+    let mut pair = Pair::default();
+    pair.server.handle_incoming = Box::new(|_| IncomingConnectionBehavior::Wait);
+    for _ in 0..200 {
+        pair.begin_connect(client_config());
+    }
+    pair.drive_client();
+    pair.drive_server();
+    let now = pair.time;
+    let mut buf = Vec::new();
+    let accepted: Vec<_> = mem::take(&mut pair.server.waiting_incoming)
+        .into_iter()
+        .map(|incoming| pair.server.accept(incoming, now, &mut buf, None).unwrap())
+        .collect();
+    assert_eq!(pair.server.known_connections(), 200);
+    assert!(pair.server.largest_table_capacity() >= 200);
+
+    // Each closes, and is drained once its draining period is over.
+    for (ch, mut conn) in accepted {
+        conn.close(now, VarInt(0), Bytes::new());
+        conn.handle_timeout(now + Duration::from_secs(60));
+        while let Some(event) = conn.poll_endpoint_events() {
+            if let Some(event) = pair.server.handle_event(ch, event) {
+                conn.handle_event(event);
+            }
+        }
+    }
+    assert_eq!(pair.server.known_connections(), 0);
+    assert!(pair.server.largest_table_capacity() <= 4 * crate::endpoint::TABLE_KEPT);
+}
+
 #[test]
 fn endpoint_and_connection_impl_send_sync() {
     const fn is_send_sync<T: Send + Sync>() {}
