@@ -17,6 +17,8 @@ pub(crate) const WARN_EVERY: Duration = Duration::from_secs(10);
 /// often again when it is full.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 const SWEEP_WHEN_FULL: Duration = Duration::from_millis(100);
+/// Sources the table keeps room for however empty it gets.
+const SOURCES_KEPT: usize = 16;
 /// A source that proved its address and is refused this many times in a row is ignored from
 /// then on, until it is admitted again: an answer is a packet we send, and it has heard one.
 pub(crate) const IGNORE_AFTER_REFUSALS: u32 = 16;
@@ -463,6 +465,18 @@ impl Gate {
                 .get(usize::from(*level))
                 .is_some_and(|level| entry.carries_state(level, now))
         });
+        // A flood from many sources grows the table, and a HashMap never shrinks by itself:
+        // once under a quarter full, it shrinks to twice its length.
+        let wanted = 2 * self.sources.len().max(SOURCES_KEPT);
+        if self.sources.capacity() > 2 * wanted {
+            self.sources.shrink_to(wanted);
+        }
+    }
+
+    /// Room the table of sources has for entries.
+    #[cfg(test)]
+    pub(crate) fn sources_capacity(&self) -> usize {
+        self.sources.capacity()
     }
 
     fn retry(&mut self, reason: Reason) -> Decision {

@@ -308,6 +308,24 @@ fn a_source_is_forgotten_once_its_rates_have_refilled_and_not_before() {
 }
 
 #[test]
+fn the_table_of_sources_shrinks_once_a_flood_is_forgotten() {
+    let start = Instant::now();
+    let mut gate = gate(&AdmissionConfig::default(), start);
+    for i in 0..2_000u16 {
+        let [c, d] = i.to_be_bytes();
+        let ip = v4(10, 0, c, d);
+        assert_eq!(connect(&mut gate, start, ip).0, Outcome::Accepted);
+        // Done with its handshake; its rate still remembers it.
+        gate.release(start, ip);
+    }
+    assert_eq!(gate.sources(), 2_000);
+    assert!(gate.sources_capacity() >= 2_000);
+    gate.sweep(start + Duration::from_secs(3600));
+    assert_eq!(gate.sources(), 0);
+    assert!(gate.sources_capacity() <= 64, "capacity {}", gate.sources_capacity());
+}
+
+#[test]
 fn a_full_table_refuses_new_sources_but_not_known_ones() {
     let now = Instant::now();
     let config = AdmissionConfig {
