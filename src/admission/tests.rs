@@ -322,7 +322,11 @@ fn the_table_of_sources_shrinks_once_a_flood_is_forgotten() {
     assert!(gate.sources_capacity() >= 2_000);
     gate.sweep(start + Duration::from_secs(3600));
     assert_eq!(gate.sources(), 0);
-    assert!(gate.sources_capacity() <= 64, "capacity {}", gate.sources_capacity());
+    assert!(
+        gate.sources_capacity() <= 64,
+        "capacity {}",
+        gate.sources_capacity()
+    );
 }
 
 #[test]
