@@ -6,7 +6,7 @@
 //!
 //! A thread that [`Lab::enter`]s it makes its sockets there, and so do the threads it starts
 //! afterwards (a tokio runtime's workers); a socket stays in the namespace it was made in,
-//! whichever thread uses it. Shared by `tests/admission.rs` and `examples/flood.rs` (and its
+//! whichever thread uses it. Shared by `tests/admission.rs` and `examples/flood/` (and its
 //! helpers by the NAT tests' `tests/nat/netns.rs`); needs
 //! nothing of the rest of `tests/common`.
 #![allow(dead_code)]
