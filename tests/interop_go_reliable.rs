@@ -1,5 +1,5 @@
 //! Resets with a reliable size from our side to go-libp2p v0.52 (feature `reset-stream-at`),
-//! over QUIC and WebTransport. `tests/interop_go.rs` has the other direction, Go resetting and
+//! over QUIC and WebTransport. `tests/interop_go/` has the other direction, Go resetting and
 //! our Swarm reading; this one needs our own stream (`Stream::reset_at`), so it dials with the
 //! bare transport, and a one-thread runtime (see [`reliable_reset_to_go`]).
 //!

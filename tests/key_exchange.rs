@@ -1,7 +1,7 @@
 //! The TLS key exchange of both kinds of connection, read on our side of the handshake
 //! (`ConnectionSnapshot::key_exchange`): hybrid post-quantum X25519MLKEM768 between our own
 //! peers over QUIC and WebTransport, alone or sharing a port; X25519 with a client that offers
-//! nothing else, over either. Browsers and go-libp2p: `tests/browser.rs`, `tests/interop_go.rs`.
+//! nothing else, over either. Browsers and go-libp2p: `tests/browser.rs`, `tests/interop_go/`.
 
 #![cfg(feature = "test-util")]
 

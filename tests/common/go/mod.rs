@@ -7,7 +7,7 @@
 //! transport's [`Ledgers`] handle is kept before the transport goes into the builder, so that a
 //! test can still look at what QUIC holds.
 //!
-//! Used by `tests/interop_go.rs` and, through `#[path]`, by `examples/incident_replay.rs`.
+//! Used by `tests/interop_go/` and, through `#[path]`, by `examples/incident_replay.rs`.
 #![allow(dead_code)]
 
 mod build;
