@@ -820,8 +820,9 @@ impl Endpoint {
     /// Give back what a burst of connection attempts (a flood of Initials, say) grew the tables
     /// to, once they are mostly unused again: neither a `Slab` nor a `HashMap` shrinks by itself.
     ///
-    /// A map shrinks to twice its length once under a quarter full, so that rehashing costs O(1)
-    /// per removal, amortized; a slab only when empty, as its keys are held elsewhere.
+    /// A map shrinks to room for about twice its length once under a quarter full, so that
+    /// rehashing costs O(1) per removal, amortized; a slab only when empty, as its keys are held
+    /// elsewhere. Never call it between a slab's `vacant_key()` and the `insert` that takes it.
     fn shrink_sparse_tables(&mut self) {
         shrink_if_empty(&mut self.incoming_buffers);
         shrink_if_empty(&mut self.connections);
@@ -1004,8 +1005,8 @@ impl fmt::Debug for Endpoint {
     }
 }
 
-/// Entries an endpoint's table keeps room for however empty it gets, so that an endpoint with a
-/// few connections never reallocates
+/// Entries an endpoint's slab keeps room for however empty it gets (a map, for at least twice
+/// as many), so that an endpoint with a few connections never reallocates.
 pub(crate) const TABLE_KEPT: usize = 16;
 
 fn shrink_if_empty<T>(slab: &mut Slab<T>) {

@@ -3792,6 +3792,12 @@ fn tables_shrink_after_a_burst_of_connections() {
     }
     assert_eq!(pair.server.known_connections(), 0);
     assert!(pair.server.largest_table_capacity() <= 4 * crate::endpoint::TABLE_KEPT);
+
+    // The endpoint still serves, the closed clients gone.
+    pair.server.outbound.clear();
+    pair.client.connections.clear();
+    pair.server.handle_incoming = Box::new(|_| IncomingConnectionBehavior::Accept);
+    pair.connect();
 }
 
 #[test]
