@@ -466,7 +466,8 @@ impl Gate {
                 .is_some_and(|level| entry.carries_state(level, now))
         });
         // A flood from many sources grows the table, and a HashMap never shrinks by itself:
-        // once under a quarter full, it shrinks to twice its length.
+        // once under a quarter full, it shrinks to room for about twice its length (the rule
+        // of our quinn-proto patch for its tables, third_party/README.md).
         let wanted = 2 * self.sources.len().max(SOURCES_KEPT);
         if self.sources.capacity() > 2 * wanted {
             self.sources.shrink_to(wanted);
