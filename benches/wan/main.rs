@@ -394,8 +394,11 @@ async fn share(
     Ok(())
 }
 
-/// Bytes for a transfer of about `options.transfer`: a probe of a quarter second at the
-/// link's rate, then the size at the rate it reached (which slow start makes a low guess).
+/// Bytes for a transfer of about `options.transfer`. A short transfer's rate is a low guess of
+/// a long one's: slow start and its overshoot cost the same however much follows (sized from
+/// one quarter-second probe, continental's 10 s transfers took 4.4 s). So a probe of a quarter
+/// second at the link's rate and, unless it already took 2 s, a second one sized to take 2 s at
+/// the first one's rate; the rate between the two has that fixed cost cancelled out.
 async fn size_transfer(
     options: &Options,
     profile: &Profile,
@@ -404,13 +407,24 @@ async fn size_transfer(
     direction: Direction,
 ) -> Result<u64, BoxError> {
     let link_bytes_per_s = profile.rate_bps() as f64 / 8.0;
-    let probe = (link_bytes_per_s / 4.0) as u64;
-    let mbps = goodput(line.client, addr, direction, probe, options.tune).await?;
-    let bytes = mbps * 1e6 / 8.0 * options.transfer.as_secs_f64();
-    Ok((bytes as u64).clamp(
-        probe,
-        (link_bytes_per_s * options.transfer.as_secs_f64()) as u64,
-    ))
+    let longest = (link_bytes_per_s * options.transfer.as_secs_f64()) as u64;
+    let probe = |bytes: u64| async move {
+        let mbps = goodput(line.client, addr, direction, bytes, options.tune).await?;
+        Ok::<_, BoxError>(bytes as f64 * 8.0 / (mbps * 1e6))
+    };
+    let first = (link_bytes_per_s / 4.0) as u64;
+    let first_took = probe(first).await?;
+    let mut rate = first as f64 / first_took;
+    let second = ((rate * 2.0) as u64).min(longest);
+    if second > first {
+        let second_took = probe(second).await?;
+        rate = if second_took > first_took {
+            (second - first) as f64 / (second_took - first_took)
+        } else {
+            second as f64 / second_took
+        };
+    }
+    Ok(((rate * options.transfer.as_secs_f64()) as u64).clamp(first, longest))
 }
 
 fn ms(t: Duration) -> f64 {
