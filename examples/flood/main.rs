@@ -21,8 +21,10 @@
 //! from a quarter of the way in, the 20 peers connect again one after another, 100 ms apart;
 //! the listener's RSS and heap are sampled every 100 ms; 10 s after the flood the RSS is read
 //! again. Just before each flood and 10 s after it, the listener also hands its allocator's
-//! free memory back (`malloc_trim`) and the heap it holds (counted by a wrapper around the
-//! system allocator, below) and its RSS are read: what the flood left behind. A listener past `--rss-cap-mib` is stopped, the flood with it, and reported as such.
+//! free memory back (`malloc_trim`), and the heap it holds (counted by a wrapper around the
+//! system allocator, `usage.rs`), glibc's count of the heap in use and its RSS are read: what
+//! the flood left behind. A listener past `--rss-cap-mib` is stopped, the flood with it, and
+//! reported as such.
 //! `FLOOD_WRAP=<program>` starts the listener child under that program (a heap profiler such as
 //! `heaptrack`); `FLOOD_TRACE=1` prints its reports, one a second.
 
@@ -51,7 +53,7 @@ use libp2p_core::{
     Endpoint, Multiaddr, Transport as _,
 };
 use libp2p_identity::Keypair;
-use usage::{cpu_of, heap, rss_of};
+use usage::{cpu_of, glibc_in_use, heap, rss_of};
 
 const LISTENER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const PORT: u16 = 4001;
@@ -239,9 +241,9 @@ async fn report(extra: impl Fn() -> String + Send + 'static) {
         std::process::exit(0);
     });
     loop {
-        let heap = heap();
+        let (heap, glibc) = (heap(), glibc_in_use());
         println!(
-            "STATS heap={heap} rss={}{}",
+            "STATS heap={heap} glibc={glibc} rss={}{}",
             rss_of(std::process::id()),
             extra()
         );
@@ -258,6 +260,7 @@ async fn report(extra: impl Fn() -> String + Send + 'static) {
 #[derive(Debug, Default, Clone)]
 struct Stats {
     heap: u64,
+    glibc: u64,
     fields: Vec<(String, String)>,
 }
 
@@ -269,6 +272,8 @@ impl Stats {
             let (key, value) = part.split_once('=')?;
             if key == "heap" {
                 stats.heap = value.parse().ok()?;
+            } else if key == "glibc" {
+                stats.glibc = value.parse().ok()?;
             } else if key != "rss" {
                 stats.fields.push((key.to_owned(), value.to_owned()));
             }
@@ -399,6 +404,9 @@ struct Row {
     /// Heap in use and trimmed RSS just before this flood: after the peers' unloaded
     /// connections, or 10 s after the previous flood.
     before_heap: u64,
+    /// glibc's count of the heap in use, just before the flood and 10 s after.
+    before_glibc: u64,
+    after_glibc: u64,
     before_rss: u64,
     cpu: Duration,
     flood_time: Duration,
@@ -538,7 +546,9 @@ fn flood_round(
     };
     // What the flood starts from, the allocator's free memory handed back as it is after.
     listener.trim();
-    row.before_heap = listener.stats().heap;
+    let before = listener.stats();
+    row.before_heap = before.heap;
+    row.before_glibc = before.glibc;
     row.before_rss = listener.rss();
     let target = SocketAddr::new(IpAddr::V4(LISTENER), PORT);
     let addr = listener.addr.clone();
@@ -612,14 +622,19 @@ fn flood_round(
     row.peak_rss = peak;
     row.peak_heap = *listener.peak_heap.lock().unwrap();
     row.cpu = cpu_after.saturating_sub(cpu_before);
-    row.admission = listener.stats().get("retried").map_or(String::new(), |_| {
-        let s = listener.stats();
+    // This flood's own decisions: the listener's counts now, less those before it.
+    let now = listener.stats();
+    row.admission = now.get("retried").map_or(String::new(), |_| {
+        let count = |outcome: &str| {
+            let read = |s: &Stats| s.get(outcome).and_then(|v| v.parse::<f64>().ok());
+            read(&now).unwrap_or(0.0) - read(&before).unwrap_or(0.0)
+        };
         format!(
             "accepted {}, retried {}, refused {}, ignored {}",
-            s.get("accepted").unwrap_or("?"),
-            s.get("retried").unwrap_or("?"),
-            s.get("refused").unwrap_or("?"),
-            s.get("ignored").unwrap_or("?"),
+            count("accepted"),
+            count("retried"),
+            count("refused"),
+            count("ignored"),
         )
     });
     if over {
@@ -628,7 +643,9 @@ fn flood_round(
         // 10 s after the flood's end.
         std::thread::sleep(Duration::from_secs(10));
         row.after_rss = listener.rss();
-        row.after_heap = listener.stats().heap;
+        let after = listener.stats();
+        row.after_heap = after.heap;
+        row.after_glibc = after.glibc;
         listener.trim();
         row.trimmed_rss = listener.rss();
     }
@@ -673,7 +690,7 @@ fn print_table(args: &Args, rows: &[Row]) {
         args.rate, args.seconds, args.sources, args.threads
     );
     println!(
-        "| listener | Initials sent (rate) | listener CPU | RSS idle | RSS peak (Δ) | RSS 10 s after (Δ) | … after malloc_trim | heap peak Δ | heap 10 s after Δ | just before the flood → 10 s after: heap; RSS, both trimmed | peers | connect p50 / p90 unloaded | … under flood | admission |"
+        "| listener | Initials sent (rate) | listener CPU | RSS idle | RSS peak (Δ) | RSS 10 s after (Δ) | … after malloc_trim | heap peak Δ | heap 10 s after Δ | just before the flood → 10 s after: heap held; glibc's count; RSS, trimmed | peers | connect p50 / p90 unloaded | … under flood | admission |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for row in rows {
@@ -700,10 +717,13 @@ fn print_table(args: &Args, rows: &[Row]) {
         let since_before = match &row.stopped {
             Some(_) => "–".to_owned(),
             None => format!(
-                "{:.2} → {:.2} MiB ({:+.1}%); {:.1} → {:.1} MiB ({:+.1}%)",
+                "{:.2} → {:.2} MiB ({:+.1}%); {:.2} → {:.2} MiB ({:+.1}%); {:.1} → {:.1} MiB ({:+.1}%)",
                 mib(row.before_heap),
                 mib(row.after_heap),
                 percent(row.after_heap, row.before_heap),
+                mib(row.before_glibc),
+                mib(row.after_glibc),
+                percent(row.after_glibc, row.before_glibc),
                 mib(row.before_rss),
                 mib(row.trimmed_rss),
                 percent(row.trimmed_rss, row.before_rss),

@@ -6,15 +6,22 @@ use std::{
     time::Duration,
 };
 
-/// Heap bytes the program holds: what it allocated and has not freed.
+/// Heap bytes the Rust program holds: what it asked the allocator for and has not freed. Not
+/// counted: the allocator's own overhead, and what C code allocates with `malloc` (aws-lc).
 pub fn heap() -> usize {
     HELD.load(Ordering::Relaxed)
 }
 
-/// The system allocator, counting the bytes held. glibc's own count (`mallinfo2`) also takes
-/// the freed chunks its per-thread caches keep as in use: up to 7 of each size below 1 KiB per
-/// thread, ~0.3 MiB in this listener once its threads have freed chunks of every size, which a
-/// first flood does (a second adds nothing).
+/// Heap bytes in use by glibc's count (`mallinfo2`): C allocations too, and also the freed
+/// chunks its per-thread caches keep (up to 7 of each size below 1 KiB per thread, ~0.3 MiB in
+/// this listener once its threads have freed chunks of every size, which a first flood does).
+pub fn glibc_in_use() -> usize {
+    // SAFETY: mallinfo2 takes no pointers and may be called at any time from any thread.
+    let info = unsafe { libc::mallinfo2() };
+    info.uordblks + info.hblkhd
+}
+
+/// The system allocator, counting the bytes requested and not yet freed.
 struct Counting;
 
 static HELD: AtomicUsize = AtomicUsize::new(0);
