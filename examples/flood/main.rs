@@ -32,6 +32,8 @@
 mod flood;
 #[path = "../../tests/common/lab.rs"]
 mod lab;
+#[path = "../../tests/common/resident.rs"]
+mod resident;
 mod usage;
 
 use std::{

@@ -62,15 +62,9 @@ unsafe impl GlobalAlloc for Counting {
     }
 }
 
-/// Resident bytes of process `pid`.
+/// Resident bytes of process `pid` (0 if /proc does not tell).
 pub fn rss_of(pid: u32) -> u64 {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
+    super::resident::resident_bytes(pid).unwrap_or(0)
 }
 
 /// CPU time of process `pid` so far.

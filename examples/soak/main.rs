@@ -30,6 +30,8 @@
 mod connection;
 mod plot;
 mod report;
+#[path = "../../tests/common/resident.rs"]
+mod resident;
 mod topology;
 mod workload;
 

@@ -127,10 +127,8 @@ impl Summary {
 
 /// The process's resident memory in MiB, where /proc tells it.
 pub(super) fn rss_mib() -> Option<f64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: f64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // 4 KiB pages: what Linux uses on the machines this runs on.
-    Some(pages * 4096.0 / (1024.0 * 1024.0))
+    let bytes = super::resident::resident_bytes(std::process::id())?;
+    Some(bytes as f64 / (1024.0 * 1024.0))
 }
 
 pub(super) fn say(pb: &ProgressBar, line: String) {

@@ -10,6 +10,7 @@ pub mod inject;
 pub mod lab;
 pub mod prepare;
 pub mod quic_frames;
+pub mod resident;
 
 use std::{future::Future, pin::Pin, time::Duration};
 
