@@ -418,6 +418,18 @@ struct Row {
     admission: String,
 }
 
+/// `before → after` in MiB with `decimals`, and the change in percent.
+fn change(before: u64, after: u64, decimals: usize) -> String {
+    format!(
+        "{:.*} → {:.*} MiB ({:+.1}%)",
+        decimals,
+        mib(before),
+        decimals,
+        mib(after),
+        percent(after, before)
+    )
+}
+
 /// How much `after` is above `before`, in percent.
 fn percent(after: u64, before: u64) -> f64 {
     (after as f64 / before.max(1) as f64 - 1.0) * 100.0
@@ -704,33 +716,26 @@ fn print_table(args: &Args, rows: &[Row]) {
                 percent(row.after_rss, row.idle_rss)
             ),
         };
-        let trimmed = match &row.stopped {
+        // The cells read after the flood: none for a listener stopped during it.
+        let later = |cell: String| match row.stopped {
             Some(_) => "–".to_owned(),
-            None => format!(
-                "{:.0} MiB ({:+.1}%)",
-                mib(row.trimmed_rss),
-                percent(row.trimmed_rss, row.idle_rss)
-            ),
+            None => cell,
         };
-        let after_heap = match &row.stopped {
-            Some(_) => "–".to_owned(),
-            None => format!("{:+.1} MiB", mib(row.after_heap) - mib(row.idle_heap)),
-        };
-        let since_before = match &row.stopped {
-            Some(_) => "–".to_owned(),
-            None => format!(
-                "{:.2} → {:.2} MiB ({:+.1}%); {:.2} → {:.2} MiB ({:+.1}%); {:.1} → {:.1} MiB ({:+.1}%)",
-                mib(row.before_heap),
-                mib(row.after_heap),
-                percent(row.after_heap, row.before_heap),
-                mib(row.before_glibc),
-                mib(row.after_glibc),
-                percent(row.after_glibc, row.before_glibc),
-                mib(row.before_rss),
-                mib(row.trimmed_rss),
-                percent(row.trimmed_rss, row.before_rss),
-            ),
-        };
+        let trimmed = later(format!(
+            "{:.0} MiB ({:+.1}%)",
+            mib(row.trimmed_rss),
+            percent(row.trimmed_rss, row.idle_rss)
+        ));
+        let after_heap = later(format!(
+            "{:+.1} MiB",
+            mib(row.after_heap) - mib(row.idle_heap)
+        ));
+        let since_before = later(format!(
+            "{}; {}; {}",
+            change(row.before_heap, row.after_heap, 2),
+            change(row.before_glibc, row.after_glibc, 2),
+            change(row.before_rss, row.trimmed_rss, 1),
+        ));
         println!(
             "| {} | {} ({:.0}/s) | {:.1} s of {:.1} s | {:.0} MiB | {:.0} MiB ({:+.0} MiB) | {} | {} | {:+.1} MiB | {} | {} | {}/{} | {} | {} | {} |",
             row.kind,
