@@ -61,12 +61,12 @@ pub struct Config {
     /// RFC 9002 say 333 ms, which made a lost Initial cost a hole punch a second; see
     /// `docs/performance.md`).
     pub initial_rtt: Duration,
-    /// The congestion controller of every connection. Default: [`CongestionControl::Cubic`].
-    /// [`CongestionControl::Bbr`] moves about 25 times CUBIC's bytes on a path with 1% random
-    /// loss and as much as CUBIC on loopback, but quinn marks its BBR experimental, it takes
-    /// most of a bottleneck shared with CUBIC flows, and a receiver on a released quinn-proto
-    /// can end a connection after a BBR burst loss (`docs/performance.md`): choose it for lossy
-    /// paths to peers you know.
+    /// The congestion controller of every connection. Default:
+    /// [`CongestionControl::LossTolerantCubic`], CUBIC that does not back off for a loss the
+    /// path shows no congestion for: on a path with 1 % random loss it moves about 25 times
+    /// the bytes of [`CongestionControl::Cubic`] (`libp2p-quic`'s and quic-go's controller),
+    /// and beside CUBIC flows on a shared bottleneck it takes an even share
+    /// (`docs/performance.md`).
     pub congestion_control: CongestionControl,
     /// Whether to discover the path MTU above QUIC's 1200-byte minimum. Default: on.
     /// [`Config::disable_path_mtu_discovery`] clears it and [`Config::mtu_upper_bound`] sets
@@ -145,7 +145,7 @@ impl Config {
             max_stream_data: 10_000_000,
             max_connection_data: 15_000_000,
             initial_rtt: Duration::from_millis(100),
-            congestion_control: CongestionControl::Cubic,
+            congestion_control: CongestionControl::LossTolerantCubic,
             mtu_discovery: true,
             reset_on_drop: false,
             stream_ledger: true,

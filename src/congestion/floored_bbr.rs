@@ -1,6 +1,4 @@
-//! Which congestion controller a connection runs, and how ours differ from quinn's defaults: every
-//! controller starts from 32 packets, and BBR's window stays at 64 packets or more on short
-//! paths.
+//! quinn's BBR with a floor under its window on short paths.
 
 use std::{
     any::Any,
@@ -8,52 +6,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use quinn::congestion::{
-    BbrConfig, Controller, ControllerFactory, ControllerMetrics, CubicConfig, NewRenoConfig,
-};
+use quinn::congestion::{BbrConfig, Controller, ControllerFactory, ControllerMetrics};
 use quinn_proto::RttEstimator;
 
-/// Which of quinn's congestion controllers a connection runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum CongestionControl {
-    /// CUBIC (RFC 9438), as `libp2p-quic` and quic-go run: backs off on every loss.
-    #[default]
-    Cubic,
-    /// NewReno (RFC 9002's example).
-    NewReno,
-    /// BBR (quinn's implementation of BBRv1, marked experimental there): paces at the
-    /// bottleneck rate it measures and does not take random loss for congestion, so it keeps
-    /// its rate on lossy paths where CUBIC collapses. Like any BBRv1, it takes more than its
-    /// share of a bottleneck from CUBIC flows (beside one on a 200 Mbit/s path: 173 Mbit/s
-    /// against 45). On paths under 2 ms of RTT ours keeps a window of at least 64 packets
-    /// (quinn's falls to 4, and a scheduling hiccup then stalls it).
-    Bbr,
-}
-
-impl CongestionControl {
-    pub(crate) fn factory(self) -> Arc<dyn ControllerFactory + Send + Sync> {
-        match self {
-            CongestionControl::Cubic => {
-                let mut config = CubicConfig::default();
-                config.initial_window(INITIAL_WINDOW);
-                Arc::new(config)
-            }
-            CongestionControl::NewReno => {
-                let mut config = NewRenoConfig::default();
-                config.initial_window(INITIAL_WINDOW);
-                Arc::new(config)
-            }
-            CongestionControl::Bbr => Arc::new(FlooredBbrConfig),
-        }
-    }
-}
-
-/// The congestion window a connection starts with: quic-go's 32 packets, where quinn starts
-/// from RFC 9002's 10. Slow start then reaches a path's first MiB two round trips earlier
-/// (60 ms RTT: 545 → 442 ms), and a 10 s transfer gains what those round trips were worth
-/// (`docs/performance.md`, "Real paths").
-const INITIAL_WINDOW: u64 = 32 * 1200;
+use super::INITIAL_WINDOW;
 
 /// Paths whose minimum RTT is below this are short (loopback, a LAN), where BBR's window gets
 /// [`SHORT_PATH_FLOOR`].
@@ -75,7 +31,7 @@ fn floored(window: u64, min_rtt: Duration) -> u64 {
 }
 
 /// Builds [`FlooredBbr`]s.
-struct FlooredBbrConfig;
+pub(super) struct FlooredBbrConfig;
 
 impl ControllerFactory for FlooredBbrConfig {
     fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
@@ -94,7 +50,7 @@ impl ControllerFactory for FlooredBbrConfig {
 /// LAN) that is a few packets, so any pause in the receiver's scheduling stalls the sender and
 /// the rate it then measures is lower still. On longer paths the floor would only queue: a
 /// slow link's BBR keeps its own window.
-struct FlooredBbr {
+pub(super) struct FlooredBbr {
     bbr: Box<dyn Controller>,
     /// The path's minimum RTT, as of the last acknowledgement.
     min_rtt: Duration,
@@ -183,61 +139,8 @@ impl Controller for FlooredBbr {
 
 #[cfg(test)]
 mod tests {
-    use quinn::congestion::{Cubic, NewReno};
-
     use super::*;
-
-    const ALL: [CongestionControl; 3] = [
-        CongestionControl::Cubic,
-        CongestionControl::NewReno,
-        CongestionControl::Bbr,
-    ];
-
-    fn built(cc: CongestionControl) -> Box<dyn Controller> {
-        cc.factory().build(Instant::now(), 1200)
-    }
-
-    #[test]
-    fn each_choice_builds_its_controller_with_our_initial_window() {
-        assert!(built(CongestionControl::Cubic)
-            .into_any()
-            .downcast::<Cubic>()
-            .is_ok());
-        assert!(built(CongestionControl::NewReno)
-            .into_any()
-            .downcast::<NewReno>()
-            .is_ok());
-        assert!(built(CongestionControl::Bbr)
-            .into_any()
-            .downcast::<FlooredBbr>()
-            .is_ok());
-        for cc in ALL {
-            assert_eq!(built(cc).window(), 32 * 1200, "{cc:?}");
-        }
-    }
-
-    /// A controller whose window is whatever the test sets.
-    #[derive(Clone)]
-    struct Fixed(u64);
-
-    impl Controller for Fixed {
-        fn on_congestion_event(&mut self, _: Instant, _: Instant, _: bool, _: u64) {
-            self.0 /= 2;
-        }
-        fn on_mtu_update(&mut self, _: u16) {}
-        fn window(&self) -> u64 {
-            self.0
-        }
-        fn clone_box(&self) -> Box<dyn Controller> {
-            Box::new(self.clone())
-        }
-        fn initial_window(&self) -> u64 {
-            INITIAL_WINDOW
-        }
-        fn into_any(self: Box<Self>) -> Box<dyn Any> {
-            self
-        }
-    }
+    use crate::congestion::tests::Fixed;
 
     #[test]
     fn on_a_short_path_the_floor_holds_below_it_and_bbr_decides_above_it() {
