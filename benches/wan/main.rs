@@ -3,10 +3,12 @@
 //!
 //! ```text
 //! cargo bench --all-features --bench wan -- [--profiles continental,lossy,long-thin]
-//!     [--lines ours,ours-webtransport,libp2p-quic,go-libp2p,go-libp2p-webtransport]
+//!     [--lines ours,ours-webtransport,libp2p-quic,go-libp2p,go-libp2p-webtransport,ours>go-libp2p]
 //!     [--rounds N] [--seconds S] [--round-trips N] [--quick]
-//!     [--congestion cubic|new-reno|bbr] [--initial-rtt-ms MS]   (our transport's knobs)
+//!     [--congestion cubic|new-reno|bbr|loss-tolerant-cubic] [--initial-rtt-ms MS]
+//!                           (our transport's knobs)
 //!     [--share bbr,cubic]   (also: two of our clients uploading at once, one per controller)
+//!     [--queue-bdp F]       (each profile's queue: F bandwidth-delay products instead of 1)
 //! ```
 //!
 //! Each server listens on loopback behind a delay line (`libp2p_quinn::test_util::DelayLine`:
@@ -154,9 +156,10 @@ impl Options {
     }
 
     const USAGE: &'static str = "usage: wan [--profiles P,...] [--lines L,...] [--rounds N] \
-        [--seconds S] [--round-trips N] [--congestion cubic|new-reno|bbr] [--initial-rtt-ms MS] \
-        [--share CC,CC] [--quick]\n  profiles: continental, lossy, long-thin\n  \
-        lines: ours, ours-webtransport, libp2p-quic, go-libp2p, go-libp2p-webtransport, or none";
+        [--seconds S] [--round-trips N] [--congestion cubic|new-reno|bbr|loss-tolerant-cubic] \
+        [--initial-rtt-ms MS] [--share CC,CC] [--queue-bdp F] [--quick]\n  profiles: continental, lossy, long-thin\n  \
+        lines: ours, ours-webtransport, libp2p-quic, go-libp2p, go-libp2p-webtransport, none, \
+        or client>server (ours>libp2p-quic)";
 
     pub fn from_args(args: impl IntoIterator<Item = String>) -> Result<Self, String> {
         let args: Vec<String> = args.into_iter().collect();
@@ -165,6 +168,7 @@ impl Options {
         } else {
             Self::full()
         };
+        let mut queue_bdp = None;
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             let mut value = || args.next().ok_or(format!("{arg} needs a value"));
@@ -185,6 +189,7 @@ impl Options {
                         .map_err(|_| "--share takes two controllers")?;
                     options.share = Some(pair);
                 }
+                "--queue-bdp" => queue_bdp = Some(number(value()?)?),
                 "--initial-rtt-ms" => {
                     options.tune.initial_rtt =
                         Some(Duration::from_secs_f64(number(value()?)? / 1e3))
@@ -196,7 +201,6 @@ impl Options {
                         .collect::<Result<_, _>>()?
                 }
                 "--lines" => {
-                    let all = Self::lines();
                     let value = value()?;
                     if value == "none" {
                         options.lines.clear();
@@ -204,19 +208,16 @@ impl Options {
                     }
                     options.lines = value
                         .split(',')
-                        .map(|l| {
-                            let l = l
-                                .trim()
-                                .replace('-', " ")
-                                .replace("libp2p quic", "libp2p-quic");
-                            all.iter()
-                                .find(|line| line.name().replace("go-libp2p", "go libp2p") == l)
-                                .copied()
-                                .ok_or(format!("unknown line {l}\n{}", Self::USAGE))
-                        })
+                        .map(|l| line(l.trim()).ok_or(format!("unknown line {l}\n{}", Self::USAGE)))
                         .collect::<Result<_, _>>()?
                 }
                 other => return Err(format!("unknown argument {other:?}\n{}", Self::USAGE)),
+            }
+        }
+        if let Some(share) = queue_bdp {
+            for profile in &mut options.profiles {
+                let bdp = profile.rate_bps() as f64 / 8.0 * profile.rtt().as_secs_f64();
+                profile.path.queue_bytes = Some((bdp * share) as usize);
             }
         }
         if options.rounds == 0 {
@@ -226,11 +227,33 @@ impl Options {
     }
 }
 
+/// A line by its name (`ours`, `go-libp2p-webtransport`), or a client and a server of two
+/// stacks (`ours>libp2p-quic`, `ours>go-libp2p-webtransport`).
+fn line(name: &str) -> Option<Line> {
+    let named = |name: &str| {
+        let name = name.replace('-', " ").replace("libp2p quic", "libp2p-quic");
+        Options::lines()
+            .into_iter()
+            .find(|line| line.name().replace("go-libp2p", "go libp2p") == name)
+    };
+    match name.split_once('>') {
+        None => named(name),
+        Some((client, server)) => {
+            let server = named(server)?;
+            Some(Line {
+                client: named(client)?.client,
+                ..server
+            })
+        }
+    }
+}
+
 fn controller(name: &str) -> Result<CongestionControl, String> {
     match name.trim() {
         "cubic" => Ok(CongestionControl::Cubic),
         "new-reno" => Ok(CongestionControl::NewReno),
         "bbr" => Ok(CongestionControl::Bbr),
+        "loss-tolerant-cubic" => Ok(CongestionControl::LossTolerantCubic),
         other => Err(format!("unknown congestion controller {other}")),
     }
 }
@@ -239,6 +262,7 @@ fn controller_name(controller: CongestionControl) -> &'static str {
     match controller {
         CongestionControl::NewReno => "new-reno",
         CongestionControl::Bbr => "bbr",
+        CongestionControl::LossTolerantCubic => "loss-tolerant-cubic",
         _ => "cubic",
     }
 }

@@ -116,10 +116,11 @@ pub fn summary(report: &Report, options: &Options) -> String {
         let shown = |v: Option<f64>| v.map_or("?".into(), |v| format!("{v:.0}"));
         let _ = writeln!(
             out,
-            "\n### {} ({rtt:.0} ms RTT, {rate:.0} Mbit/s, {})\n\nThe path passes {} Mbit/s of \
-             UDP; the delay line alone relays {} Mbit/s; {} of {} datagrams left it over 1 ms \
-             late.\n",
+            "\n### {} ({rtt:.0} ms RTT, {rate:.0} Mbit/s, queue {:.0} kB, {})\n\nThe path passes \
+             {} Mbit/s of UDP; the delay line alone relays {} Mbit/s; {} of {} datagrams left \
+             it over 1 ms late.\n",
             profile.name,
+            profile.path.queue_limit() as f64 / 1e3,
             profile.path.describe_loss(),
             shown(link(Sample::LinkLimit)),
             shown(link(Sample::LineCeiling)),
