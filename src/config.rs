@@ -63,9 +63,9 @@ pub struct Config {
     pub initial_rtt: Duration,
     /// The congestion controller of every connection. Default:
     /// [`CongestionControl::LossTolerantCubic`], CUBIC that does not back off for a loss the
-    /// path shows no congestion for: on a path with 1 % random loss it moves about 25 times
+    /// path shows no congestion for: on a path with 1 % random loss it moves over 20 times
     /// the bytes of [`CongestionControl::Cubic`] (`libp2p-quic`'s and quic-go's controller),
-    /// and beside CUBIC flows on a shared bottleneck it takes an even share
+    /// and beside a CUBIC flow on a bottleneck whose queue overflows it takes half
     /// (`docs/performance.md`).
     pub congestion_control: CongestionControl,
     /// Whether to discover the path MTU above QUIC's 1200-byte minimum. Default: on.

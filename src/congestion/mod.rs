@@ -29,8 +29,9 @@ pub enum CongestionControl {
     Bbr,
     /// CUBIC that backs off on losses that come with congestion (a queue in the RTT, a loss
     /// rate over 2 %, an ECN mark) and not on the others, which are the link's own: it keeps
-    /// a path with 1 % random loss full where CUBIC falls to a twentieth of it, and shares a
-    /// bottleneck with CUBIC flows as CUBIC does (`docs/performance.md`).
+    /// a path with 1 % random loss full where CUBIC falls to a twentieth of it, and where
+    /// losses come from a queue (one BDP deep, or a tenth of that) it shares the bottleneck
+    /// with CUBIC flows evenly (`docs/performance.md`).
     #[default]
     LossTolerantCubic,
 }
