@@ -6,10 +6,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use quinn::congestion::{Controller, ControllerFactory, ControllerMetrics, CubicConfig};
+use quinn::congestion::{Controller, ControllerFactory, ControllerMetrics};
 use quinn_proto::RttEstimator;
 
-use super::INITIAL_WINDOW;
+use super::CongestionControl;
 
 /// The share of its packets a path may lose without a queue in sight before a loss counts as
 /// congestion all the same: BBRv2's loss threshold. A path that loses more is overloaded
@@ -36,9 +36,7 @@ pub(super) struct LossTolerantCubicConfig;
 
 impl ControllerFactory for LossTolerantCubicConfig {
     fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
-        let mut config = CubicConfig::default();
-        config.initial_window(INITIAL_WINDOW);
-        let cubic = Arc::new(config).build(now, current_mtu);
+        let cubic = CongestionControl::Cubic.factory().build(now, current_mtu);
         Box::new(LossTolerantCubic::new(cubic, current_mtu))
     }
 }
