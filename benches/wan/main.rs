@@ -216,8 +216,7 @@ impl Options {
         }
         if let Some(share) = queue_bdp {
             for profile in &mut options.profiles {
-                let bdp = profile.rate_bps() as f64 / 8.0 * profile.rtt().as_secs_f64();
-                profile.path.queue_bytes = Some((bdp * share) as usize);
+                profile.path.queue_bytes = Some((profile.path.bdp_bytes() * share) as usize);
             }
         }
         if options.rounds == 0 {

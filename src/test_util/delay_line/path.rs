@@ -75,13 +75,16 @@ impl Path {
         2 * self.one_way_delay
     }
 
-    /// The queue's size: as set, or one bandwidth-delay product over [`Path::rtt`] (at least
-    /// 64 KiB, so that a short path still takes a burst).
+    /// One bandwidth-delay product over [`Path::rtt`], in bytes; zero without a bottleneck.
+    pub fn bdp_bytes(&self) -> f64 {
+        self.rate_bps.unwrap_or(0) as f64 / 8.0 * self.rtt().as_secs_f64()
+    }
+
+    /// The queue's size: as set, or one bandwidth-delay product (at least 64 KiB, so that a
+    /// short path still takes a burst).
     pub fn queue_limit(&self) -> usize {
-        self.queue_bytes.unwrap_or_else(|| {
-            let bdp = self.rate_bps.unwrap_or(0) as f64 / 8.0 * self.rtt().as_secs_f64();
-            (bdp as usize).max(64 * 1024)
-        })
+        self.queue_bytes
+            .unwrap_or_else(|| (self.bdp_bytes() as usize).max(64 * 1024))
     }
 
     /// How long the bottleneck takes to send `len` bytes; zero without a bottleneck.
